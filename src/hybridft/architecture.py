@@ -1,0 +1,76 @@
+"""Where the parts of a transformers model live: embeddings, the stack of layers, the head.
+
+Selectors name parts ("top 2 layers", "the head") rather than parameter names, so that one recipe
+works for BERT, RoBERTa, DistilBERT, GPT-2, T5... This module maps the parts to parameter names.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+# Names of the ModuleList that holds the transformer blocks in common architectures.
+_LAYER_LIST = re.compile(r"(^|\.)(layer|layers|h|block|blocks)$")
+_EMBEDDING = re.compile(r"(^|\.)(embeddings|embed_tokens|embed_positions|wte|wpe|shared|word_embeddings)(\.|$)")
+# Modules that only serve the task head although they sit inside the base model (BERT's pooler).
+_HEAD_INSIDE_BASE = re.compile(r"(^|\.)pooler(\.|$)")
+
+
+def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Every ModuleList of transformer blocks, outermost first (an encoder-decoder has two)."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and _LAYER_LIST.search(name)
+    ]
+
+
+def main_layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    stacks = layer_stacks(model)
+    if not stacks:
+        raise ValueError(f"cannot find the stack of transformer layers in {type(model).__name__}")
+    return max(stacks, key=lambda s: len(s[1]))
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(main_layer_stack(model)[1])
+
+
+def layer_param_names(model: nn.Module, index: int) -> list[str]:
+    prefix, stack = main_layer_stack(model)
+    return [f"{prefix}.{index}.{n}" for n, _ in stack[index].named_parameters()]
+
+
+def base_prefix(model: nn.Module) -> str:
+    prefix = getattr(model, "base_model_prefix", "")
+    return prefix if prefix and hasattr(model, prefix) else ""
+
+
+def head_param_names(model: nn.Module) -> list[str]:
+    """Parameters outside the pretrained base model (classifier), plus BERT-style poolers."""
+    prefix = base_prefix(model)
+    names = []
+    for name, _ in model.named_parameters():
+        outside = bool(prefix) and not name.startswith(prefix + ".")
+        if outside or _HEAD_INSIDE_BASE.search(name):
+            names.append(name)
+    return names
+
+
+def embedding_param_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters() if _EMBEDDING.search(n)]
+
+
+def trainable_by_module(model: nn.Module) -> dict[str, int]:
+    """Trainable parameter counts grouped by module (down to the layer index), for reports."""
+    groups: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = name.split(".")[:-1]
+        cut = next((i + 2 for i, part in enumerate(parts) if _LAYER_LIST.search(part) and i + 1 < len(parts)
+                    and parts[i + 1].isdigit()), min(len(parts), 2))
+        key = ".".join(parts[:cut]) or name
+        groups[key] = groups.get(key, 0) + p.numel()
+    return groups

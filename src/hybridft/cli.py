@@ -1,0 +1,156 @@
+"""Command line: run | validate | eval | predict | list.
+
+Every user error ends as one line ``error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import HybridftError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hybridft", description="Hybrid fine-tuning of pretrained transformers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train from a recipe")
+    run.add_argument("recipe")
+    run.add_argument("overrides", nargs="*", help="key.path=value, e.g. stages.0.optimizer.lr=1e-4")
+    run.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    _progress_flags(run)
+
+    val = sub.add_parser("validate", help="check a recipe without loading weights")
+    val.add_argument("recipe")
+    val.add_argument("overrides", nargs="*")
+
+    ev = sub.add_parser("eval", help="evaluate a saved model on a labeled file")
+    ev.add_argument("model_dir")
+    ev.add_argument("data")
+    ev.add_argument("--format", default="auto")
+    ev.add_argument("--batch-size", type=int, default=64)
+    _column_flags(ev)
+    _progress_flags(ev)
+
+    pr = sub.add_parser("predict", help="label texts with a saved model (one per line; pairs tab-separated)")
+    pr.add_argument("model_dir")
+    pr.add_argument("--input", "-i", default="-", help="text file, one example per line; - for stdin")
+    pr.add_argument("--text", action="append", help="an example given on the command line (repeatable)")
+    pr.add_argument("--batch-size", type=int, default=64)
+
+    sub.add_parser("list", help="registered selectors and objectives")
+    return p
+
+
+def _progress_flags(p):
+    p.add_argument("--progress", dest="progress", action="store_true", default=None, help="show progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _column_flags(p):
+    p.add_argument("--text-column")
+    p.add_argument("--pair-column")
+    p.add_argument("--label-column")
+
+
+def _show_progress(flag) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def cmd_run(args) -> int:
+    from .recipe import apply_cwd_paths, load_recipe
+    from .training.stages import run_recipe
+
+    recipe, base_dir = load_recipe(args.recipe, apply_cwd_paths(args.overrides))
+    out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume and not args.out:
+        raise HybridftError("--resume needs --out, the run folder to continue")
+    report = run_recipe(recipe, base_dir, out, resume=args.resume, overwrite=args.overwrite,
+                        progress=_show_progress(args.progress))
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in report["metrics"].items())
+    print(f"report: {out / 'report.md'}")
+    print(f"model:  {out / 'model'}")
+    print(f"validation: {metrics}")
+    if report["test_metrics"]:
+        print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in report["test_metrics"].items()))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .recipe import apply_cwd_paths, check_paths, load_recipe
+
+    recipe, base_dir = load_recipe(args.recipe, apply_cwd_paths(args.overrides))
+    problems = check_paths(recipe, base_dir)
+    if problems:
+        raise HybridftError(f"{args.recipe}: {len(problems)} problem(s): " + "; ".join(problems))
+    stages = " -> ".join(s.name or "+".join(c.name for c in s.select) for s in recipe.stages)
+    print(f"ok: {args.recipe} ({recipe.task}; stages: {stages})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .inference import evaluate_file
+
+    metrics = evaluate_file(args.model_dir, args.data, args.format, args.batch_size,
+                            {"text": args.text_column, "text_pair": args.pair_column, "label": args.label_column},
+                            progress=_show_progress(args.progress))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference import predict_lines
+
+    if args.text:
+        lines = args.text
+    elif args.input == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(args.input)
+        if not path.is_file():
+            raise HybridftError(f"input file not found: {path}")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise HybridftError(f"{path} is not UTF-8 text") from None
+    for record in predict_lines(args.model_dir, [line for line in lines if line.strip()], args.batch_size):
+        print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from . import recipe  # noqa: F401  (imports register every method)
+    from .registry import OBJECTIVES, SELECTORS
+
+    for registry in (SELECTORS, OBJECTIVES):
+        print(f"{registry.kind}s:")
+        for entry in registry.entries():
+            print(f"  {entry.name:14s} {entry.doc}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except HybridftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Read a data file or a saved datasets folder into a pandas frame, with one-line errors.
+
+pandas reads the files (rather than ``datasets.load_dataset``) because it lets us choose quoting
+per format (GLUE TSVs are unquoted), report the exact malformed line, and avoid a cache folder.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import HybridftError
+from .conll import read_conll
+
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
+                  ".conll": "conll", ".iob": "conll", ".bio": "conll"}
+
+
+def detect_format(path: Path, fmt: str, task: str) -> str:
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        return "disk"
+    if path.suffix.lower() in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[path.suffix.lower()]
+    if task == "token_classification":
+        return "conll"  # CoNLL files often have names like eng.train
+    raise HybridftError(f"cannot tell the format of {path} from its name; set data.format")
+
+
+def read_table(path: Path, fmt: str, task: str, split: str) -> pd.DataFrame:
+    """The rows of one split. ``split`` picks the split of a saved DatasetDict."""
+    if not path.exists():
+        raise HybridftError(f"data file not found: {path}")
+    fmt = detect_format(path, fmt, task)
+    try:
+        if fmt == "disk":
+            return _read_disk(path, split)
+        if fmt == "conll":
+            return read_conll(path)
+        if fmt in ("csv", "tsv"):
+            # dtype=str keeps labels like "01" and texts like "NA" exactly as written.
+            return pd.read_csv(
+                path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
+                quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
+                encoding="utf-8-sig", on_bad_lines="error",
+            )
+        if fmt in ("json", "jsonl"):
+            return _read_json(path, lines=fmt == "jsonl")
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+    except UnicodeDecodeError as e:
+        raise HybridftError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except pd.errors.ParserError as e:
+        raise HybridftError(f"{path} is malformed: {str(e).strip().splitlines()[-1]}") from None
+    except pd.errors.EmptyDataError:
+        raise HybridftError(f"{path} is empty") from None
+    except (ValueError, OSError) as e:
+        raise HybridftError(f"cannot read {path} as {fmt}: {str(e).strip().splitlines()[0]}") from None
+    raise HybridftError(f"unsupported data format {fmt!r}")
+
+
+def _read_json(path: Path, lines: bool) -> pd.DataFrame:
+    text = path.read_bytes().decode("utf-8-sig")
+    if not lines and not text.lstrip().startswith("["):
+        lines = True  # a .json file holding one object per line
+    from io import StringIO
+
+    return pd.read_json(StringIO(text), lines=lines, dtype=False)
+
+
+def _read_disk(path: Path, split: str) -> pd.DataFrame:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError as e:
+        raise HybridftError(f"{path} is not a datasets.save_to_disk folder: {e}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        names = {"validation": ("validation", "dev", "valid"), "test": ("test",), "train": ("train",)}[split]
+        for name in names:
+            if name in loaded:
+                return loaded[name].to_pandas()
+        raise HybridftError(f"{path} has splits {list(loaded)}; none is a {split} split")
+    return loaded.to_pandas()

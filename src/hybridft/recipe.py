@@ -1,0 +1,252 @@
+"""The recipe: YAML validated by pydantic. Recipes are data; nothing here loads weights or files.
+
+Relative paths in a recipe are resolved against the recipe file's folder, so a recipe works from
+any working directory; paths given as command-line overrides are resolved against the shell's
+working directory, where the user typed them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from transformers import SchedulerType
+
+from . import objectives as _objectives  # noqa: F401  (registers objectives)
+from . import selectors as _selectors  # noqa: F401  (registers selectors)
+from .errors import HybridftError
+from .objectives.task import TaskConfig
+from .registry import OBJECTIVES, SELECTORS
+from .selectors.full import FullConfig
+from .spec import Spec
+
+TaskType = Literal["classification", "pair_classification", "token_classification"]
+SelectorSpec = Annotated[Union[SELECTORS.configs()], Field(discriminator="name")]  # noqa: UP007
+ObjectiveSpec = Annotated[Union[OBJECTIVES.configs()], Field(discriminator="name")]  # noqa: UP007
+
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
+TAGGING_METRICS = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss")
+
+
+class ModelSpec(Spec):
+    name: str | None = Field(None, description="local HF folder or hub name; empty = embedded MiniLM")
+    max_length: int = Field(128, gt=1, le=8192, description="tokens per example (longer inputs truncated)")
+    trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off by default)")
+
+
+class Columns(Spec):
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+    tokens: str = "tokens"
+    tags: str = "tags"
+
+
+class CleanSpec(Spec):
+    strip: bool = True
+    drop_empty: bool = True
+    drop_duplicates: bool = True
+
+
+class DataSpec(Spec):
+    train: str = Field(description="file (csv/tsv/json/jsonl/parquet/CoNLL) or load_from_disk folder")
+    validation: str | None = Field(None, description="if absent, a seeded split of train")
+    test: str | None = None
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll", "disk"] = "auto"
+    columns: Columns = Field(default_factory=Columns)
+    labels: list[str] | None = Field(None, description="label names in id order; inferred if absent")
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    max_train_samples: int | None = Field(None, gt=0, description="seeded subset of train")
+    max_eval_samples: int | None = Field(None, gt=0, description="seeded subset of validation/test")
+    clean: CleanSpec = Field(default_factory=CleanSpec)
+
+    @model_validator(mode="after")
+    def _labels_unique(self):
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("data.labels has duplicates")
+        return self
+
+
+class OptimizerSpec(Spec):
+    name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd and rmsprop only")
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+
+class SchedulerSpec(Spec):
+    name: str = Field("linear", description="any transformers.get_scheduler name")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio")
+
+    @model_validator(mode="after")
+    def _known(self):
+        valid = [s.value for s in SchedulerType]
+        if self.name not in valid:
+            raise ValueError(f"unknown scheduler {self.name!r}; valid: {', '.join(valid)}")
+        return self
+
+
+class EarlyStoppingSpec(Spec):
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class StageSpec(Spec):
+    name: str | None = None
+    select: list[SelectorSpec] = Field(default_factory=lambda: [FullConfig()], min_length=1)
+    objectives: list[ObjectiveSpec] = Field(default_factory=lambda: [TaskConfig()], min_length=1)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0)
+    grad_accum_steps: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    eval_every: int | None = Field(None, gt=0, description="optimizer steps; evaluation also runs at the end")
+    keep_best: bool = Field(True, description="restore the best evaluated weights at stage end")
+    early_stopping: EarlyStoppingSpec | None = None
+
+    @model_validator(mode="after")
+    def _objective_names_unique(self):
+        names = [o.name for o in self.objectives]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"objective {sorted(dup)[0]!r} listed twice in one stage")
+        return self
+
+
+class OutputSpec(Spec):
+    checkpoint_every: int | None = Field(None, gt=0, description="optimizer steps; default: at each evaluation")
+    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints_after_run: bool = Field(False, description="keep checkpoints/ once the run has finished")
+    save_model: bool = True
+
+
+class Recipe(Spec):
+    name: str = "run"
+    seed: int = 42
+    task: TaskType = "classification"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec
+    stages: list[StageSpec] = Field(min_length=1)
+    metric: str | None = Field(None, description="validation metric for keep-best/early stopping")
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        valid = TAGGING_METRICS if self.task == "token_classification" else CLASSIFICATION_METRICS
+        if self.metric is not None and self.metric not in valid:
+            raise ValueError(f"metric {self.metric!r} is not reported for {self.task}; valid: {', '.join(valid)}")
+        if self.task == "pair_classification" and not self.data.columns.text_pair:
+            raise ValueError("task pair_classification needs data.columns.text_pair")
+        return self
+
+    @property
+    def selection_metric(self) -> str:
+        if self.metric:
+            return self.metric
+        return "entity_f1" if self.task == "token_classification" else "accuracy"
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(recipe)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise HybridftError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise HybridftError(f"recipe {path} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise HybridftError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise HybridftError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.0.c=value`` overrides; the value is parsed as a YAML scalar (1e-4, true, null...)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise HybridftError(f"override {item!r} must look like key.path=value")
+        value = yaml.safe_load(raw) if raw else ""
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                    raise HybridftError(f"override {key}: {part!r} is not an index of a list of {len(node)}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise HybridftError(f"override {key}: {'.'.join(parts[:i])} is not a mapping")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
+    """Read, override and validate a recipe; returns it with the folder its paths are relative to."""
+    data = apply_overrides(read_yaml(path), overrides or [])
+    return validate_recipe(data, path), Path(path).resolve().parent
+
+
+def validate_recipe(data: dict, path: str | Path = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        problems = format_validation_error(e)
+        raise HybridftError(
+            f"{path}: {len(problems)} problem(s): " + "; ".join(problems)
+        ) from None
+
+
+PATH_KEYS = ("data.train", "data.validation", "data.test", "model.name")
+
+
+def apply_cwd_paths(overrides: list[str]) -> list[str]:
+    """Overrides of path fields name files relative to the shell's folder: make them absolute."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key in PATH_KEYS and value and not Path(value).is_absolute() and Path(value).exists():
+            item = f"{key}={Path(value).resolve()}"
+        out.append(item)
+    return out
+
+
+def check_paths(recipe: Recipe, base_dir: Path) -> list[str]:
+    """Problems with files the recipe names, found without loading any weights or data."""
+    from .models import resolve_model
+
+    problems = []
+    for split in ("train", "validation", "test"):
+        value = getattr(recipe.data, split)
+        if value and not (Path(value) if Path(value).is_absolute() else base_dir / value).exists():
+            problems.append(f"data.{split}: not found: {value}")
+    try:
+        resolve_model(recipe.model.name, base_dir)
+    except HybridftError as e:
+        problems.append(f"model.name: {e}")
+    return problems

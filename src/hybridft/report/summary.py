@@ -1,0 +1,94 @@
+"""report.json (for scripts and comparisons) and report.md (for people and diffs)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+import transformers
+
+from ..evaluate import scalar_metrics
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float) -> dict:
+    model = run.accelerator.unwrap_model(run.model)
+    total = sum(p.numel() for p in model.parameters())
+    validation = final["validation"]
+    return {
+        "name": run.recipe.name,
+        "task": run.recipe.task,
+        "model": source,
+        "trust_remote_code": run.recipe.model.trust_remote_code,
+        "seed": run.recipe.seed,
+        "selection_metric": run.recipe.selection_metric,
+        "metrics": scalar_metrics(validation),
+        "per_class": validation.get("per_class", {}),
+        "confusion_matrix": validation.get("confusion_matrix"),
+        "test_metrics": scalar_metrics(final["test"]) if "test" in final else None,
+        "labels": run.data.label_names,
+        "params": {"trainable": max((s["trainable_params"] for s in run.stage_reports), default=0), "total": total},
+        "wall_time_s": wall_time_s,
+        "peak_memory_mb": peak_memory_mb,
+        "data": run.data.stats,
+        "stages": run.stage_reports,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "transformers": transformers.__version__, "device": str(run.device),
+                        "threads": torch.get_num_threads()},
+    }
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def render_markdown(r: dict) -> str:
+    lines = [f"# {r['name']}: {r['task']}", "",
+             f"Model `{r['model']}`, seed {r['seed']}, wall time {r['wall_time_s']:.1f} s, "
+             f"peak memory {r['peak_memory_mb']:.0f} MB.", "",
+             f"Trainable parameters {r['params']['trainable']:,} of {r['params']['total']:,} "
+             f"({100 * r['params']['trainable'] / max(r['params']['total'], 1):.2f}%).", ""]
+    if r["trust_remote_code"]:
+        lines += ["**trust_remote_code was ON for this run.**", ""]
+    lines += ["## Validation metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in r["metrics"].items()]
+    if r["test_metrics"]:
+        lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in r["test_metrics"].items()]
+    if r["per_class"]:
+        lines += ["", "## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {c} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |"
+                  for c, m in r["per_class"].items()]
+    if r["confusion_matrix"]:
+        labels = r["labels"]
+        lines += ["", "## Confusion matrix (rows: gold, columns: predicted)", "",
+                  "| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+        lines += [f"| **{labels[i]}** | " + " | ".join(str(x) for x in row) + " |"
+                  for i, row in enumerate(r["confusion_matrix"])]
+    lines += ["", "## Stages", "",
+              "| stage | selectors | objectives | trainable | steps | train time (s) | samples/s | best |",
+              "|---|---|---|---|---|---|---|---|"]
+    for s in r["stages"]:
+        sel = ", ".join(c["name"] for c in s["select"])
+        obj = ", ".join(f"{c['name']}x{c['weight']:g}" for c in s["objectives"])
+        (metric, best), = [(k, v) for k, v in s["best_metric"].items() if k != "step"]
+        lines.append(f"| {s['name']} | {sel} | {obj} | {s['trainable_params']:,} | {s['steps']} | "
+                     f"{s['train_time_s']:.1f} | {s['samples_per_s']:.1f} | {metric} {_fmt(best)} |")
+    lines += ["", "## Data", "", "```json", json.dumps(r["data"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float) -> dict:
+    report = build_report(run, final, source, wall_time_s, peak_memory_mb)
+    _atomic_write(run.run_dir / "report.md", render_markdown(report))
+    _atomic_write(run.run_dir / "report.json", json.dumps(report, indent=2))
+    return report

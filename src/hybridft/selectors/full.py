@@ -1,0 +1,22 @@
+"""`full`: every parameter trains (plain fine-tuning)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..spec import Spec
+
+from ..registry import SELECTORS
+from .base import Selector
+
+
+class FullConfig(Spec):
+    name: Literal["full"] = "full"
+
+
+@SELECTORS.register(FullConfig)
+class Full(Selector):
+    """All parameters train: classic full fine-tuning."""
+
+    def trainable(self, model):
+        return {n for n, _ in model.named_parameters()}

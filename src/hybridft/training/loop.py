@@ -1,0 +1,183 @@
+"""run_stage(): one explicit training loop on Accelerate, readable top to bottom.
+
+forward -> each objective's weighted loss -> backward -> selector hooks -> clip -> step -> log,
+evaluate, checkpoint. Selectors and objectives plug in only through their hook methods.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..architecture import trainable_by_module
+from ..errors import HybridftError
+from ..evaluate import evaluate, scalar_metrics
+from ..registry import OBJECTIVES, SELECTORS
+from .checkpoint import load_checkpoint, save_checkpoint
+from .optim import build_optimizer, build_scheduler
+
+
+def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """A seeded shuffle per (run seed, stage, epoch): the data order never depends on RNG state,
+    so a resumed run sees exactly the batches the interrupted one would have."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def select_parameters(model, selectors) -> int:
+    """Freeze everything, then train the union of what the selectors name. Returns the count."""
+    names = set().union(*(s.trainable(model) for s in selectors))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in names)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def is_better(value: float, best: float | None, metric: str, min_delta: float = 0.0) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best - min_delta if metric == "loss" else value > best + min_delta
+
+
+def run_stage(run, index: int, spec, resume_from=None) -> dict:
+    name = spec.name or f"stage{index}"
+    acc, metric = run.accelerator, run.recipe.selection_metric
+    selectors = [SELECTORS.build(c) for c in spec.select]
+    model = run.model
+    for s in selectors:
+        model = s.prepare(model)
+    n_trainable = select_parameters(model, selectors)
+    if n_trainable == 0:
+        raise HybridftError(f"stage {name}: the selection trains no parameter")
+    trainable_where = trainable_by_module(model)
+    objectives = [OBJECTIVES.build(c) for c in spec.objectives]
+    active = [o for o in objectives if o.weight > 0]  # weight 0 must change nothing, not even RNG use
+    for o in objectives:
+        o.on_stage_start(run)
+
+    train, bs, accum = run.data.train, spec.batch_size, spec.grad_accum_steps
+    micro_per_epoch = math.ceil(len(train) / bs)
+    total_steps = spec.max_steps or spec.epochs * math.ceil(micro_per_epoch / accum)
+    optimizer = build_optimizer(spec.optimizer, model)
+    scheduler = build_scheduler(spec.scheduler, optimizer, total_steps)
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    best_path = run.checkpoint_dir / f"best-stage{index}.safetensors"
+
+    st = {"stage": index, "step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0,
+          "history": [], "train_time_s": 0.0, "samples": 0, "tokens": 0, "stopped_early": False}
+    if resume_from is not None:
+        st = load_checkpoint(resume_from, model, optimizer, scheduler)["stage_state"]
+    ddp_model = acc.prepare_model(model)
+
+    def evaluate_now():
+        bs_eval = spec.eval_batch_size or 2 * bs
+        m = evaluate(model, run.data.validation, run.data.task, run.data.label_names, run.collator, bs_eval,
+                     run.device, desc=f"eval {name}", progress=run.progress)
+        scalars = scalar_metrics(m)
+        run.log.write(run.global_step, {"stage": name, **{f"eval/{k}": v for k, v in scalars.items()}})
+        st["history"].append({"step": st["step"], **scalars})
+        min_delta = spec.early_stopping.min_delta if spec.early_stopping else 0.0
+        if is_better(scalars[metric], st["best"], metric, min_delta):
+            st.update(best=scalars[metric], best_step=st["step"], bad_evals=0)
+            if spec.keep_best:
+                best_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = best_path.with_suffix(".tmp")
+                save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, tmp)
+                tmp.replace(best_path)
+        else:
+            st["bad_evals"] += 1
+
+    def checkpoint():
+        save_checkpoint(run.checkpoint_dir, f"step-{run.global_step}", model, optimizer, scheduler,
+                        {"stage_state": st, "global_step": run.global_step, "log_lines": run.log.lines,
+                         "stage_reports": run.stage_reports},
+                        run.recipe.output.keep_checkpoints)
+
+    bar = tqdm(total=total_steps, initial=st["step"], desc=f"train {name}", disable=not run.progress,
+               mininterval=1.0, dynamic_ncols=True)
+    model.train()
+    done = st["step"] >= total_steps
+    while not done:
+        batches = epoch_batches(len(train), bs, seed=run.recipe.seed * 1_000_003 + index * 1009 + st["epoch"])
+        tic, running = time.perf_counter(), {}
+        while st["micro"] < len(batches) and not done:
+            micro = st["micro"]
+            group_start = micro - micro % accum
+            group_size = min(accum, len(batches) - group_start)  # the last group of an epoch may be short
+            is_update = micro == group_start + group_size - 1
+            batch = {k: v.to(run.device) for k, v in run.collator([train[i] for i in batches[micro]]).items()}
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            with nullcontext() if is_update else acc.no_sync(ddp_model):
+                outputs = ddp_model(**inputs)
+                losses = {o.name: o.loss(ddp_model, batch, outputs) for o in active}
+                loss = sum(o.weight * losses[o.name] for o in active)
+                acc.backward(loss / group_size)
+            for k, v in {"loss": loss, **{f"loss/{n}": v for n, v in losses.items()}}.items():
+                running[k] = running.get(k, 0.0) + float(v.detach()) / group_size
+            st["samples"] += len(batches[micro])
+            st["tokens"] += int(batch["attention_mask"].sum())
+            st["micro"] += 1
+            if not is_update:
+                continue
+
+            for s in selectors:
+                s.after_backward(model)
+            if spec.max_grad_norm:
+                acc.clip_grad_norm_(trainable_params, spec.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            for s in selectors:
+                s.after_step(model)
+            st["step"] += 1
+            run.global_step += 1
+            st["train_time_s"] += time.perf_counter() - tic
+
+            throughput = st["samples"] / max(st["train_time_s"], 1e-9)
+            run.log.write(run.global_step, {"stage": name, "epoch": st["epoch"], "lr": scheduler.get_last_lr()[0],
+                                            **running, "samples_per_s": throughput})
+            bar.set_postfix(loss=f"{running['loss']:.4f}", sps=f"{throughput:.1f}", refresh=False)
+            bar.update(1)
+            running = {}
+            done = st["step"] >= total_steps
+            end_of_epoch = st["micro"] == len(batches)
+            if (spec.eval_every and st["step"] % spec.eval_every == 0) or done or (end_of_epoch and not spec.eval_every):
+                evaluate_now()
+                if spec.early_stopping and st["bad_evals"] >= spec.early_stopping.patience:
+                    st["stopped_early"] = done = True
+                if not run.recipe.output.checkpoint_every and not done:
+                    checkpoint()
+            if run.recipe.output.checkpoint_every and st["step"] % run.recipe.output.checkpoint_every == 0 and not done:
+                checkpoint()
+            tic = time.perf_counter()
+        if st["micro"] >= len(batches):
+            st["epoch"] += 1
+            st["micro"] = 0
+    bar.close()
+
+    if spec.keep_best and best_path.is_file():
+        model.load_state_dict(load_file(best_path), strict=False)
+    for s in selectors:
+        model = s.finish(model)
+    for o in objectives:
+        o.on_stage_end(run)
+    run.model = model
+    return {
+        "name": name,
+        "select": [c.model_dump() for c in spec.select],
+        "objectives": [c.model_dump() for c in spec.objectives],
+        "trainable_params": n_trainable,
+        "trainable_by_module": trainable_where,
+        "steps": st["step"],
+        "epochs_started": st["epoch"] + (1 if st["micro"] else 0),
+        "train_time_s": st["train_time_s"],
+        "samples_per_s": st["samples"] / max(st["train_time_s"], 1e-9),
+        "tokens_per_s": st["tokens"] / max(st["train_time_s"], 1e-9),
+        "best_metric": {metric: st["best"], "step": st["best_step"]},
+        "stopped_early": st["stopped_early"],
+        "evaluations": st["history"],
+    }

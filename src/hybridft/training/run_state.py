@@ -1,0 +1,36 @@
+"""Everything a run carries from one stage to the next, explicitly (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import TaskData
+from ..recipe import Recipe
+
+
+@dataclass
+class Run:
+    recipe: Recipe
+    run_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    data: TaskData
+    collator: object
+    accelerator: object
+    log: object  # report.metrics_log.MetricsLog
+    progress: bool = True
+    global_step: int = 0
+    stage_reports: list[dict] = field(default_factory=list)
+    # named things stages hand to each other: teachers, importance scores, the pretrained snapshot
+    artifacts: dict = field(default_factory=dict)
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"

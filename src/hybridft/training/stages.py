@@ -1,0 +1,132 @@
+"""run_recipe(): load model and data, run the stages in order, save the model and the report."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from ..data import load_task_data
+from ..errors import HybridftError
+from ..evaluate import evaluate
+from ..models import load_model, load_tokenizer, resolve_model
+from ..report.metrics_log import MetricsLog
+from ..report.summary import write_report
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .loop import run_stage
+from .run_state import Run
+
+RUN_MARKERS = ("recipe.yaml", "metrics.jsonl", "report.json", "checkpoints")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; only ever delete a folder that holds a hybridft run."""
+    if resume:
+        if not (run_dir / "recipe.yaml").is_file():
+            raise HybridftError(f"nothing to resume in {run_dir}: it holds no hybridft run")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not any((run_dir / m).exists() for m in RUN_MARKERS):
+            raise HybridftError(f"{run_dir} is not empty and holds no hybridft run; choose another --out")
+        if not overwrite:
+            raise HybridftError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        shutil.rmtree(run_dir)
+
+
+def collator_for(task: str, tokenizer):
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    if task == "token_classification":
+        return DataCollatorForTokenClassification(tokenizer, return_tensors="pt")
+    return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+
+def resolved_recipe_text(recipe, base_dir: Path, source: str) -> str:
+    data = recipe.model_dump(mode="json")
+    data["model"]["name"] = source
+    for split in ("train", "validation", "test"):
+        if data["data"][split]:
+            data["data"][split] = str((base_dir / data["data"][split]).resolve())
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def save_model_folder(run: Run, path: Path) -> None:
+    """Write to a temporary folder and rename, so ``model/`` is either complete or absent."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = run.accelerator.unwrap_model(run.model)
+    model.save_pretrained(tmp, safe_serialization=True)
+    run.tokenizer.save_pretrained(tmp)
+    meta = {"task": run.recipe.task, "max_length": run.recipe.model.max_length,
+            "columns": run.recipe.data.columns.model_dump(), "labels": run.data.label_names}
+    (tmp / "hybridft.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
+               progress: bool = True) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    prepare_run_dir(run_dir, resume, overwrite)
+    set_seed(recipe.seed)
+    source = resolve_model(recipe.model.name, base_dir)
+    tokenizer = load_tokenizer(source, recipe.model.trust_remote_code)
+    data = load_task_data(recipe, base_dir, tokenizer)
+    model = load_model(source, recipe.task, data.label_names, recipe.model.trust_remote_code)
+
+    recipe_text = resolved_recipe_text(recipe, base_dir, source)
+    if resume and (run_dir / "recipe.yaml").read_text(encoding="utf-8") != recipe_text:
+        raise HybridftError(f"the recipe differs from the one {run_dir} was started with; resume with the same recipe")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
+
+    accelerator = Accelerator(log_with="tensorboard", project_dir=str(run_dir))
+    accelerator.init_trackers("tensorboard")
+    run = Run(recipe, run_dir, model.to(accelerator.device), tokenizer, data, collator_for(recipe.task, tokenizer),
+              accelerator, MetricsLog(run_dir / "metrics.jsonl", accelerator), progress)
+
+    first_stage, stage_resume = 0, None
+    checkpoint = latest_checkpoint(run.checkpoint_dir) if resume else None
+    if checkpoint is not None:
+        state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+        run.log.truncate(state["log_lines"])
+        run.global_step, run.stage_reports = state["global_step"], state.get("stage_reports", [])
+        if state["stage_state"] is None:  # written between stages: plain weights, next stage fresh
+            load_checkpoint(checkpoint, run.model)
+            first_stage = state["completed_stages"]
+        else:
+            first_stage, stage_resume = state["stage_state"]["stage"], checkpoint
+    elif resume:
+        run.log.truncate(0)
+
+    for index in range(first_stage, len(recipe.stages)):
+        report = run_stage(run, index, recipe.stages[index], resume_from=stage_resume if index == first_stage else None)
+        run.stage_reports.append(report)
+        save_checkpoint(run.checkpoint_dir, f"stage-{index}-done", run.model, None, None,
+                        {"stage_state": None, "completed_stages": index + 1, "global_step": run.global_step,
+                         "log_lines": run.log.lines, "stage_reports": run.stage_reports},
+                        recipe.output.keep_checkpoints)
+
+    batch = recipe.stages[-1].eval_batch_size or 2 * recipe.stages[-1].batch_size
+    final = {"validation": evaluate(run.model, data.validation, data.task, data.label_names, run.collator, batch,
+                                    run.device, "final eval", progress)}
+    if data.test is not None:
+        final["test"] = evaluate(run.model, data.test, data.task, data.label_names, run.collator, batch,
+                                 run.device, "test eval", progress)
+    if recipe.output.save_model:
+        save_model_folder(run, run_dir / "model")
+    report = write_report(run, final, source, wall_time_s=time.perf_counter() - started,
+                          peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    run.log.close()
+    accelerator.end_training()
+    if not recipe.output.keep_checkpoints_after_run:
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    return report
