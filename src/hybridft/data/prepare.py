@@ -82,7 +82,10 @@ def _tag_order(tag: str):
 
 def infer_labels(rows: list[dict], task: str, cols) -> list[str]:
     if task == "token_classification":
-        return sorted({t for r in rows for t in r[cols.tags]}, key=_tag_order)
+        tags = {t for r in rows for t in r[cols.tags]}
+        # every entity type gets both B- and I-, even if training only shows one-word entities
+        tags |= {f"{p}-{t[2:]}" for t in tags if t[:2] in ("B-", "I-") for p in "BI"}
+        return sorted(tags, key=_tag_order)
     names = {r[cols.label] for r in rows}
     if all(n.lstrip("-").isdigit() for n in names):
         return sorted(names, key=int)  # "2" before "10"

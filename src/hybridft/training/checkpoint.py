@@ -43,11 +43,16 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
-def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: dict, keep: int,
+                    extra_files: tuple[Path, ...] = ()) -> Path:
+    """``extra_files`` (e.g. the best weights so far) are copied in, so the checkpoint is self-contained."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    for extra in extra_files:
+        if extra.is_file():
+            shutil.copy2(extra, tmp / extra.name)
     save_model(model, str(tmp / "model.safetensors"))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")

@@ -7,6 +7,7 @@ evaluate, checkpoint. Selectors and objectives plug in only through their hook m
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from contextlib import nullcontext
 
@@ -71,6 +72,10 @@ def run_stage(run, index: int, spec, resume_from=None) -> dict:
           "history": [], "train_time_s": 0.0, "samples": 0, "tokens": 0, "stopped_early": False}
     if resume_from is not None:
         st = load_checkpoint(resume_from, model, optimizer, scheduler)["stage_state"]
+        # the best weights as they were at that checkpoint, not as a later evaluation left them
+        best_path.unlink(missing_ok=True)
+        if (resume_from / best_path.name).is_file():
+            shutil.copy2(resume_from / best_path.name, best_path)
     ddp_model = acc.prepare_model(model)
 
     def evaluate_now():
@@ -95,7 +100,7 @@ def run_stage(run, index: int, spec, resume_from=None) -> dict:
         save_checkpoint(run.checkpoint_dir, f"step-{run.global_step}", model, optimizer, scheduler,
                         {"stage_state": st, "global_step": run.global_step, "log_lines": run.log.lines,
                          "stage_reports": run.stage_reports},
-                        run.recipe.output.keep_checkpoints)
+                        run.recipe.output.keep_checkpoints, extra_files=(best_path,))
 
     bar = tqdm(total=total_steps, initial=st["step"], desc=f"train {name}", disable=not run.progress,
                mininterval=1.0, dynamic_ncols=True)

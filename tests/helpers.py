@@ -1,0 +1,40 @@
+"""Small builders shared by tests: a classification model on the tiny BERT and one training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hybridft.data.prepare import load_task_data
+from hybridft.models import load_model, load_tokenizer
+from hybridft.recipe import validate_recipe
+from hybridft.training.stages import run_recipe
+
+
+def tiny_classifier(model_dir: Path, labels=("negative", "positive"), dropout: float | None = None):
+    model = load_model(str(model_dir), "classification", list(labels))
+    if dropout is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = dropout
+    return model
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def train_and_load(recipe_dict: dict, run_dir: Path, base_dir: Path | None = None):
+    """Run a recipe in-process; return (report, final model state dict)."""
+    from safetensors.torch import load_file
+
+    recipe = validate_recipe(recipe_dict)
+    report = run_recipe(recipe, base_dir or run_dir.parent, run_dir, progress=False)
+    return report, load_file(run_dir / "model" / "model.safetensors")
+
+
+def tokenized(model_dir: Path, recipe_dict: dict):
+    recipe = validate_recipe(recipe_dict)
+    tok = load_tokenizer(str(model_dir))
+    return load_task_data(recipe, Path("."), tok)

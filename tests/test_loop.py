@@ -1,0 +1,97 @@
+"""The training loop: accumulation, determinism, resume, early stopping, keep-best."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import base_recipe, build_tiny_bert
+from .helpers import train_and_load
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory):
+    from transformers import BertConfig
+
+    folder = build_tiny_bert(tmp_path_factory.mktemp("tiny-nodrop"))
+    config = BertConfig.from_pretrained(folder)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    config.save_pretrained(folder)
+    return folder
+
+
+def test_two_micro_batches_of_one_equal_one_batch_of_two(no_dropout_model, sentiment_csv, tmp_path):
+    common = {"optimizer": {"name": "sgd", "lr": 0.5}, "max_grad_norm": None, "max_steps": 6, "keep_best": False}
+    _, a = train_and_load(base_recipe(no_dropout_model, sentiment_csv, batch_size=2, **common), tmp_path / "a")
+    _, b = train_and_load(base_recipe(no_dropout_model, sentiment_csv, batch_size=1, grad_accum_steps=2, **common),
+                          tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    # and training did something
+    _, start = train_and_load(base_recipe(no_dropout_model, sentiment_csv, **{**common, "max_steps": 1,
+                                          "optimizer": {"name": "sgd", "lr": 1e-12}}), tmp_path / "c")
+    assert not torch.allclose(a["classifier.weight"], start["classifier.weight"])
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tiny_model, sentiment_csv, tmp_path):
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=4)
+    _, a = train_and_load(recipe, tmp_path / "a")
+    _, b = train_and_load(recipe, tmp_path / "b")
+    _, c = train_and_load({**recipe, "seed": 1}, tmp_path / "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def _without_timing(log: str) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k != "samples_per_s"} for x in log.splitlines()]
+
+
+def test_resume_from_an_earlier_checkpoint_gives_bit_identical_weights(tiny_model, sentiment_csv, tmp_path):
+    from hybridft.recipe import validate_recipe
+    from hybridft.training.stages import run_recipe
+
+    recipe = base_recipe(tiny_model, sentiment_csv, epochs=2, eval_every=3)
+    recipe["output"] = {"keep_checkpoints": 20, "keep_checkpoints_after_run": True}
+    report, final = train_and_load(recipe, tmp_path / "full")
+    log = (tmp_path / "full" / "metrics.jsonl").read_text()
+    checkpoints = tmp_path / "full" / "checkpoints"
+    mid = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step-"))
+    assert "step-6" in mid and "step-12" in mid
+
+    # pretend the run died right after step 6 was checkpointed
+    shutil.copytree(tmp_path / "full", tmp_path / "crashed")
+    crashed = tmp_path / "crashed"
+    (crashed / "checkpoints" / "latest").write_text("step-6")
+    shutil.rmtree(crashed / "model")
+    (crashed / "report.json").unlink()
+    resumed = run_recipe(validate_recipe(recipe), tmp_path, crashed, resume=True, progress=False)
+    again = load_file(crashed / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], again[k]) for k in final)
+    assert _without_timing((crashed / "metrics.jsonl").read_text()) == _without_timing(log)
+    assert resumed["metrics"] == report["metrics"]
+
+
+def test_early_stopping_and_keep_best(tiny_model, sentiment_csv, tmp_path):
+    # min_delta this large means no evaluation after the first counts as an improvement
+    recipe = base_recipe(tiny_model, sentiment_csv, epochs=3, eval_every=1,
+                         early_stopping={"patience": 2, "min_delta": 10.0})
+    recipe["metric"] = "loss"
+    report, _ = train_and_load(recipe, tmp_path / "run")
+    stage = report["stages"][0]
+    assert stage["stopped_early"] and stage["steps"] == 3
+    assert stage["best_metric"]["step"] == 1
+    # the final model is the best one (step 1), not the last one
+    assert report["metrics"]["loss"] == pytest.approx(stage["evaluations"][0]["loss"], rel=1e-6)
+    assert stage["evaluations"][2]["loss"] != stage["evaluations"][0]["loss"]
+
+
+def test_metrics_log_has_every_step_and_each_loss_term(tiny_model, sentiment_csv, tmp_path):
+    report, _ = train_and_load(base_recipe(tiny_model, sentiment_csv, max_steps=5), tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "loss/task" in r]
+    assert train_steps == [1, 2, 3, 4, 5]
+    assert any("eval/accuracy" in r for r in records)
+    assert report["stages"][0]["steps"] == 5
