@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .errors import HybridftError
-from .models import check_model_dir, load_tokenizer, quiet_transformers
-
-
-def load_saved(model_dir: str):
-    """A model folder written by hybridft (or any HF classification/tagging folder)."""
-    import transformers
-
-    path = check_model_dir(Path(model_dir)) if Path(model_dir).is_dir() else None
-    if path is None:
-        raise HybridftError(f"model folder not found: {model_dir}")
-    meta_file = path / "hybridft.json"
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-    config = transformers.AutoConfig.from_pretrained(path)
-    if "task" not in meta:
-        token_level = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
-        meta["task"] = "token_classification" if token_level else "classification"
-    quiet_transformers()
-    auto = (transformers.AutoModelForTokenClassification if meta["task"] == "token_classification"
-            else transformers.AutoModelForSequenceClassification)
-    model = auto.from_pretrained(path, use_safetensors=True).eval()
-    labels = [config.id2label[i] for i in range(len(config.id2label))]
-    return model, load_tokenizer(str(path)), meta, labels
+from .model_io import load_saved
 
 
 def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, columns: dict,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..spec import Spec
-
 from ..registry import SELECTORS
+from ..spec import Spec
 from .base import Selector
 
 

@@ -16,9 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 LATEST = "latest"
+SELECTOR_STATE = "selectors.safetensors"
+
+
+def selector_state(selectors) -> dict:
+    """Every selector's state (e.g. importance masks) under ``<index>/<key>``."""
+    return {f"{i}/{k}": v for i, s in enumerate(selectors) for k, v in s.state_dict().items()}
+
+
+def restore_selector_state(path: Path, selectors) -> None:
+    state = load_file(str(path / SELECTOR_STATE)) if (path / SELECTOR_STATE).is_file() else {}
+    for i, s in enumerate(selectors):
+        s.load_state_dict({k.split("/", 1)[1]: v for k, v in state.items() if k.split("/", 1)[0] == str(i)})
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -44,7 +56,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: dict, keep: int,
-                    extra_files: tuple[Path, ...] = ()) -> Path:
+                    extra_files: tuple[Path, ...] = (), extra_tensors: dict | None = None) -> Path:
     """``extra_files`` (e.g. the best weights so far) are copied in, so the checkpoint is self-contained."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{name}"
@@ -54,6 +66,8 @@ def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: d
         if extra.is_file():
             shutil.copy2(extra, tmp / extra.name)
     save_model(model, str(tmp / "model.safetensors"))
+    if extra_tensors:
+        save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / SELECTOR_STATE))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if scheduler is not None:

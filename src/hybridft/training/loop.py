@@ -10,6 +10,7 @@ import math
 import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,7 +20,8 @@ from ..architecture import trainable_by_module
 from ..errors import HybridftError
 from ..evaluate import evaluate, scalar_metrics
 from ..registry import OBJECTIVES, SELECTORS
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, restore_selector_state, save_checkpoint, selector_state
+from .masking import EntryMasks, union_selection
 from .optim import build_optimizer, build_scheduler
 
 
@@ -30,12 +32,14 @@ def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def select_parameters(model, selectors) -> int:
-    """Freeze everything, then train the union of what the selectors name. Returns the count."""
-    names = set().union(*(s.trainable(model) for s in selectors))
+def select_parameters(model, selectors) -> tuple[int, dict]:
+    """Freeze everything, then train the union of what the selectors name.
+    Returns the number of trainable entries and the entry masks of partly trained tensors."""
+    whole, masks = union_selection(model, selectors)
     for name, p in model.named_parameters():
-        p.requires_grad_(name in names)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+        p.requires_grad_(name in whole or name in masks)
+    params = dict(model.named_parameters())
+    return sum(params[n].numel() for n in whole) + EntryMasks.count(masks), masks
 
 
 def is_better(value: float, best: float | None, metric: str, min_delta: float = 0.0) -> bool:
@@ -44,17 +48,37 @@ def is_better(value: float, best: float | None, metric: str, min_delta: float = 
     return value < best - min_delta if metric == "loss" else value > best + min_delta
 
 
-def run_stage(run, index: int, spec, resume_from=None) -> dict:
-    name = spec.name or f"stage{index}"
-    acc, metric = run.accelerator, run.recipe.selection_metric
+@dataclass
+class Selection:
+    model: torch.nn.Module
+    selectors: list
+    masks: dict
+    n_trainable: int
+    where: dict
+
+
+def build_selection(run, spec, name: str, resume_from=None) -> Selection:
+    """Prepare the stage's selectors on the run's model and freeze all that they do not select."""
     selectors = [SELECTORS.build(c) for c in spec.select]
     model = run.model
     for s in selectors:
-        model = s.prepare(model)
-    n_trainable = select_parameters(model, selectors)
+        model = s.prepare(model, run)
+    if resume_from is not None:
+        restore_selector_state(resume_from, selectors)
+    else:
+        for s in selectors:
+            s.fit(model, run, spec)
+    n_trainable, masks = select_parameters(model, selectors)
     if n_trainable == 0:
         raise HybridftError(f"stage {name}: the selection trains no parameter")
-    trainable_where = trainable_by_module(model)
+    return Selection(model, selectors, masks, n_trainable, trainable_by_module(model))
+
+
+def run_stage(run, index: int, spec, resume_from=None, selection: Selection | None = None) -> dict:
+    name = spec.name or f"stage{index}"
+    acc, metric = run.accelerator, run.recipe.selection_metric
+    selection = selection or build_selection(run, spec, name, resume_from)
+    model, selectors, masks = selection.model, selection.selectors, selection.masks
     objectives = [OBJECTIVES.build(c) for c in spec.objectives]
     active = [o for o in objectives if o.weight > 0]  # weight 0 must change nothing, not even RNG use
     for o in objectives:
@@ -76,6 +100,7 @@ def run_stage(run, index: int, spec, resume_from=None) -> dict:
         best_path.unlink(missing_ok=True)
         if (resume_from / best_path.name).is_file():
             shutil.copy2(resume_from / best_path.name, best_path)
+    entry_masks = EntryMasks(model, masks) if masks else None  # after loading: originals are stage-start values
     ddp_model = acc.prepare_model(model)
 
     def evaluate_now():
@@ -100,7 +125,8 @@ def run_stage(run, index: int, spec, resume_from=None) -> dict:
         save_checkpoint(run.checkpoint_dir, f"step-{run.global_step}", model, optimizer, scheduler,
                         {"stage_state": st, "global_step": run.global_step, "log_lines": run.log.lines,
                          "stage_reports": run.stage_reports},
-                        run.recipe.output.keep_checkpoints, extra_files=(best_path,))
+                        run.recipe.output.keep_checkpoints, extra_files=(best_path,),
+                        extra_tensors=selector_state(selectors))
 
     bar = tqdm(total=total_steps, initial=st["step"], desc=f"train {name}", disable=not run.progress,
                mininterval=1.0, dynamic_ncols=True)
@@ -129,6 +155,8 @@ def run_stage(run, index: int, spec, resume_from=None) -> dict:
             if not is_update:
                 continue
 
+            if entry_masks:
+                entry_masks.zero_unselected_grads()
             for s in selectors:
                 s.after_backward(model)
             if spec.max_grad_norm:
@@ -136,6 +164,8 @@ def run_stage(run, index: int, spec, resume_from=None) -> dict:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if entry_masks:
+                entry_masks.restore_unselected()
             for s in selectors:
                 s.after_step(model)
             st["step"] += 1
@@ -175,8 +205,9 @@ def run_stage(run, index: int, spec, resume_from=None) -> dict:
         "name": name,
         "select": [c.model_dump() for c in spec.select],
         "objectives": [c.model_dump() for c in spec.objectives],
-        "trainable_params": n_trainable,
-        "trainable_by_module": trainable_where,
+        "trainable_params": selection.n_trainable,
+        "trainable_by_module": selection.where,
+        "selectors": [s.summary() for s in selectors],
         "steps": st["step"],
         "epochs_started": st["epoch"] + (1 if st["micro"] else 0),
         "train_time_s": st["train_time_s"],

@@ -13,7 +13,9 @@ import yaml
 from ..data import load_task_data
 from ..errors import HybridftError
 from ..evaluate import evaluate
+from ..model_io import save_model_folder
 from ..models import load_model, load_tokenizer, resolve_model
+from ..registry import SELECTORS
 from ..report.metrics_log import MetricsLog
 from ..report.summary import write_report
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -54,27 +56,13 @@ def resolved_recipe_text(recipe, base_dir: Path, source: str) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def save_model_folder(run: Run, path: Path) -> None:
-    """Write to a temporary folder and rename, so ``model/`` is either complete or absent."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = run.accelerator.unwrap_model(run.model)
-    model.save_pretrained(tmp, safe_serialization=True)
-    run.tokenizer.save_pretrained(tmp)
-    meta = {"task": run.recipe.task, "max_length": run.recipe.model.max_length,
-            "columns": run.recipe.data.columns.model_dump(), "labels": run.data.label_names}
-    (tmp / "hybridft.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-
-
-def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
-               progress: bool = True) -> dict:
+def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
+              progress: bool = True) -> Run:
+    """Check the folder, load tokenizer, data and model (all before anything is written), then
+    create the run folder with its resolved recipe, logs and trackers."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    started = time.perf_counter()
     prepare_run_dir(run_dir, resume, overwrite)
     set_seed(recipe.seed)
     source = resolve_model(recipe.model.name, base_dir)
@@ -87,25 +75,46 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
         raise HybridftError(f"the recipe differs from the one {run_dir} was started with; resume with the same recipe")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
-
     accelerator = Accelerator(log_with="tensorboard", project_dir=str(run_dir))
     accelerator.init_trackers("tensorboard")
     run = Run(recipe, run_dir, model.to(accelerator.device), tokenizer, data, collator_for(recipe.task, tokenizer),
               accelerator, MetricsLog(run_dir / "metrics.jsonl", accelerator), progress)
+    run.artifacts["model_source"] = source
+    return run
 
-    first_stage, stage_resume = 0, None
-    checkpoint = latest_checkpoint(run.checkpoint_dir) if resume else None
-    if checkpoint is not None:
-        state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
-        run.log.truncate(state["log_lines"])
-        run.global_step, run.stage_reports = state["global_step"], state.get("stage_reports", [])
-        if state["stage_state"] is None:  # written between stages: plain weights, next stage fresh
-            load_checkpoint(checkpoint, run.model)
-            first_stage = state["completed_stages"]
-        else:
-            first_stage, stage_resume = state["stage_state"]["stage"], checkpoint
-    elif resume:
+
+def restore_structure(run: Run, stages) -> None:
+    """Re-insert modules that completed stages left in the model (adapters), so that a checkpoint
+    written after those stages fits the model it is loaded into."""
+    for spec in stages:
+        for config in spec.select:
+            selector = SELECTORS.build(config)
+            if selector.keeps_structure:
+                run.model = selector.prepare(run.model, None)
+
+
+def resume_point(run: Run) -> tuple[int, Path | None]:
+    """(first stage to run, checkpoint to resume that stage from, or None to start it fresh)."""
+    checkpoint = latest_checkpoint(run.checkpoint_dir)
+    if checkpoint is None:
         run.log.truncate(0)
+        return 0, None
+    state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    run.log.truncate(state["log_lines"])
+    run.global_step, run.stage_reports = state["global_step"], state.get("stage_reports", [])
+    if state["stage_state"] is None:  # written between stages
+        restore_structure(run, run.recipe.stages[: state["completed_stages"]])
+        load_checkpoint(checkpoint, run.model)
+        return state["completed_stages"], None
+    restore_structure(run, run.recipe.stages[: state["stage_state"]["stage"]])
+    return state["stage_state"]["stage"], checkpoint
+
+
+def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
+               progress: bool = True) -> dict:
+    started = time.perf_counter()
+    run = start_run(recipe, base_dir, run_dir, resume, overwrite, progress)
+    first_stage, stage_resume = resume_point(run) if resume else (0, None)
 
     for index in range(first_stage, len(recipe.stages)):
         report = run_stage(run, index, recipe.stages[index], resume_from=stage_resume if index == first_stage else None)
@@ -115,7 +124,7 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
                          "log_lines": run.log.lines, "stage_reports": run.stage_reports},
                         recipe.output.keep_checkpoints)
 
-    batch = recipe.stages[-1].eval_batch_size or 2 * recipe.stages[-1].batch_size
+    data, batch = run.data, recipe.stages[-1].eval_batch_size or 2 * recipe.stages[-1].batch_size
     final = {"validation": evaluate(run.model, data.validation, data.task, data.label_names, run.collator, batch,
                                     run.device, "final eval", progress)}
     if data.test is not None:
@@ -123,10 +132,10 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
                                  run.device, "test eval", progress)
     if recipe.output.save_model:
         save_model_folder(run, run_dir / "model")
-    report = write_report(run, final, source, wall_time_s=time.perf_counter() - started,
+    report = write_report(run, final, run.artifacts["model_source"], wall_time_s=time.perf_counter() - started,
                           peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     run.log.close()
-    accelerator.end_training()
+    run.accelerator.end_training()
     if not recipe.output.keep_checkpoints_after_run:
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     return report

@@ -1,0 +1,86 @@
+"""Model folders in and out.
+
+A saved model is a standard transformers folder (safetensors, config with id2label, tokenizer) plus
+``hybridft.json`` (task, max length, columns). Bottleneck adapters cannot be merged into the base
+weights, so a model that has them also gets ``adapters.safetensors``, and its config entry in
+``hybridft.json``; ``load_saved`` puts them back. Plain ``transformers`` loading of such a folder
+gives the base model *without* its adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import HybridftError
+from .models import HEAD_CLASSES, check_model_dir, load_tokenizer, quiet_transformers
+from .selectors.adapter import adapter_layout, wrap_with_adapter
+
+ADAPTERS_FILE = "adapters.safetensors"
+
+
+def split_adapter_state(model) -> tuple[dict, dict]:
+    """(plain state dict with standard names, adapter weights) of a model that may hold adapters."""
+    wrapped = tuple(f"{a['module']}." for a in adapter_layout(model))
+    plain, adapters = {}, {}
+    for name, tensor in model.state_dict().items():
+        owner = next((w for w in wrapped if name.startswith(w)), None)
+        if owner is None:
+            plain[name] = tensor
+        elif name.startswith(owner + "adapter."):
+            adapters[name] = tensor.contiguous()
+        else:
+            plain[owner + name[len(owner) + len("base."):]] = tensor
+    return plain, adapters
+
+
+def save_model_folder(run, path: Path) -> None:
+    """Write to a temporary folder and rename, so ``model/`` is either complete or absent."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = run.accelerator.unwrap_model(run.model)
+    plain, adapters = split_adapter_state(model)
+
+    model.save_pretrained(tmp, state_dict=plain, safe_serialization=True)
+    run.tokenizer.save_pretrained(tmp)
+    meta = {"task": run.recipe.task, "max_length": run.recipe.model.max_length,
+            "columns": run.recipe.data.columns.model_dump(), "labels": run.data.label_names}
+    if adapters:
+        save_file(adapters, str(tmp / ADAPTERS_FILE))
+        meta["adapters"] = adapter_layout(model)
+    (tmp / "hybridft.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def load_saved(model_dir: str | Path):
+    """(model in eval mode, tokenizer, hybridft.json content, label names) of a saved folder; any
+    transformers classification or tagging folder works, hybridft's own adds adapters back."""
+    import transformers
+    from safetensors.torch import load_file
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise HybridftError(f"model folder not found: {model_dir}")
+    check_model_dir(path)
+    meta_file = path / "hybridft.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    config = transformers.AutoConfig.from_pretrained(path)
+    if "task" not in meta:
+        token_level = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
+        meta["task"] = "token_classification" if token_level else "classification"
+    quiet_transformers()
+    model = getattr(transformers, HEAD_CLASSES[meta["task"]]).from_pretrained(path, use_safetensors=True)
+    if (path / ADAPTERS_FILE).is_file():
+        for a in meta.get("adapters", []):
+            wrap_with_adapter(model, a["module"], a["bottleneck"], a["nonlinearity"])
+        missing = set(load_file(str(path / ADAPTERS_FILE))) - set(model.state_dict())
+        if missing:
+            raise HybridftError(f"{path}: adapter weights do not fit the model (e.g. {sorted(missing)[0]})")
+        model.load_state_dict(load_file(str(path / ADAPTERS_FILE)), strict=False)
+    labels = [config.id2label[i] for i in range(len(config.id2label))]
+    return model.eval(), load_tokenizer(str(path)), meta, labels

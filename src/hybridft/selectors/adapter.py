@@ -1,0 +1,133 @@
+"""`adapter`: bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2020).
+
+Each adapter is down-projection -> nonlinearity -> up-projection with a residual connection, the
+up-projection initialised at zero so a fresh adapter is the identity. It wraps the output
+projection of the attention and/or feed-forward sublayer, i.e. it acts on the sublayer output
+before the residual add and LayerNorm, as in Houlsby's placement (Pfeiffer's is ``[ffn]`` only).
+
+Adapters cannot be merged into the linear weights (the nonlinearity is in the way): a model saved
+with adapters holds the base weights in standard form plus ``adapters.safetensors``; load it with
+``hybridft.adapters_io.load_model`` (what ``hybridft predict``/``eval`` do).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from .. import architecture
+from ..errors import HybridftError
+from ..registry import SELECTORS
+from ..spec import Spec
+from .base import Selector
+
+# The output projection of each sublayer in common architectures (name relative to one layer).
+SUBLAYER_OUTPUTS = {
+    "attention": re.compile(r"^(attention\.output\.dense|attn\.c_proj|self_attn\.out_proj|attention\.out_lin|"
+                            r"layer\.0\.SelfAttention\.o)$"),
+    "ffn": re.compile(r"^(output\.dense|mlp\.c_proj|fc2|ffn\.lin2|layer\.1\.DenseReluDense\.wo)$"),
+}
+
+
+class AdapterSpec(Spec):
+    name: Literal["adapter"] = "adapter"
+    reduction_factor: int = Field(16, ge=1, description="bottleneck size = hidden size / reduction_factor")
+    placement: list[Literal["attention", "ffn"]] = Field(default_factory=lambda: ["attention", "ffn"], min_length=1)
+    nonlinearity: Literal["relu", "gelu", "tanh"] = "relu"
+    layers: list[int] | None = Field(None, description="only these layer indices (default: all)")
+    head: bool = Field(True, description="the task head trains too")
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, size: int, bottleneck: int, nonlinearity: str):
+        super().__init__()
+        self.nonlinearity = nonlinearity
+        self.down = nn.Linear(size, bottleneck)
+        self.act = {"relu": nn.ReLU(), "gelu": nn.GELU(), "tanh": nn.Tanh()}[nonlinearity]
+        self.up = nn.Linear(bottleneck, size)
+        nn.init.normal_(self.down.weight, std=1e-3)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)  # near-identity at the start: the pretrained function is kept
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.act(self.down(x)))
+
+
+class WithAdapter(nn.Module):
+    """A sublayer's output projection followed by its adapter."""
+
+    def __init__(self, base: nn.Module, adapter: Bottleneck):
+        super().__init__()
+        self.base = base
+        self.adapter = adapter
+
+    def forward(self, *args, **kwargs):
+        return self.adapter(self.base(*args, **kwargs))
+
+
+def _out_features(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    weight = getattr(module, "weight", None)  # GPT-2's Conv1D stores [in, out]
+    if weight is not None and weight.dim() == 2:
+        return weight.shape[-1]
+    raise HybridftError(f"cannot place an adapter after a {type(module).__name__}")
+
+
+def wrap_with_adapter(model: nn.Module, module_name: str, bottleneck: int, nonlinearity: str) -> None:
+    module = model.get_submodule(module_name)
+    adapter = Bottleneck(_out_features(module), bottleneck, nonlinearity).to(next(module.parameters()).device)
+    parent, _, child = module_name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, WithAdapter(module, adapter))
+
+
+def adapter_layout(model: nn.Module) -> list[dict]:
+    """Where the adapters of a model sit, enough to rebuild them on a fresh copy of the base model."""
+    return [{"module": name, "bottleneck": m.adapter.down.out_features, "nonlinearity": m.adapter.nonlinearity}
+            for name, m in model.named_modules() if isinstance(m, WithAdapter)]
+
+
+def insert_adapters(model: nn.Module, spec: AdapterSpec) -> list[str]:
+    """Wrap the chosen sublayer outputs in place; returns the wrapped module names."""
+    prefix, stack = architecture.main_layer_stack(model)
+    n = len(stack)
+    bad = [i for i in spec.layers or [] if not -n <= i < n]
+    if bad:
+        raise HybridftError(f"adapter.layers has {bad[0]} but the model has layers 0..{n - 1}")
+    indices = sorted({i % n for i in spec.layers}) if spec.layers is not None else range(n)
+    wrapped = []
+    for i in indices:
+        layer = stack[i]
+        targets = [(rel, m) for rel, m in layer.named_modules()
+                   if any(SUBLAYER_OUTPUTS[p].match(rel) for p in spec.placement)]
+        for rel, module in targets:
+            if not isinstance(module, WithAdapter):
+                size = _out_features(module)
+                wrap_with_adapter(model, f"{prefix}.{i}.{rel}", max(1, size // spec.reduction_factor),
+                                  spec.nonlinearity)
+                wrapped.append(f"{prefix}.{i}.{rel}")
+    if not wrapped:
+        raise HybridftError(f"adapter: found no {'/'.join(spec.placement)} sublayer output in {type(model).__name__}")
+    return wrapped
+
+
+@SELECTORS.register(AdapterSpec)
+class Adapter(Selector):
+    """Bottleneck adapters after attention and/or feed-forward sublayers (plus the head)."""
+
+    keeps_structure = True
+
+    def prepare(self, model, run=None):
+        self.wrapped = insert_adapters(model, self.config)
+        return model
+
+    def trainable(self, model):
+        names = {n for n, _ in model.named_parameters() if ".adapter." in n}
+        if self.config.head:
+            names.update(architecture.head_param_names(model))
+        return names

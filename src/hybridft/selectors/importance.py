@@ -1,0 +1,165 @@
+"""`importance`: train only the parameter entries whose gradients matter most for the task.
+
+Scores every entry over K training batches with the mean absolute gradient |dL/dθ| or the
+diagonal Fisher (mean squared gradient; Kirkpatrick et al., 2017), then keeps entries by
+``density`` (top fraction, global or per tensor), by ``threshold``, or whole tensors ranked by
+their mean score (``granularity: tensor``). Related: FISH masks (Sung et al., 2021). The loop
+zeroes the gradients of unselected entries and restores them after each step, so they stay
+bit-identical even under AdamW weight decay. A list of densities or thresholds is decided by
+k-fold cross-validation (``choose_by: cv``) or a held-out split (``holdout``) of the training data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from .. import architecture
+from ..registry import SELECTORS
+from ..spec import Spec
+from .base import Selector
+
+
+class ImportanceSpec(Spec):
+    name: Literal["importance"] = "importance"
+    score: Literal["gradient", "fisher"] = "gradient"
+    batches: int = Field(16, ge=1, description="K training batches to score on")
+    density: float | list[float] | None = Field(None, description="fraction of entries to train, in (0, 1]")
+    threshold: float | list[float] | None = Field(None, description="train entries scoring at least this")
+    granularity: Literal["global", "per_tensor", "tensor"] = "global"
+    choose_by: Literal["cv", "holdout"] | None = Field(None, description="how to pick from a list of values")
+    folds: int = Field(3, ge=2)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    search_steps: int | None = Field(None, gt=0, description="training steps per candidate (default: stage's)")
+    head: bool = Field(True, description="the task head trains whole")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.density is None) == (self.threshold is None):
+            raise ValueError("give exactly one of density or threshold")
+        values = self.candidates
+        if self.density is not None and not all(0 < v <= 1 for v in values):
+            raise ValueError(f"density must be in (0, 1], got {values}")
+        if self.threshold is not None and not all(v >= 0 for v in values):
+            raise ValueError(f"threshold must be >= 0, got {values}")
+        if len(values) > 1 and self.choose_by is None:
+            raise ValueError("a list of values needs choose_by: cv or holdout")
+        if not values:
+            raise ValueError("the list of values is empty")
+        return self
+
+    @property
+    def candidates(self) -> list[float]:
+        value = self.density if self.density is not None else self.threshold
+        return list(value) if isinstance(value, list) else [value]
+
+
+def importance_scores(model, examples, collator, batches: int, batch_size: int, kind: str, seed: int) -> dict:
+    """Mean |g| or mean g² per entry over ``batches`` seeded batches, in eval mode (no dropout)."""
+    from ..objectives.task import task_loss
+
+    was_training = model.training
+    model.eval()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    device = next(model.parameters()).device
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in model.named_parameters()}
+    n = min(batches, math.ceil(len(order) / batch_size))
+    for b in range(n):
+        batch = {k: v.to(device) for k, v in collator([examples[i] for i in order[b * batch_size:(b + 1) * batch_size]]).items()}
+        labels = batch.pop("labels")
+        task_loss(model(**batch).logits, labels).backward()
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                scores[name] += p.grad.abs() if kind == "gradient" else p.grad.square()
+                p.grad = None
+    for name, p in model.named_parameters():
+        p.requires_grad_(flags[name])
+    model.train(was_training)
+    return {k: v / n for k, v in scores.items()}
+
+
+def select_entries(scores: dict, granularity: str, density: float | None = None,
+                   threshold: float | None = None) -> dict[str, torch.Tensor]:
+    """Boolean masks of the kept entries (pure function of the scores)."""
+    if threshold is not None:
+        if granularity == "tensor":
+            return {n: torch.full_like(s, bool(s.mean() >= threshold), dtype=torch.bool) for n, s in scores.items()}
+        return {n: s >= threshold for n, s in scores.items()}
+    if granularity == "per_tensor":
+        masks = {}
+        for n, s in scores.items():
+            keep = torch.zeros(s.numel(), dtype=torch.bool)
+            keep[torch.topk(s.flatten(), max(1, math.ceil(density * s.numel()))).indices] = True
+            masks[n] = keep.view_as(s)
+        return masks
+    if granularity == "tensor":
+        total, budget, masks = sum(s.numel() for s in scores.values()), 0, {}
+        for n in sorted(scores, key=lambda n: -float(scores[n].mean())):
+            take = budget < density * total
+            masks[n] = torch.full_like(scores[n], take, dtype=torch.bool)
+            budget += scores[n].numel() if take else 0
+        return masks
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[torch.topk(flat, max(1, math.ceil(density * flat.numel()))).indices] = True
+    masks, start = {}, 0
+    for n, s in scores.items():
+        masks[n] = keep[start:start + s.numel()].view_as(s)
+        start += s.numel()
+    return masks
+
+
+@SELECTORS.register(ImportanceSpec)
+class Importance(Selector):
+    """Gradient-importance masks: only the highest-scoring parameter entries train."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._masks: dict[str, torch.Tensor] = {}
+        self.value = config.candidates[0]
+        self.candidate_scores: dict[float, float] = {}
+
+    def fit(self, model, run, stage):
+        if len(self.config.candidates) > 1:
+            from ..training.search import choose_value
+
+            self.value, self.candidate_scores = choose_value(self.config, model, run, stage)
+        head = set(architecture.head_param_names(model)) if self.config.head else set()
+        scores = importance_scores(model, run.data.train, run.collator, self.config.batches, stage.batch_size,
+                                   self.config.score, run.recipe.seed)
+        scores = {n: s for n, s in scores.items() if n not in head}
+        by_density = self.config.density is not None
+        self._masks = select_entries(scores, self.config.granularity, density=self.value if by_density else None,
+                                     threshold=None if by_density else self.value)
+
+    def trainable(self, model):
+        return set(architecture.head_param_names(model)) if self.config.head else set()
+
+    def masks(self, model):
+        return {n: m for n, m in self._masks.items() if bool(m.any())}
+
+    def state_dict(self):
+        values = sorted(self.candidate_scores)
+        return {**{f"mask/{n}": m for n, m in self._masks.items()}, "value": torch.tensor([self.value]),
+                "candidates": torch.tensor(values + [self.candidate_scores[v] for v in values], dtype=torch.float64)}
+
+    def load_state_dict(self, state):
+        self._masks = {k[5:]: v for k, v in state.items() if k.startswith("mask/")}
+        self.value = float(state["value"][0])
+        c = state["candidates"].tolist()
+        self.candidate_scores = dict(zip(c[: len(c) // 2], c[len(c) // 2:], strict=True))
+
+    def summary(self):
+        selected = {n: int(m.sum()) for n, m in self._masks.items()}
+        return {"name": "importance", "value": self.value, "by": "density" if self.config.density is not None
+                else "threshold", "selected_entries": sum(selected.values()),
+                "scored_entries": sum(m.numel() for m in self._masks.values()),
+                "selected_per_tensor": {n: c for n, c in selected.items() if c},
+                "candidates": {str(k): v for k, v in self.candidate_scores.items()}}

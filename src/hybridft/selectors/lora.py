@@ -1,0 +1,113 @@
+"""`lora`: low-rank adapters through peft (Hu et al., 2021, "LoRA: Low-Rank Adaptation of LLMs").
+
+LoRA layers are injected in place (``peft.inject_adapter_in_model``), so parameter names keep their
+meaning for other selectors in the same stage. At stage end the low-rank updates are merged into the
+base weights (the model loads with plain ``transformers``), and the adapter alone is kept as a PEFT
+adapter folder for ``PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .. import architecture
+from ..errors import HybridftError
+from ..registry import SELECTORS
+from ..spec import Spec
+from .base import Selector
+
+
+class LoraSpec(Spec):
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"],
+                                      description="module name suffixes (or one regex) to adapt")
+    layers: list[int] | None = Field(None, description="only these layer indices (default: all)")
+    head: bool = Field(True, description="the task head trains too")
+    merge: bool = Field(True, description="merge into the base weights at stage end")
+
+
+def peft_config(spec: LoraSpec, model):
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=spec.target_modules, layers_to_transform=spec.layers,
+                      layers_pattern=architecture.main_layer_stack(model)[0].split(".")[-1] if spec.layers else None,
+                      modules_to_save=sorted({n.rpartition(".")[0] for n in architecture.head_param_names(model)}) or None)
+
+
+def lora_layers(model):
+    from peft.tuners.lora import LoraLayer
+
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def merge_lora(model):
+    """Fold every LoRA update into its base layer and put the plain layer back in its place."""
+    for name, layer in lora_layers(model):
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    return model
+
+
+def adapter_state(model) -> dict:
+    """The LoRA weights (and head) keyed as a PEFT adapter folder stores them."""
+    from peft import get_peft_model_state_dict
+
+    state = {f"base_model.model.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    for name in architecture.head_param_names(model):
+        state[f"base_model.model.{name}"] = model.get_parameter(name).detach().contiguous()
+    return state
+
+
+@SELECTORS.register(LoraSpec)
+class Lora(Selector):
+    """LoRA on chosen modules via peft (plus the head); merged into plain weights at stage end."""
+
+    @property
+    def keeps_structure(self) -> bool:
+        return not self.config.merge
+
+    def prepare(self, model, run=None):
+        from peft import inject_adapter_in_model
+
+        n_layers = architecture.num_layers(model)
+        bad = [i for i in self.config.layers or [] if not 0 <= i < n_layers]
+        if bad:
+            raise HybridftError(f"lora.layers has {bad[0]} but the model has layers 0..{n_layers - 1}")
+        self.peft_config = peft_config(self.config, model)
+        self.peft_config.modules_to_save = None  # the head trains in place; we list it in trainable()
+        try:
+            model = inject_adapter_in_model(self.peft_config, model)
+        except ValueError as e:
+            raise HybridftError(f"lora.target_modules {self.config.target_modules}: {str(e).splitlines()[0]}") from None
+        self.run = run
+        return model
+
+    def trainable(self, model):
+        names = {n for n, _ in model.named_parameters() if ".lora_" in n}
+        if self.config.head:
+            names.update(architecture.head_param_names(model))
+        return names
+
+    def finish(self, model):
+        if self.run is not None:
+            self.save_adapter(model, self.run.run_dir / "peft_adapter")
+        return merge_lora(model) if self.config.merge else model
+
+    def save_adapter(self, model, folder) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        config = peft_config(self.config, model)
+        config.base_model_name_or_path = getattr(model.config, "_name_or_path", None)
+        config.task_type = "TOKEN_CLS" if "TokenClassification" in type(model).__name__ else "SEQ_CLS"
+        config.save_pretrained(folder)
+        save_file(adapter_state(model), folder / "adapter_model.safetensors")

@@ -1,0 +1,45 @@
+"""The union of a stage's selectors, and entry masks that keep unselected entries bit-identical.
+
+Zeroing masked gradients is not enough: AdamW's decoupled weight decay (and momentum carried from
+earlier updates) still moves entries whose gradient is zero. So after every optimizer step the
+unselected entries are copied back from their values at the start of the stage.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def union_selection(model, selectors) -> tuple[set[str], dict[str, torch.Tensor]]:
+    """Names trained whole, and masks of the names trained in part."""
+    whole: set[str] = set()
+    partial: dict[str, torch.Tensor] = {}
+    for s in selectors:
+        whole |= s.trainable(model)
+        for name, mask in s.masks(model).items():
+            partial[name] = mask if name not in partial else (partial[name] | mask)
+    for name in list(partial):
+        if name in whole or bool(partial[name].all()):
+            whole.add(name)
+            del partial[name]
+    return whole, partial
+
+
+class EntryMasks:
+    def __init__(self, model, masks: dict[str, torch.Tensor]):
+        params = dict(model.named_parameters())
+        self.items = [(params[n], m.to(params[n].device), params[n].detach().clone()) for n, m in masks.items()]
+
+    def zero_unselected_grads(self) -> None:
+        for p, mask, _ in self.items:
+            if p.grad is not None:
+                p.grad.mul_(mask)
+
+    def restore_unselected(self) -> None:
+        with torch.no_grad():
+            for p, mask, original in self.items:
+                torch.where(mask, p, original, out=p)
+
+    @staticmethod
+    def count(masks: dict[str, torch.Tensor]) -> int:
+        return sum(int(m.sum()) for m in masks.values())

@@ -1,0 +1,51 @@
+"""Choose a selector's value (e.g. an importance density) by cross-validation on training data.
+
+Each candidate trains a copy of the stage-start model on part of the training data with the stage's
+optimizer and budget (or ``search_steps``) and is scored on the rest with the recipe's metric.
+Only the searched selector is used in these trial runs, so a value is chosen for it alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..report.metrics_log import MetricsLog
+from .loop import run_stage
+
+
+def fold_indices(n: int, spec, seed: int) -> list[tuple[list[int], list[int]]]:
+    from sklearn.model_selection import KFold, train_test_split
+
+    if spec.choose_by == "holdout":
+        train, held = train_test_split(list(range(n)), test_size=spec.holdout_fraction, random_state=seed)
+        return [(train, held)]
+    return [(list(tr), list(va)) for tr, va in KFold(spec.folds, shuffle=True, random_state=seed).split(np.arange(n))]
+
+
+def choose_value(spec, model, run, stage) -> tuple[float, dict[float, float]]:
+    metric = run.recipe.selection_metric
+    rows = run.data.train
+    folds = fold_indices(len(rows), spec, run.recipe.seed)
+    scores: dict[float, float] = {}
+    key = "density" if spec.density is not None else "threshold"
+    for value in spec.candidates:
+        trial_select = [spec.model_copy(update={key: value, "choose_by": None})]
+        trial = stage.model_copy(update={"select": trial_select, "eval_every": None, "keep_best": False,
+                                         "early_stopping": None, "max_steps": spec.search_steps or stage.max_steps})
+        results = []
+        for train_idx, val_idx in folds:
+            with tempfile.TemporaryDirectory() as tmp:
+                data = replace(run.data, train=[rows[i] for i in train_idx], validation=[rows[i] for i in val_idx])
+                sub = replace(run, model=copy.deepcopy(model), data=data, run_dir=Path(tmp), progress=False,
+                              log=MetricsLog(Path(tmp) / "metrics.jsonl"), stage_reports=[], artifacts={})
+                report = run_stage(sub, 0, trial)
+                sub.log.close()
+                results.append(report["evaluations"][-1][metric])
+        scores[value] = float(np.mean(results))
+    pick = min if metric == "loss" else max
+    return pick(scores, key=lambda v: scores[v]), scores
