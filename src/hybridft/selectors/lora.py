@@ -34,10 +34,13 @@ class LoraSpec(Spec):
 def peft_config(spec: LoraSpec, model):
     from peft import LoraConfig
 
+    # the head (classifier, BERT's pooler) trains whole, so LoRA never wraps it
+    head_modules = sorted({n.rpartition(".")[0].replace(".base_layer", "") for n in architecture.head_param_names(model)
+                           if ".lora_" not in n})
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                       target_modules=spec.target_modules, layers_to_transform=spec.layers,
                       layers_pattern=architecture.main_layer_stack(model)[0].split(".")[-1] if spec.layers else None,
-                      modules_to_save=sorted({n.rpartition(".")[0] for n in architecture.head_param_names(model)}) or None)
+                      exclude_modules=head_modules or None, modules_to_save=head_modules or None)
 
 
 def lora_layers(model):

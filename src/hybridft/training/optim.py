@@ -20,8 +20,8 @@ def build_optimizer(spec, model: torch.nn.Module) -> torch.optim.Optimizer:
     groups = parameter_groups(model, spec.weight_decay)
     if spec.name in ("adamw", "adam"):
         cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
-        # foreach: one fused kernel per parameter group instead of a Python loop per tensor
-        return cls(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps, foreach=True)
+        # fused: one kernel for the whole update (CPU and GPU), the fastest implementation in torch
+        return cls(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps, fused=True)
     if spec.name == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
     if spec.name == "rmsprop":

@@ -1,0 +1,119 @@
+"""LoRA merging and its PEFT adapter folder; adapters saved and loaded back; staged weight flow."""
+
+import json
+
+import torch
+
+from hybridft.model_io import load_saved
+
+from .conftest import base_recipe
+from .helpers import make_run, train_and_load, train_one_stage
+
+
+def test_merged_lora_matches_unmerged_outputs(tiny_model, sentiment_csv, tmp_path):
+    from hybridft.selectors.lora import lora_layers, merge_lora
+
+    recipe = base_recipe(tiny_model, sentiment_csv, select=[{"name": "lora", "r": 4, "merge": False,
+                         "target_modules": ["query", "value", "dense"]}], max_steps=3,
+                         optimizer={"lr": 5e-2})
+    run = make_run(recipe, tmp_path / "run")
+    _, _, selection, _ = train_one_stage(run)
+    model = selection.model.eval()
+    ids = torch.randint(5, 30, (3, 9))
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        assert lora_layers(model)
+        merged_model = merge_lora(model)
+        assert not lora_layers(merged_model)
+        merged = merged_model(input_ids=ids).logits
+    assert torch.allclose(unmerged, merged, atol=1e-5)
+    assert not any("lora" in n or "base_layer" in n for n in merged_model.state_dict())
+
+
+def test_lora_run_saves_plain_model_and_a_peft_adapter_that_reproduces_it(tiny_model, sentiment_csv, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = base_recipe(tiny_model, sentiment_csv, select=[{"name": "lora", "r": 4}], max_steps=4,
+                         optimizer={"lr": 5e-2})
+    train_and_load(recipe, tmp_path / "run")
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model").eval()
+    assert not any("lora" in n for n in plain.state_dict())
+    adapter_dir = tmp_path / "run" / "peft_adapter"
+    assert (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "adapter_model.safetensors").is_file()
+    labels = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["id2label"]
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=len(labels))
+    with_adapter = PeftModel.from_pretrained(base, adapter_dir).eval()
+    ids = torch.randint(5, 30, (4, 8))
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, with_adapter(input_ids=ids).logits, atol=1e-5)
+
+
+def test_adapter_model_saves_and_loads_back_with_identical_predictions(tiny_model, sentiment_csv, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = base_recipe(tiny_model, sentiment_csv, select=[{"name": "adapter", "reduction_factor": 4}],
+                         max_steps=4, optimizer={"lr": 5e-2})
+    run = make_run(recipe, tmp_path / "run")
+    _, _, selection, _ = train_one_stage(run)
+    from hybridft.model_io import save_model_folder
+
+    save_model_folder(run, tmp_path / "saved")
+    assert (tmp_path / "saved" / "adapters.safetensors").is_file()
+    loaded, _, meta, _ = load_saved(tmp_path / "saved")
+    assert len(meta["adapters"]) == 4  # attention + ffn in 2 layers
+    ids = torch.randint(5, 30, (4, 8))
+    trained = selection.model.eval()
+    with torch.no_grad():
+        expected = trained(input_ids=ids).logits
+        assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-6)
+        # plain transformers gets the base model without the adapters: other outputs
+        plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+        assert not torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_fresh_adapter_is_the_identity(tiny_model):
+    from hybridft.selectors.adapter import AdapterSpec, insert_adapters
+
+    from .helpers import tiny_classifier
+
+    model = tiny_classifier(tiny_model).eval()
+    ids = torch.randint(5, 30, (2, 6))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        insert_adapters(model, AdapterSpec())
+        assert torch.equal(model(input_ids=ids).logits, before)
+
+
+def test_three_stage_recipe_flows_weights_and_resumes_between_stages(tiny_model, sentiment_csv, tmp_path):
+    stages = [
+        {"name": "full", "select": [{"name": "full"}], "max_steps": 2},
+        {"name": "top", "select": [{"name": "layers", "top_k": 1}], "max_steps": 2},
+        {"name": "adapt", "select": [{"name": "adapter", "reduction_factor": 4}], "max_steps": 2,
+         "optimizer": {"lr": 1e-2}},
+    ]
+    recipe = {**base_recipe(tiny_model, sentiment_csv), "stages": stages,
+              "output": {"keep_checkpoints": 10, "keep_checkpoints_after_run": True}}
+    report, final = train_and_load(recipe, tmp_path / "run")
+    assert [s["name"] for s in report["stages"]] == ["full", "top", "adapt"]
+    assert report["stages"][0]["trainable_params"] > report["stages"][1]["trainable_params"]
+    assert report["stages"][2]["trainable_params"] < report["stages"][1]["trainable_params"]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss/task" in r] == [1, 2, 3, 4, 5, 6]  # one global step count
+
+    # resume from the checkpoint written after stage 2: adapters of stage 3 are rebuilt and trained again
+    import shutil
+
+    from hybridft.recipe import validate_recipe
+    from hybridft.training.stages import run_recipe
+
+    shutil.copytree(tmp_path / "run", tmp_path / "again")
+    (tmp_path / "again" / "checkpoints" / "latest").write_text("stage-1-done")
+    run_recipe(validate_recipe(recipe), tmp_path, tmp_path / "again", resume=True, progress=False)
+    from safetensors.torch import load_file
+
+    again = load_file(tmp_path / "again" / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], again[k]) for k in final)
+    a = load_file(tmp_path / "run" / "model" / "adapters.safetensors")
+    b = load_file(tmp_path / "again" / "model" / "adapters.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
