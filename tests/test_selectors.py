@@ -18,6 +18,7 @@ EXAMPLES = {
     "lora": {"name": "lora", "r": 2, "merge": False},
     "adapter": {"name": "adapter", "reduction_factor": 4},
     "importance": {"name": "importance", "density": 0.2, "batches": 2},
+    "groups": {"name": "groups", "groups": [{"select": [{"name": "layers", "top_k": 1}], "loss_weight": 2.0}]},
 }
 
 
@@ -52,7 +53,7 @@ def test_selected_change_and_everything_else_is_bit_identical(tiny_model, sentim
 
 
 def final_weights(tiny_model, sentiment_csv, tmp_path, select, **stage):
-    run = make_run(two_step_recipe(tiny_model, sentiment_csv, select, max_steps=3, **stage), tmp_path)
+    run = make_run(two_step_recipe(tiny_model, sentiment_csv, select, **{"max_steps": 3, **stage}), tmp_path)
     _, after, _, _ = train_one_stage(run)
     return after
 
@@ -143,3 +144,50 @@ def test_importance_choose_by_holdout_reports_every_candidate(tiny_model, sentim
     assert summary["value"] in (0.05, 0.5)
     best = max(summary["candidates"].items(), key=lambda kv: kv[1])
     assert float(best[0]) == summary["value"]
+
+
+def test_groups_weight_zero_leaves_the_full_parameter_group_untouched(tiny_model, sentiment_csv, tmp_path):
+    def groups(alpha):
+        return [{"name": "groups", "groups": [
+            {"select": [{"name": "full"}], "loss_weight": alpha},
+            {"select": [{"name": "layers", "top_k": 1, "head": True}], "loss_weight": 1.0, "lr": 1e-2},
+            {"select": [{"name": "adapter", "reduction_factor": 4}], "loss_weight": 0.5, "lr": 5e-2}]}]
+
+    run = make_run(two_step_recipe(tiny_model, sentiment_csv, groups(0.0)), tmp_path / "zero")
+    before, after, selection, _ = train_one_stage(run)
+    only_full = [n for n in before if ".layer.0." in n and ".adapter." not in n or "embeddings" in n]
+    assert only_full and all(torch.equal(before[n], after[n]) for n in only_full)
+    assert not torch.equal(before["bert.encoder.layer.1.intermediate.dense.weight"],
+                           after["bert.encoder.layer.1.intermediate.dense.weight"])
+    assert any(".adapter." in n and not torch.equal(before[n], after[n]) for n in before)
+
+    run = make_run(two_step_recipe(tiny_model, sentiment_csv, groups(1.0)), tmp_path / "one")
+    before, after, _, _ = train_one_stage(run)
+    assert not all(torch.equal(before[n], after[n]) for n in only_full)
+
+
+def test_groups_lr_reaches_the_optimizer(tiny_model):
+    from hybridft.recipe import OptimizerSpec
+    from hybridft.training.optim import build_optimizer
+
+    model = tiny_classifier(tiny_model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = build_optimizer(OptimizerSpec(lr=1e-3), model, {"classifier.weight": 0.5})
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(model.classifier.weight)] == 0.5 and lrs[id(model.classifier.bias)] == 1e-3
+
+
+def test_groups_loss_weight_under_sgd_is_a_learning_rate_scale(tiny_model, sentiment_csv, tmp_path):
+    sgd = {"optimizer": {"name": "sgd", "lr": 0.1}, "max_grad_norm": None}
+    a = final_weights(tiny_model, sentiment_csv, tmp_path / "a",
+                      [{"name": "groups", "groups": [{"select": [{"name": "full"}], "loss_weight": 2.0}]}], **sgd)
+    b = final_weights(tiny_model, sentiment_csv, tmp_path / "b", [{"name": "full"}],
+                      **{**sgd, "optimizer": {"name": "sgd", "lr": 0.2}})
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+
+
+def test_groups_validate_their_inner_selectors():
+    with pytest.raises(HybridftError, match="top_k"):
+        validate_recipe({"data": {"train": "x"}, "stages": [{"select": [
+            {"name": "groups", "groups": [{"select": [{"name": "layers", "top_k": -1}]}]}]}]})

@@ -5,6 +5,7 @@ Hook points, called by the training loop in this order:
   fit(model, run, stage)         data-dependent state (importance scores); skipped on resume,
                                  where state_dict()/load_state_dict() restore it instead
   trainable(model) -> names      parameters this selector trains whole
+  lr_overrides(model)            per-parameter learning rates, if it has its own
   masks(model) -> {name: bool}   parameters it trains only in part (entry masks)
   after_backward(model), after_step(model)
   finish(model) -> model         at stage end (e.g. merge LoRA back into plain weights)
@@ -35,6 +36,10 @@ class Selector:
         raise NotImplementedError
 
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {}
+
+    def lr_overrides(self, model: nn.Module) -> dict[str, float]:
+        """Learning rates for some parameters, instead of the stage optimizer's lr."""
         return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:

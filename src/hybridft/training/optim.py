@@ -6,18 +6,21 @@ import torch
 from transformers import get_scheduler
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Biases and norm weights (1-d tensors) get no weight decay, as in BERT's recipe."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float,
+                     lr_overrides: dict[str, float] | None = None) -> list[dict]:
+    """Biases and norm weights (1-d tensors) get no weight decay, as in BERT's recipe; selectors may
+    give some parameters their own learning rate."""
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
-            if g["params"]]
+            key = (p.ndim >= 2, (lr_overrides or {}).get(name, lr))
+            groups.setdefault(key, []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": group_lr}
+            for (decay, group_lr), ps in groups.items()]
 
 
-def build_optimizer(spec, model: torch.nn.Module) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, spec.weight_decay)
+def build_optimizer(spec, model: torch.nn.Module, lr_overrides: dict[str, float] | None = None):
+    groups = parameter_groups(model, spec.weight_decay, spec.lr, lr_overrides)
     if spec.name in ("adamw", "adam"):
         cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
         # fused: one kernel for the whole update (CPU and GPU), the fastest implementation in torch
