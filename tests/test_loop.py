@@ -95,3 +95,20 @@ def test_metrics_log_has_every_step_and_each_loss_term(tiny_model, sentiment_csv
     assert train_steps == [1, 2, 3, 4, 5]
     assert any("eval/accuracy" in r for r in records)
     assert report["stages"][0]["steps"] == 5
+
+
+def test_length_grouped_batches_cover_every_example_once_with_less_padding():
+    import random
+
+    from hybridft.training.loop import epoch_batches
+
+    lengths = [random.Random(i).randint(3, 120) for i in range(1000)]
+    plain = epoch_batches(lengths, 16, seed=3)
+    grouped = epoch_batches(lengths, 16, seed=3, group_by_length=True)
+    assert sorted(i for b in grouped for i in b) == list(range(1000))
+    assert epoch_batches(lengths, 16, seed=3, group_by_length=True) == grouped  # seeded
+
+    def padded(batches):
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    assert padded(grouped) < 0.7 * padded(plain)

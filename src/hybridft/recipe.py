@@ -107,6 +107,7 @@ class StageSpec(Spec):
     batch_size: int = Field(32, gt=0)
     eval_batch_size: int | None = Field(None, gt=0)
     grad_accum_steps: int = Field(1, ge=1)
+    group_by_length: bool = Field(False, description="batch examples of similar length (less padding)")
     max_grad_norm: float | None = Field(1.0, gt=0)
     eval_every: int | None = Field(None, gt=0, description="optimizer steps; evaluation also runs at the end")
     keep_best: bool = Field(True, description="restore the best evaluated weights at stage end")

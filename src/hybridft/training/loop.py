@@ -25,11 +25,22 @@ from .masking import EntryMasks, union_selection
 from .optim import build_optimizer, build_scheduler
 
 
-def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False) -> list[list[int]]:
     """A seeded shuffle per (run seed, stage, epoch): the data order never depends on RNG state,
-    so a resumed run sees exactly the batches the interrupted one would have."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    so a resumed run sees exactly the batches the interrupted one would have.
+
+    With ``group_by_length``, examples of similar length share a batch (sorted within shuffled
+    windows of 50 batches, then the batches shuffled), so dynamic padding wastes little compute."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    if not group_by_length:
+        return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    window = 50 * batch_size
+    batches = []
+    for start in range(0, len(perm), window):
+        chunk = sorted(perm[start:start + window], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
 def select_parameters(model, selectors) -> tuple[int, dict]:
@@ -85,6 +96,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         o.on_stage_start(run)
 
     train, bs, accum = run.data.train, spec.batch_size, spec.grad_accum_steps
+    lengths = [len(ex["input_ids"]) for ex in train]
     micro_per_epoch = math.ceil(len(train) / bs)
     total_steps = spec.max_steps or spec.epochs * math.ceil(micro_per_epoch / accum)
     lr_overrides = {k: v for s in selectors for k, v in s.lr_overrides(model).items()}
@@ -134,7 +146,8 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
     model.train()
     done = st["step"] >= total_steps
     while not done:
-        batches = epoch_batches(len(train), bs, seed=run.recipe.seed * 1_000_003 + index * 1009 + st["epoch"])
+        batches = epoch_batches(lengths, bs, run.recipe.seed * 1_000_003 + index * 1009 + st["epoch"],
+                                spec.group_by_length)
         tic, running = time.perf_counter(), {}
         while st["micro"] < len(batches) and not done:
             micro = st["micro"]
