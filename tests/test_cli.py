@@ -132,3 +132,24 @@ def test_subprocess_error_has_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("select, expected", [
+    ({"name": "layers", "top_k": 7}, "only 2 layers"),
+    ({"name": "lora", "target_modules": ["no_such_module"]}, "lora.target_modules"),
+    ({"name": "lora", "layers": [4]}, "lora.layers has 4"),
+    ({"name": "layers", "top_k": 0, "head": False}, "selects no parameter"),
+    ({"name": "importance", "density": 2.0}, "density must be in"),
+])
+def test_validate_catches_selection_problems_without_weights(tiny_model, sentiment_csv, tmp_path, capsys, select,
+                                                             expected, monkeypatch):
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("validate loaded weights")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", no_weights)
+    recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, select=[select]))
+    assert run_cli("validate", recipe) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1

@@ -84,10 +84,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .recipe import apply_cwd_paths, check_paths, load_recipe
+    from .preflight import check_paths, check_selection
+    from .recipe import apply_cwd_paths, load_recipe
 
     recipe, base_dir = load_recipe(args.recipe, apply_cwd_paths(args.overrides))
-    problems = check_paths(recipe, base_dir)
+    problems = check_paths(recipe, base_dir) + check_selection(recipe, base_dir)
     if problems:
         raise HybridftError(f"{args.recipe}: {len(problems)} problem(s): " + "; ".join(problems))
     stages = " -> ".join(s.name or "+".join(c.name for c in s.select) for s in recipe.stages)

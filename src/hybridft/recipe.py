@@ -235,19 +235,3 @@ def apply_cwd_paths(overrides: list[str]) -> list[str]:
             item = f"{key}={Path(value).resolve()}"
         out.append(item)
     return out
-
-
-def check_paths(recipe: Recipe, base_dir: Path) -> list[str]:
-    """Problems with files the recipe names, found without loading any weights or data."""
-    from .models import resolve_model
-
-    problems = []
-    for split in ("train", "validation", "test"):
-        value = getattr(recipe.data, split)
-        if value and not (Path(value) if Path(value).is_absolute() else base_dir / value).exists():
-            problems.append(f"data.{split}: not found: {value}")
-    try:
-        resolve_model(recipe.model.name, base_dir)
-    except HybridftError as e:
-        problems.append(f"model.name: {e}")
-    return problems

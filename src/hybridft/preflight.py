@@ -1,0 +1,57 @@
+"""`hybridft validate` beyond the schema: files exist, and every stage's selection fits the model.
+
+The selection check builds the model skeleton from its config on the ``meta`` device (no weights
+are read, no memory is used), applies each stage's selectors in order and reports selections that
+name missing layers or modules, or select nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import HybridftError
+from .models import HEAD_CLASSES, resolve_model
+from .registry import SELECTORS
+
+
+def check_paths(recipe, base_dir: Path) -> list[str]:
+    problems = []
+    for split in ("train", "validation", "test"):
+        value = getattr(recipe.data, split)
+        if value and not (Path(value) if Path(value).is_absolute() else base_dir / value).exists():
+            problems.append(f"data.{split}: not found: {value}")
+    return problems
+
+
+def model_skeleton(source: str, task: str, num_labels: int = 2, trust_remote_code: bool = False):
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(source, num_labels=num_labels, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return getattr(transformers, HEAD_CLASSES[task]).from_config(config, trust_remote_code=trust_remote_code)
+
+
+def check_selection(recipe, base_dir: Path) -> list[str]:
+    try:
+        source = resolve_model(recipe.model.name, base_dir)
+        model = model_skeleton(source, recipe.task, trust_remote_code=recipe.model.trust_remote_code)
+    except HybridftError as e:
+        return [f"model.name: {e}"]
+    except (OSError, ValueError) as e:
+        return [f"model.name: cannot read the model config of {recipe.model.name}: {str(e).splitlines()[0]}"]
+    problems = []
+    for i, stage in enumerate(recipe.stages):
+        try:
+            selectors = [SELECTORS.build(c) for c in stage.select]
+            for s in selectors:
+                model = s.prepare(model, None)
+            names = set().union(*(s.trainable(model) for s in selectors))
+            data_dependent = any(c.name in ("importance", "groups") for c in stage.select)
+            if not names and not data_dependent:
+                problems.append(f"stages.{i}.select: selects no parameter")
+            for s in selectors:
+                model = s.finish(model)
+        except HybridftError as e:
+            problems.append(f"stages.{i}.select: {e}")
+    return problems
