@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--text", action="append", help="an example given on the command line (repeatable)")
     pr.add_argument("--batch-size", type=int, default=64)
 
+    mix = sub.add_parser("interpolate", help="M_mix = alpha * M_pre + (1 - alpha) * M_fine")
+    mix.add_argument("pre", help="pretrained model folder, hub name, or 'embedded'")
+    mix.add_argument("fine", help="fine-tuned model folder (a run's model/)")
+    mix.add_argument("--alpha", type=float, help="weight of the pretrained model, in [0, 1]")
+    mix.add_argument("--per-layer", help="alphas per part: embeddings=0.5,lower=0.3,upper=0.1,head=0")
+    mix.add_argument("-o", "--out", required=True)
+    mix.add_argument("--overwrite", action="store_true")
+
     sub.add_parser("list", help="registered selectors and objectives")
     return p
 
@@ -126,6 +134,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_interpolate(args) -> int:
+    from .interpolate_cmd import run_interpolate
+
+    result = run_interpolate(args.pre, args.fine, args.out, args.alpha, args.per_layer, args.overwrite)
+    print(f"mixed model: {result['out']}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from . import recipe  # noqa: F401  (imports register every method)
     from .registry import OBJECTIVES, SELECTORS
@@ -137,7 +153,8 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
+            "interpolate": cmd_interpolate, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

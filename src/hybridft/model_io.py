@@ -84,3 +84,26 @@ def load_saved(model_dir: str | Path):
         model.load_state_dict(load_file(str(path / ADAPTERS_FILE)), strict=False)
     labels = [config.id2label[i] for i in range(len(config.id2label))]
     return model.eval(), load_tokenizer(str(path)), meta, labels
+
+
+def read_state_dict(folder: str | Path) -> dict:
+    """All tensors of a model folder's safetensors file(s), without building the model."""
+    from safetensors.torch import load_file
+
+    path = check_model_dir(Path(folder))
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    state = {}
+    for name in files:
+        state.update(load_file(str(path / name)))
+    return state
+
+
+def save_mixed(model, tokenizer, meta: dict, out: Path) -> None:
+    """Write a mixed model like a run's model folder (temporary name, then rename)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "hybridft.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    tmp.rename(out)

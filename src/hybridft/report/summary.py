@@ -83,6 +83,17 @@ def render_markdown(r: dict) -> str:
         (metric, best), = [(k, v) for k, v in s["best_metric"].items() if k != "step"]
         lines.append(f"| {s['name']} | {sel} | {obj} | {s['trainable_params']:,} | {s['steps']} | "
                      f"{s['train_time_s']:.1f} | {s['samples_per_s']:.1f} | {metric} {_fmt(best)} |")
+    for s in r["stages"]:
+        lines += ["", f"### Stage {s['name']}: where the {s['trainable_params']:,} trainable entries are", "",
+                  "| module | trainable |", "|---|---|"]
+        lines += [f"| {module} | {count:,} |" for module, count in s["trainable_by_module"].items()]
+        for summary in s.get("selectors", []):
+            if summary.get("name") == "importance":
+                lines += ["", f"Importance mask: {summary['by']} {summary['value']:g}, "
+                          f"{summary['selected_entries']:,} of {summary['scored_entries']:,} scored entries selected."]
+                if summary["candidates"]:
+                    lines += ["", "| candidate | held-out score |", "|---|---|"]
+                    lines += [f"| {k} | {_fmt(v)} |" for k, v in summary["candidates"].items()]
     lines += ["", "## Data", "", "```json", json.dumps(r["data"], indent=2), "```", ""]
     return "\n".join(lines)
 

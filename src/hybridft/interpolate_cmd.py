@@ -1,0 +1,49 @@
+"""`hybridft interpolate PRE FINE --alpha A -o OUT`: mix a pretrained and a fine-tuned model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import HybridftError
+from .mixing import PART_ORDER, interpolate, per_part_alpha
+from .model_io import load_saved, read_state_dict, save_mixed
+from .models import resolve_model
+
+
+def parse_parts(text: str) -> dict[str, float]:
+    """``embeddings=0.5,lower=0.3,upper=0.1,head=0`` -> {part: alpha}."""
+    parts = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise HybridftError(f"--per-layer takes part=alpha pairs ({', '.join(PART_ORDER)}), got {item!r}")
+        try:
+            parts[key.strip()] = float(value)
+        except ValueError:
+            raise HybridftError(f"--per-layer: {value!r} is not a number") from None
+    return parts
+
+
+def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_layer: str | None,
+                    overwrite: bool = False) -> dict:
+    from . import architecture
+
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise HybridftError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    if (alpha is None) == (per_layer is None):
+        raise HybridftError("give --alpha or --per-layer")
+    model, tokenizer, meta, _ = load_saved(fine)
+    if meta.get("adapters"):
+        raise HybridftError(f"{fine} has bottleneck adapters, which have no pretrained counterpart to mix with")
+    pre_state = read_state_dict(resolve_model(None if pre == "embedded" else pre, Path.cwd()))
+    mix = alpha if per_layer is None else per_part_alpha(parse_parts(per_layer), architecture.num_layers(model))
+    mixed = interpolate(pre_state, model.state_dict(), mix)
+    model.load_state_dict(mixed)
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    save_mixed(model, tokenizer, {**meta, "mixed": {"pretrained": pre, "fine_tuned": str(fine), "alpha": alpha,
+                                                    "per_layer": per_layer}}, out_dir)
+    return {"out": str(out_dir), "alpha": alpha, "per_layer": per_layer}

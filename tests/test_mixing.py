@@ -1,0 +1,78 @@
+"""Weight interpolation: exact endpoints, identity, per-part alphas, clear errors, and the CLI."""
+
+import pytest
+import torch
+
+from hybridft.cli import main
+from hybridft.errors import HybridftError
+from hybridft.mixing import interpolate, part_of, per_part_alpha
+
+
+def states(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pre = {"embeddings.w": torch.randn(5, 3, generator=g), "encoder.layer.0.w": torch.randn(4, generator=g),
+           "encoder.layer.1.w": torch.randn(4, generator=g), "pooler.w": torch.randn(2, generator=g)}
+    fine = {f"bert.{k}": v + torch.randn(v.shape, generator=g) for k, v in pre.items()}
+    fine["classifier.weight"] = torch.randn(2, 3, generator=g)
+    fine["bert.embeddings.position_ids"] = torch.arange(5)
+    return pre, fine
+
+
+def test_endpoints_are_bit_exact_and_head_comes_from_fine():
+    pre, fine = states()
+    zero = interpolate(pre, fine, 0.0)
+    one = interpolate(pre, fine, 1.0)
+    assert all(torch.equal(zero[k], fine[k]) for k in fine)
+    assert all(torch.equal(one[f"bert.{k}"], pre[k]) for k in pre)
+    assert torch.equal(one["classifier.weight"], fine["classifier.weight"])
+    assert torch.equal(one["bert.embeddings.position_ids"], fine["bert.embeddings.position_ids"])
+
+
+def test_midpoint_and_identity():
+    pre, fine = states()
+    mid = interpolate(pre, fine, 0.3)
+    assert torch.allclose(mid["bert.pooler.w"], 0.3 * pre["pooler.w"] + 0.7 * fine["bert.pooler.w"])
+    same = interpolate(fine, fine, 0.37)
+    assert all(torch.equal(same[k], fine[k]) for k in fine)
+
+
+def test_per_part_alpha_all_equal_is_global_alpha():
+    pre, fine = states()
+    per = interpolate(pre, fine, per_part_alpha(dict.fromkeys(("embeddings", "lower", "upper", "head"), 0.4), 2))
+    glob = interpolate(pre, fine, 0.4)
+    assert all(torch.equal(per[k], glob[k]) for k in fine)
+    assert [part_of(n, 2) for n in ("bert.embeddings.w", "bert.encoder.layer.0.w", "bert.encoder.layer.1.w",
+                                     "bert.pooler.w")] == ["embeddings", "lower", "upper", "head"]
+
+
+def test_errors_name_the_first_mismatch():
+    pre, fine = states()
+    pre["embeddings.w"] = torch.randn(6, 3)  # another vocabulary
+    with pytest.raises(HybridftError, match=r"tensor bert.embeddings.w differs"):
+        interpolate(pre, fine, 0.5)
+    with pytest.raises(HybridftError, match=r"alpha must be in \[0, 1\]"):
+        interpolate(*states(), 1.5)
+    with pytest.raises(HybridftError, match="share no tensor names"):
+        interpolate({"x.y": torch.zeros(1)}, fine, 0.5)
+
+
+def test_interpolate_cli_on_a_trained_run(tiny_model, sentiment_csv, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from .conftest import base_recipe
+    from .helpers import train_and_load
+
+    _, fine = train_and_load(base_recipe(tiny_model, sentiment_csv, max_steps=3), tmp_path / "run")
+    fine_dir = tmp_path / "run" / "model"
+    assert main(["interpolate", str(tiny_model), str(fine_dir), "--alpha", "0", "-o", str(tmp_path / "m0")]) == 0
+    zero = load_file(tmp_path / "m0" / "model.safetensors")
+    assert all(torch.equal(zero[k], fine[k]) for k in fine)
+    assert main(["interpolate", str(tiny_model), str(fine_dir), "--alpha", "1", "-o", str(tmp_path / "m1")]) == 0
+    pre = load_file(tiny_model / "model.safetensors")
+    one = load_file(tmp_path / "m1" / "model.safetensors")
+    assert torch.equal(one["bert.encoder.layer.0.output.dense.weight"], pre["encoder.layer.0.output.dense.weight"])
+    assert main(["interpolate", str(tiny_model), str(fine_dir), "--alpha", "1", "-o", str(tmp_path / "m1")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "m1").config.num_labels == 2
