@@ -76,3 +76,29 @@ def test_interpolate_cli_on_a_trained_run(tiny_model, sentiment_csv, tmp_path, c
     from transformers import AutoModelForSequenceClassification
 
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "m1").config.num_labels == 2
+
+
+def test_recipe_mix_step_sweeps_refines_and_keeps_the_best(tiny_model, sentiment_csv, tmp_path):
+    from safetensors.torch import load_file
+
+    from hybridft.mixing import interpolate as mix
+
+    from .conftest import base_recipe
+    from .helpers import train_and_load
+
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=4)
+    recipe["mix"] = {"alphas": [0.0, 0.5, 1.0], "refine": "golden", "refine_steps": 3}
+    recipe["metric"] = "loss"
+    recipe["output"] = {"keep_checkpoints_after_run": True}
+    report, final = train_and_load(recipe, tmp_path / "run")
+    mix_report = report["mix"]
+    alphas = [p["alpha"] for p in mix_report["curve"]]
+    assert {0.0, 0.5, 1.0} <= set(alphas) and len(alphas) == 6  # 3 grid points + 3 golden-section points
+    best = min(mix_report["curve"], key=lambda p: (p["loss"], p["alpha"]))
+    assert mix_report["chosen_alpha"] == best["alpha"]
+    assert report["metrics"]["loss"] == pytest.approx(best["loss"], rel=1e-6)
+    # the saved model is exactly the chosen mix of the pretrained and the trained weights
+    trained = load_file(next((tmp_path / "run" / "checkpoints").glob("stage-0-done")) / "model.safetensors")
+    expected = mix(load_file(tiny_model / "model.safetensors"), trained, mix_report["chosen_alpha"])
+    assert all(torch.equal(final[k], expected[k]) for k in final)
+    assert "## Weight interpolation" in (tmp_path / "run" / "report.md").read_text()

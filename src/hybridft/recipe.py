@@ -122,6 +122,20 @@ class StageSpec(Spec):
         return self
 
 
+class MixSpec(Spec):
+    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1,
+                                description="weights of the pretrained model to evaluate, each in [0, 1]")
+    refine: Literal["golden"] | None = Field(None, description="golden-section search around the best alpha")
+    refine_steps: int = Field(6, ge=2)
+
+    @model_validator(mode="after")
+    def _in_range(self):
+        bad = [a for a in self.alphas if not 0 <= a <= 1]
+        if bad:
+            raise ValueError(f"alpha must be in [0, 1], got {bad[0]}")
+        return self
+
+
 class OutputSpec(Spec):
     checkpoint_every: int | None = Field(None, gt=0, description="optimizer steps; default: at each evaluation")
     keep_checkpoints: int = Field(2, ge=1)
@@ -137,6 +151,7 @@ class Recipe(Spec):
     data: DataSpec
     stages: list[StageSpec] = Field(min_length=1)
     metric: str | None = Field(None, description="validation metric for keep-best/early stopping")
+    mix: MixSpec | None = Field(None, description="after training: interpolate with the pretrained weights")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="after")

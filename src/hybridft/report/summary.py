@@ -39,6 +39,7 @@ def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_
         "peak_memory_mb": peak_memory_mb,
         "data": run.data.stats,
         "stages": run.stage_reports,
+        "mix": run.artifacts.get("mix"),
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "device": str(run.device),
                         "threads": torch.get_num_threads()},
@@ -94,6 +95,12 @@ def render_markdown(r: dict) -> str:
                 if summary["candidates"]:
                     lines += ["", "| candidate | held-out score |", "|---|---|"]
                     lines += [f"| {k} | {_fmt(v)} |" for k, v in summary["candidates"].items()]
+    if r.get("mix"):
+        mix, metric = r["mix"], r["mix"]["metric"]
+        lines += ["", f"## Weight interpolation with the pretrained model (chosen alpha {mix['chosen_alpha']:g})", "",
+                  "alpha is the weight of the pretrained model; 0 is the fine-tuned model.", "",
+                  f"| alpha | {metric} |", "|---|---|"]
+        lines += [f"| {p['alpha']:g} | {_fmt(p[metric])} |" for p in mix["curve"]]
     lines += ["", "## Data", "", "```json", json.dumps(r["data"], indent=2), "```", ""]
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from ..report.metrics_log import MetricsLog
 from ..report.summary import write_report
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .loop import run_stage
+from .mix_step import run_mix_step
 from .run_state import Run
 
 RUN_MARKERS = ("recipe.yaml", "metrics.jsonl", "report.json", "checkpoints")
@@ -124,6 +125,8 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
                          "log_lines": run.log.lines, "stage_reports": run.stage_reports},
                         recipe.output.keep_checkpoints)
 
+    if recipe.mix is not None:
+        run.artifacts["mix"] = run_mix_step(run, recipe.mix)
     data, batch = run.data, recipe.stages[-1].eval_batch_size or 2 * recipe.stages[-1].batch_size
     final = {"validation": evaluate(run.model, data.validation, data.task, data.label_names, run.collator, batch,
                                     run.device, "final eval", progress)}
