@@ -9,7 +9,7 @@ What it measures
 
 How
     The two sides run alternately (hybridft, Trainer, hybridft, Trainer, ...) ``--repeats`` times
-    each; every run loads a fresh model. The table shows each run and the medians; the ratio is
+    each, every run in a fresh Python process (so allocator state and caches never carry over). The table shows each run and the medians; the ratio is
     median(hybridft) / median(Trainer), so above 1 means hybridft is faster.
 
     hybridft: ``run_recipe`` on a one-stage ``full`` recipe. Its number is the stage's
@@ -28,9 +28,8 @@ How
     Both sides pad each batch dynamically to its longest sentence. The shuffled order differs
     (hybridft uses its own seeded permutation, Trainer its seeded sampler) and so do the batch
     compositions, which changes padding a little; over hundreds of samples this averages out.
-    Trainer uses its default optimizer (``optim="adamw_torch_fused"`` in transformers 5);
-    hybridft uses ``torch.optim.AdamW(foreach=True)``. ``--trainer-optim adamw_torch`` makes
-    the Trainer use the same implementation as hybridft.
+    Both use fused AdamW: the Trainer's default ``optim="adamw_torch_fused"`` (transformers 5)
+    and hybridft's ``torch.optim.AdamW(fused=True)``.
 
 Run (from the repository root, on an otherwise idle machine)
     python benchmarks/bench_full_vs_trainer.py --samples 1024 --repeats 3
@@ -45,6 +44,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trainer-optim", default=None,
                    help="TrainingArguments.optim for the Trainer; default: Trainer's default")
     p.add_argument("--json", type=Path, default=None, help="also write all numbers to this JSON file")
+    p.add_argument("--worker", choices=("hybridft", "trainer"), help=argparse.SUPPRESS)  # one run, in a child
+    p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("samples", "repeats", "batch_size", "max_length"):
         if getattr(args, name) < 1:
@@ -237,6 +239,13 @@ def main(argv=None) -> int:
     enc = tokenizer([s for s, _ in rows], truncation=True, max_length=args.max_length)
     dataset = Dataset.from_dict({**{k: list(v) for k, v in enc.items()}, "labels": [label2id[label] for _, label in rows]})
 
+    if args.worker:  # one run of one side in this (fresh) process; the parent collects the JSON
+        with tempfile.TemporaryDirectory(prefix="bench-full-") as tmp:
+            out = run_hybridft(recipe, Path(tmp)) if args.worker == "hybridft" else \
+                run_trainer(args, model_dir, dataset, tokenizer, Path(tmp))
+        args.worker_out.write_text(json.dumps(out), encoding="utf-8")
+        return 0
+
     print(f"full fine-tuning benchmark: {n} SST-2 samples, batch {args.batch_size}, max_length {args.max_length}, "
           f"1 epoch, {threads} torch threads, CPU, torch {torch.__version__}, transformers {transformers.__version__}",
           flush=True)
@@ -245,10 +254,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-full-") as tmp:
         for r in range(args.repeats):
             for side in ("hybridft", "trainer"):
-                workdir = Path(tmp) / f"{side}-{r}"
-                workdir.mkdir()
-                out = run_hybridft(recipe, workdir) if side == "hybridft" else \
-                    run_trainer(args, model_dir, dataset, tokenizer, workdir)
+                # every run in a fresh process, so nothing (allocator state, caches) leaks between sides
+                result_file = Path(tmp) / f"{side}-{r}.json"
+                subprocess.run([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
+                                "--worker", side, "--worker-out", str(result_file)], check=True)
+                out = json.loads(result_file.read_text(encoding="utf-8"))
                 if out["threads"] != threads:
                     print(f"warning: {side} ran with {out['threads']} threads, not {threads}", flush=True)
                 results[side].append(out)

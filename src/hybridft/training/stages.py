@@ -19,6 +19,7 @@ from ..registry import SELECTORS
 from ..report.metrics_log import MetricsLog
 from ..report.summary import write_report
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .cpu_memory import keep_freed_memory
 from .loop import run_stage
 from .mix_step import run_mix_step
 from .run_state import Run
@@ -81,6 +82,8 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     run = Run(recipe, run_dir, model.to(accelerator.device), tokenizer, data, collator_for(recipe.task, tokenizer),
               accelerator, MetricsLog(run_dir / "metrics.jsonl", accelerator), progress)
     run.artifacts["model_source"] = source
+    if accelerator.device.type == "cpu":
+        run.artifacts["malloc_tuned"] = keep_freed_memory()
     return run
 
 
