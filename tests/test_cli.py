@@ -153,3 +153,43 @@ def test_validate_catches_selection_problems_without_weights(tiny_model, sentime
     assert run_cli("validate", recipe) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tiny_model, sentiment_csv, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1))
+    project = tmp_path / "project"
+    (project / "checkpoints").mkdir(parents=True)
+    (project / "thesis.tex").write_text("years of work")
+    assert run_cli("run", recipe, "--out", project, "--overwrite", "--no-progress") == 2
+    assert (project / "thesis.tex").read_text() == "years of work"
+
+
+def test_overwrite_with_bad_input_keeps_the_old_run(tiny_model, sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    good = base_recipe(tiny_model, sentiment_csv, max_steps=1)
+    assert run_cli("run", write_recipe(tmp_path / "r.yaml", good), "--out", out, "--no-progress") == 0
+    bad = {**good, "data": {"train": str(tmp_path / "missing.csv")}}
+    assert run_cli("run", write_recipe(tmp_path / "bad.yaml", bad), "--out", out, "--overwrite", "--no-progress") == 2
+    assert (out / "report.json").is_file() and (out / "model").is_dir()
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"stages": [{"objectives": [{"name": "task", "weight": 0.0}]}]}, "weight above 0"),
+    ({"stages": [{"scheduler": {"name": "reduce_lr_on_plateau"}}]}, "unknown scheduler"),
+    ({"model": {"max_length": 4096}}, "at most 64 tokens"),
+])
+def test_more_bad_recipes_are_caught_by_validate(tiny_model, sentiment_csv, tmp_path, capsys, change, expected):
+    recipe = {**base_recipe(tiny_model, sentiment_csv), **change}
+    if "model" in change:
+        recipe["model"] = {"name": str(tiny_model), **change["model"]}
+    assert run_cli("validate", write_recipe(tmp_path / "r.yaml", recipe)) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_predict_and_eval_refuse_bad_inputs(tiny_model, tmp_path, capsys):
+    assert run_cli("predict", tiny_model, "--text", "good") == 2  # a base model: no task head
+    assert "no classification or tagging head" in capsys.readouterr().err
+    assert run_cli("validate", tmp_path) == 2
+    assert "is a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli("predict", tiny_model, "--batch-size", "0")

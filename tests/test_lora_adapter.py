@@ -117,3 +117,43 @@ def test_three_stage_recipe_flows_weights_and_resumes_between_stages(tiny_model,
     a = load_file(tmp_path / "run" / "model" / "adapters.safetensors")
     b = load_file(tmp_path / "again" / "model" / "adapters.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unmerged_lora_is_saved_merged_and_loads_with_plain_transformers(tiny_model, sentiment_csv, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from hybridft.model_io import save_model_folder
+
+    recipe = base_recipe(tiny_model, sentiment_csv, select=[{"name": "lora", "r": 4, "merge": False}],
+                         max_steps=3, optimizer={"lr": 5e-2})
+    run = make_run(recipe, tmp_path / "run")
+    _, _, selection, _ = train_one_stage(run)
+    save_model_folder(run, tmp_path / "saved")
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    ids = torch.randint(5, 30, (3, 7))
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, selection.model.eval()(input_ids=ids).logits, atol=1e-5)
+
+
+def test_a_later_stage_can_train_adapters_an_earlier_stage_inserted(tiny_model, sentiment_csv, tmp_path):
+    stages = [{"name": "a", "select": [{"name": "adapter", "reduction_factor": 4}], "max_steps": 2},
+              {"name": "b", "select": [{"name": "adapter", "reduction_factor": 4}], "max_steps": 2}]
+    report, _ = train_and_load({**base_recipe(tiny_model, sentiment_csv), "stages": stages}, tmp_path / "run")
+    assert report["stages"][0]["trainable_params"] == report["stages"][1]["trainable_params"]
+
+
+def test_groups_with_an_importance_member_train_entries_not_whole_tensors(tiny_model, sentiment_csv, tmp_path):
+    select = [{"name": "groups", "groups": [{"select": [{"name": "importance", "density": 0.2, "batches": 2}]}]}]
+    run = make_run(base_recipe(tiny_model, sentiment_csv, select=select, max_steps=2, keep_best=False), tmp_path / "r")
+    before, after, selection, _ = train_one_stage(run)
+    assert selection.masks
+    for n, mask in selection.masks.items():
+        assert torch.equal(before[n][~mask], after[n][~mask])
+    state = selection.selectors[0].state_dict()
+    assert any("/mask/" in k for k in state)
+
+
+def test_peft_adapter_is_only_written_when_it_reproduces_the_model(tiny_model, sentiment_csv, tmp_path):
+    select = [{"name": "lora", "r": 2}, {"name": "layers", "top_k": 1}]
+    train_and_load(base_recipe(tiny_model, sentiment_csv, select=select, max_steps=2), tmp_path / "run")
+    assert not (tmp_path / "run" / "peft_adapter").exists()

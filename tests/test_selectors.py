@@ -105,7 +105,7 @@ def test_selection_errors(tiny_model, sentiment_csv, tmp_path):
         stage_with({"name": "layers", "indices": [7]})
     with pytest.raises(HybridftError, match="matches no parameter"):
         stage_with({"name": "layers", "top_k": 0, "patterns": ["nothing_like_this"]})
-    with pytest.raises(HybridftError, match="trains no parameter"):
+    with pytest.raises(HybridftError, match="selects no parameter"):
         stage_with({"name": "layers", "top_k": 0, "head": False})
     with pytest.raises(HybridftError, match="lora.target_modules"):
         stage_with({"name": "lora", "target_modules": ["no_such_module"]})

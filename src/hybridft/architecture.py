@@ -10,8 +10,13 @@ import re
 
 from torch import nn
 
+from .errors import HybridftError
+
 # Names of the ModuleList that holds the transformer blocks in common architectures.
-_LAYER_LIST = re.compile(r"(^|\.)(layer|layers|h|block|blocks)$")
+LAYER_LIST_NAMES = ("layer", "layers", "h", "block", "blocks")
+_LAYER_LIST = re.compile(rf"(^|\.)({'|'.join(LAYER_LIST_NAMES)})$")
+# a parameter inside block i of a layer stack: captures i
+LAYER_INDEX = re.compile(rf"\.(?:{'|'.join(LAYER_LIST_NAMES)})\.(\d+)\.")
 _EMBEDDING = re.compile(r"(^|\.)(embeddings|embed_tokens|embed_positions|wte|wpe|shared|word_embeddings)(\.|$)")
 # Modules that only serve the task head although they sit inside the base model (BERT's pooler).
 _HEAD_INSIDE_BASE = re.compile(r"(^|\.)pooler(\.|$)")
@@ -29,12 +34,21 @@ def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
 def main_layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     stacks = layer_stacks(model)
     if not stacks:
-        raise ValueError(f"cannot find the stack of transformer layers in {type(model).__name__}")
+        raise HybridftError(f"cannot find the stack of transformer layers in {type(model).__name__}")
     return max(stacks, key=lambda s: len(s[1]))
 
 
 def num_layers(model: nn.Module) -> int:
     return len(main_layer_stack(model)[1])
+
+
+def checked_layer_indices(indices: list[int], model: nn.Module, what: str) -> list[int]:
+    """Layer indices (negative counts from the top) as sorted non-negative ones, or a clear error."""
+    n = num_layers(model)
+    bad = [i for i in indices if not -n <= i < n]
+    if bad:
+        raise HybridftError(f"{what} has {bad[0]} but the model has layers 0..{n - 1}")
+    return sorted({i % n for i in indices})
 
 
 def layer_param_names(model: nn.Module, index: int) -> list[str]:

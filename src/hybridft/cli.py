@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("model_dir")
     ev.add_argument("data")
     ev.add_argument("--format", default="auto")
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=_positive_int, default=64)
     _column_flags(ev)
     _progress_flags(ev)
 
@@ -43,10 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("model_dir")
     pr.add_argument("--input", "-i", default="-", help="text file, one example per line; - for stdin")
     pr.add_argument("--text", action="append", help="an example given on the command line (repeatable)")
-    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--batch-size", type=_positive_int, default=64)
 
     mix = sub.add_parser("interpolate", help="M_mix = alpha * M_pre + (1 - alpha) * M_fine")
-    mix.add_argument("pre", help="pretrained model folder, hub name, or 'embedded'")
+    mix.add_argument("pre", help="pretrained model: a folder, a hub name (where the network allows), or 'embedded'")
     mix.add_argument("fine", help="fine-tuned model folder (a run's model/)")
     mix.add_argument("--alpha", type=float, help="weight of the pretrained model, in [0, 1]")
     mix.add_argument("--per-layer", help="alphas per part: embeddings=0.5,lower=0.3,upper=0.1,head=0")
@@ -55,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="registered selectors and objectives")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _progress_flags(p):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import HybridftError
 from .model_io import load_saved
 
 
@@ -56,6 +57,9 @@ def predict_lines(model_dir: str, lines: list[str], batch_size: int) -> list[dic
         else:
             pairs = [line.split("\t", 1) for line in chunk]
             second = [p[1] if len(p) > 1 else None for p in pairs]
+            if any(second) and not all(second):
+                line = start + second.index(None) + 1
+                raise HybridftError(f"line {line} has no tab: give every line as a pair (text<TAB>text) or none")
             enc = tokenizer([p[0] for p in pairs], second if any(second) else None, truncation=True,
                             max_length=max_length, padding=True, return_tensors="pt")
             probs = model(**enc).logits.softmax(-1)

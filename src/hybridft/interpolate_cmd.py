@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import HybridftError
 from .mixing import PART_ORDER, interpolate, per_part_alpha
-from .model_io import load_saved, read_state_dict, save_mixed
+from .model_io import load_saved, read_state_dict, save_folder
 from .models import resolve_model
 
 
@@ -24,6 +24,18 @@ def parse_parts(text: str) -> dict[str, float]:
     return parts
 
 
+def pretrained_tensors(source: str) -> dict:
+    """The tensors of a local folder as stored, or of a hub model as transformers builds it."""
+    if Path(source).is_dir():
+        return read_state_dict(source)
+    import transformers
+
+    try:
+        return transformers.AutoModel.from_pretrained(source, use_safetensors=True).state_dict()
+    except (OSError, ValueError) as e:
+        raise HybridftError(f"cannot load the pretrained model {source}: {str(e).splitlines()[0]}") from None
+
+
 def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_layer: str | None,
                     overwrite: bool = False) -> dict:
     from . import architecture
@@ -36,7 +48,7 @@ def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_laye
     model, tokenizer, meta, _ = load_saved(fine)
     if meta.get("adapters"):
         raise HybridftError(f"{fine} has bottleneck adapters, which have no pretrained counterpart to mix with")
-    pre_state = read_state_dict(resolve_model(None if pre == "embedded" else pre, Path.cwd()))
+    pre_state = pretrained_tensors(resolve_model(None if pre == "embedded" else pre, Path.cwd()))
     mix = alpha if per_layer is None else per_part_alpha(parse_parts(per_layer), architecture.num_layers(model))
     mixed = interpolate(pre_state, model.state_dict(), mix)
     model.load_state_dict(mixed)
@@ -44,6 +56,6 @@ def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_laye
         import shutil
 
         shutil.rmtree(out_dir)
-    save_mixed(model, tokenizer, {**meta, "mixed": {"pretrained": pre, "fine_tuned": str(fine), "alpha": alpha,
+    save_folder(model, tokenizer, {**meta, "mixed": {"pretrained": pre, "fine_tuned": str(fine), "alpha": alpha,
                                                     "per_layer": per_layer}}, out_dir)
     return {"out": str(out_dir), "alpha": alpha, "per_layer": per_layer}

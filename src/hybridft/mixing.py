@@ -8,11 +8,11 @@ for bit; integer buffers are always taken from M_fine.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import torch
 
+from .architecture import LAYER_INDEX
 from .errors import HybridftError
 
 Alpha = float | Callable[[str], float]
@@ -73,7 +73,7 @@ PART_ORDER = ("embeddings", "lower", "upper", "head")
 
 def part_of(name: str, n_layers: int) -> str:
     """Which of embeddings / lower half / upper half of the layers / head a tensor belongs to."""
-    m = re.search(r"\.(?:layer|layers|h|block)\.(\d+)\.", name)
+    m = LAYER_INDEX.search(name)
     if m:
         return "lower" if int(m.group(1)) < n_layers / 2 else "upper"
     if "embed" in name or ".wte." in name or ".wpe." in name:

@@ -9,6 +9,7 @@ gives the base model *without* its adapters.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from .errors import HybridftError
 from .models import HEAD_CLASSES, check_model_dir, load_tokenizer, quiet_transformers
 from .selectors.adapter import adapter_layout, wrap_with_adapter
+from .selectors.lora import lora_layers, merge_lora
 
 ADAPTERS_FILE = "adapters.safetensors"
 
@@ -35,26 +37,30 @@ def split_adapter_state(model) -> tuple[dict, dict]:
     return plain, adapters
 
 
-def save_model_folder(run, path: Path) -> None:
-    """Write to a temporary folder and rename, so ``model/`` is either complete or absent."""
+def save_folder(model, tokenizer, meta: dict, path: Path) -> None:
+    """Write to a temporary folder and rename, so the folder is either complete or absent."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = run.accelerator.unwrap_model(run.model)
+    if lora_layers(model):  # unmerged LoRA (merge: false) is saved merged, so the folder loads anywhere
+        model = merge_lora(copy.deepcopy(model))
     plain, adapters = split_adapter_state(model)
-
     model.save_pretrained(tmp, state_dict=plain, safe_serialization=True)
-    run.tokenizer.save_pretrained(tmp)
-    meta = {"task": run.recipe.task, "max_length": run.recipe.model.max_length,
-            "columns": run.recipe.data.columns.model_dump(), "labels": run.data.label_names}
+    tokenizer.save_pretrained(tmp)
     if adapters:
         save_file(adapters, str(tmp / ADAPTERS_FILE))
-        meta["adapters"] = adapter_layout(model)
+        meta = {**meta, "adapters": adapter_layout(model)}
     (tmp / "hybridft.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
+
+
+def save_model_folder(run, path: Path) -> None:
+    meta = {"task": run.recipe.task, "max_length": run.recipe.model.max_length,
+            "columns": run.recipe.data.columns.model_dump(), "labels": run.data.label_names}
+    save_folder(run.accelerator.unwrap_model(run.model), run.tokenizer, meta, path)
 
 
 def load_saved(model_dir: str | Path):
@@ -71,8 +77,11 @@ def load_saved(model_dir: str | Path):
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     config = transformers.AutoConfig.from_pretrained(path)
     if "task" not in meta:
-        token_level = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
-        meta["task"] = "token_classification" if token_level else "classification"
+        heads = [a for a in config.architectures or [] if a.endswith(("ForSequenceClassification", "ForTokenClassification"))]
+        if not heads:
+            raise HybridftError(f"{path} holds no classification or tagging head ({', '.join(config.architectures or ['?'])}); "
+                                "give a fine-tuned model folder such as a run's model/")
+        meta["task"] = "token_classification" if heads[0].endswith("ForTokenClassification") else "classification"
     quiet_transformers()
     model = getattr(transformers, HEAD_CLASSES[meta["task"]]).from_pretrained(path, use_safetensors=True)
     if (path / ADAPTERS_FILE).is_file():
@@ -97,13 +106,3 @@ def read_state_dict(folder: str | Path) -> dict:
     for name in files:
         state.update(load_file(str(path / name)))
     return state
-
-
-def save_mixed(model, tokenizer, meta: dict, out: Path) -> None:
-    """Write a mixed model like a run's model folder (temporary name, then rename)."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "hybridft.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    tmp.rename(out)

@@ -41,6 +41,9 @@ def check_selection(recipe, base_dir: Path) -> list[str]:
     except (OSError, ValueError) as e:
         return [f"model.name: cannot read the model config of {recipe.model.name}: {str(e).splitlines()[0]}"]
     problems = []
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and recipe.model.max_length > limit:
+        problems.append(f"model.max_length: {recipe.model.max_length} but the model takes at most {limit} tokens")
     for i, stage in enumerate(recipe.stages):
         try:
             selectors = [SELECTORS.build(c) for c in stage.select]

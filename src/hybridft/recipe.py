@@ -12,7 +12,6 @@ from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
-from transformers import SchedulerType
 
 from . import objectives as _objectives  # noqa: F401  (registers objectives)
 from . import selectors as _selectors  # noqa: F401  (registers selectors)
@@ -78,16 +77,20 @@ class OptimizerSpec(Spec):
     eps: float = Field(1e-8, gt=0)
 
 
+# get_scheduler names that need nothing but warmup and total steps (others need metrics or extra settings)
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+
+
 class SchedulerSpec(Spec):
-    name: str = Field("linear", description="any transformers.get_scheduler name")
+    name: str = Field("linear", description="a transformers.get_scheduler name: " + ", ".join(SCHEDULERS))
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio")
 
     @model_validator(mode="after")
     def _known(self):
-        valid = [s.value for s in SchedulerType]
-        if self.name not in valid:
-            raise ValueError(f"unknown scheduler {self.name!r}; valid: {', '.join(valid)}")
+        if self.name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.name!r}; valid: {', '.join(SCHEDULERS)}")
         return self
 
 
@@ -113,8 +116,14 @@ class StageSpec(Spec):
     keep_best: bool = Field(True, description="restore the best evaluated weights at stage end")
     early_stopping: EarlyStoppingSpec | None = None
 
+    @property
+    def eval_batch(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
+
     @model_validator(mode="after")
     def _objective_names_unique(self):
+        if all(o.weight == 0 for o in self.objectives):
+            raise ValueError("at least one objective needs a weight above 0")
         names = [o.name for o in self.objectives]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -181,6 +190,8 @@ def format_validation_error(err: ValidationError) -> list[str]:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise HybridftError(f"recipe {path} is a folder; give the YAML file")
     if not path.is_file():
         raise HybridftError(f"recipe not found: {path}")
     try:

@@ -87,7 +87,7 @@ def infer_labels(rows: list[dict], task: str, cols) -> list[str]:
         tags |= {f"{p}-{t[2:]}" for t in tags if t[:2] in ("B-", "I-") for p in "BI"}
         return sorted(tags, key=_tag_order)
     names = {r[cols.label] for r in rows}
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(n.lstrip("-").isdecimal() for n in names):
         return sorted(names, key=int)  # "2" before "10"
     return sorted(names)
 

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import platform
-from pathlib import Path
 
 import torch
 import transformers
 
 from ..evaluate import scalar_metrics
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+from ..training.checkpoint import write_atomic
 
 
 def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float) -> dict:
@@ -108,6 +102,6 @@ def render_markdown(r: dict) -> str:
 
 def write_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float) -> dict:
     report = build_report(run, final, source, wall_time_s, peak_memory_mb)
-    _atomic_write(run.run_dir / "report.md", render_markdown(report))
-    _atomic_write(run.run_dir / "report.json", json.dumps(report, indent=2))
+    write_atomic(run.run_dir / "report.md", render_markdown(report))
+    write_atomic(run.run_dir / "report.json", json.dumps(report, indent=2))
     return report

@@ -7,7 +7,7 @@ before the residual add and LayerNorm, as in Houlsby's placement (Pfeiffer's is 
 
 Adapters cannot be merged into the linear weights (the nonlinearity is in the way): a model saved
 with adapters holds the base weights in standard form plus ``adapters.safetensors``; load it with
-``hybridft.adapters_io.load_model`` (what ``hybridft predict``/``eval`` do).
+``hybridft.model_io.load_saved`` (what ``hybridft predict``/``eval`` do).
 """
 
 from __future__ import annotations
@@ -95,22 +95,19 @@ def adapter_layout(model: nn.Module) -> list[dict]:
 def insert_adapters(model: nn.Module, spec: AdapterSpec) -> list[str]:
     """Wrap the chosen sublayer outputs in place; returns the wrapped module names."""
     prefix, stack = architecture.main_layer_stack(model)
-    n = len(stack)
-    bad = [i for i in spec.layers or [] if not -n <= i < n]
-    if bad:
-        raise HybridftError(f"adapter.layers has {bad[0]} but the model has layers 0..{n - 1}")
-    indices = sorted({i % n for i in spec.layers}) if spec.layers is not None else range(n)
+    indices = architecture.checked_layer_indices(spec.layers, model, "adapter.layers") \
+        if spec.layers is not None else range(len(stack))
     wrapped = []
     for i in indices:
         layer = stack[i]
         targets = [(rel, m) for rel, m in layer.named_modules()
                    if any(SUBLAYER_OUTPUTS[p].match(rel) for p in spec.placement)]
         for rel, module in targets:
-            if not isinstance(module, WithAdapter):
+            if not isinstance(module, WithAdapter):  # an earlier stage's adapter is kept, not doubled
                 size = _out_features(module)
                 wrap_with_adapter(model, f"{prefix}.{i}.{rel}", max(1, size // spec.reduction_factor),
                                   spec.nonlinearity)
-                wrapped.append(f"{prefix}.{i}.{rel}")
+            wrapped.append(f"{prefix}.{i}.{rel}")
     if not wrapped:
         raise HybridftError(f"adapter: found no {'/'.join(spec.placement)} sublayer output in {type(model).__name__}")
     return wrapped

@@ -29,6 +29,10 @@ class Selector:
     def prepare(self, model: nn.Module, run=None) -> nn.Module:
         return model
 
+    def restore_structure(self, model: nn.Module) -> nn.Module:
+        """Re-insert what a completed stage of this selector left in the model (for resume)."""
+        return self.prepare(model, None) if self.keeps_structure else model
+
     def fit(self, model: nn.Module, run, stage) -> None:
         pass
 

@@ -57,56 +57,100 @@ class Groups(Selector):
     def __init__(self, config):
         super().__init__(config)
         self.members = [[SELECTORS.build(c) for c in g.select] for g in config.groups]
+        self._scale = None
+
+    def _each(self):
+        return [s for group in self.members for s in group]
 
     @property
     def keeps_structure(self) -> bool:
-        return any(s.keeps_structure for group in self.members for s in group)
+        return any(s.keeps_structure for s in self._each())
+
+    def restore_structure(self, model):
+        for s in self._each():
+            model = s.restore_structure(model)
+        return model
 
     def prepare(self, model, run=None):
-        for group in self.members:
-            for s in group:
-                model = s.prepare(model, run)
+        for s in self._each():
+            model = s.prepare(model, run)
         return model
 
     def fit(self, model, run, stage):
-        for group in self.members:
-            for s in group:
-                s.fit(model, run, stage)
+        for s in self._each():
+            s.fit(model, run, stage)
 
-    def group_names(self, model) -> list[set[str]]:
-        return [set().union(*(s.trainable(model) | set(s.masks(model)) for s in group)) for group in self.members]
+    def _group_selection(self, model, i: int) -> tuple[set[str], dict]:
+        whole, masks = set(), {}
+        for s in self.members[i]:
+            whole |= s.trainable(model)
+            for n, m in s.masks(model).items():
+                masks[n] = m if n not in masks else masks[n] | m
+        return whole, masks
 
     def weights(self, model) -> dict[str, float]:
+        """Per parameter: the sum of the loss weights of the groups that train it."""
         total: dict[str, float] = {}
-        for names, spec in zip(self.group_names(model), self.config.groups, strict=True):
-            for n in names:
+        for i, spec in enumerate(self.config.groups):
+            whole, masks = self._group_selection(model, i)
+            for n in whole | set(masks):
                 total[n] = total.get(n, 0.0) + spec.loss_weight
         return total
 
+    def _active(self):
+        return [i for i, g in enumerate(self.config.groups) if g.loss_weight > 0]
+
     def trainable(self, model):
-        return {n for n, w in self.weights(model).items() if w > 0}
+        return set().union(*(self._group_selection(model, i)[0] for i in self._active()))
+
+    def masks(self, model):
+        out: dict = {}
+        for i in self._active():
+            for n, m in self._group_selection(model, i)[1].items():
+                out[n] = m if n not in out else out[n] | m
+        return out
 
     def lr_overrides(self, model) -> dict[str, float]:
         lrs: dict[str, float] = {}
-        for names, spec in zip(self.group_names(model), self.config.groups, strict=True):
+        for i, spec in enumerate(self.config.groups):
+            for s in self.members[i]:
+                lrs.update(s.lr_overrides(model))
             if spec.lr is not None:
-                lrs.update(dict.fromkeys(names, spec.lr))
+                whole, masks = self._group_selection(model, i)
+                lrs.update(dict.fromkeys(whole | set(masks), spec.lr))
         return lrs
 
+    def state_dict(self):
+        return {f"{i}.{j}/{k}": v for i, group in enumerate(self.members) for j, s in enumerate(group)
+                for k, v in s.state_dict().items()}
+
+    def load_state_dict(self, state):
+        for i, group in enumerate(self.members):
+            for j, s in enumerate(group):
+                prefix = f"{i}.{j}/"
+                s.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
     def after_backward(self, model):
-        if not hasattr(self, "_scale"):
-            self._scale = [(p, w) for n, p in model.named_parameters()
-                           if (w := self.weights(model).get(n, 0.0)) > 0 and w != 1.0]
+        if self._scale is None:  # the weights do not change within a stage: compute them once
+            weights = self.weights(model)
+            self._scale = [(p, weights[n]) for n, p in model.named_parameters()
+                           if weights.get(n, 0.0) > 0 and weights[n] != 1.0]
         for p, w in self._scale:
             if p.grad is not None:
                 p.grad.mul_(w)
+        for s in self._each():
+            s.after_backward(model)
+
+    def after_step(self, model):
+        for s in self._each():
+            s.after_step(model)
 
     def finish(self, model):
-        for group in self.members:
-            for s in group:
-                model = s.finish(model)
+        for s in self._each():
+            model = s.finish(model)
         return model
 
     def summary(self):
-        return {"name": "groups", "groups": [{"selectors": [c.name for c in g.select], "loss_weight": g.loss_weight,
-                                              "lr": g.lr} for g in self.config.groups]}
+        return {"name": "groups", "groups": [
+            {"selectors": [c.name for c in g.select], "loss_weight": g.loss_weight, "lr": g.lr,
+             "members": [s.summary() for s in self.members[i]]} for i, g in enumerate(self.config.groups)]}

@@ -95,7 +95,7 @@ def select_entries(scores: dict, granularity: str, density: float | None = None,
     if granularity == "per_tensor":
         masks = {}
         for n, s in scores.items():
-            keep = torch.zeros(s.numel(), dtype=torch.bool)
+            keep = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
             keep[torch.topk(s.flatten(), max(1, math.ceil(density * s.numel()))).indices] = True
             masks[n] = keep.view_as(s)
         return masks
@@ -107,7 +107,7 @@ def select_entries(scores: dict, granularity: str, density: float | None = None,
             budget += scores[n].numel() if take else 0
         return masks
     flat = torch.cat([s.flatten() for s in scores.values()])
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     keep[torch.topk(flat, max(1, math.ceil(density * flat.numel()))).indices] = True
     masks, start = {}, 0
     for n, s in scores.items():

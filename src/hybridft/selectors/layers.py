@@ -42,17 +42,13 @@ class LayersConfig(Spec):
         return patterns
 
 
-def chosen_layer_indices(config: LayersConfig, n_layers: int) -> list[int]:
+def chosen_layer_indices(config: LayersConfig, model) -> list[int]:
+    n_layers = architecture.num_layers(model)
     if config.top_k is not None:
         if config.top_k > n_layers:
             raise HybridftError(f"layers.top_k={config.top_k} but the model has only {n_layers} layers")
         return list(range(n_layers - config.top_k, n_layers))
-    chosen = []
-    for i in config.indices or []:
-        if not -n_layers <= i < n_layers:
-            raise HybridftError(f"layers.indices has {i} but the model has layers 0..{n_layers - 1}")
-        chosen.append(i % n_layers)
-    return sorted(set(chosen))
+    return architecture.checked_layer_indices(config.indices or [], model, "layers.indices")
 
 
 @SELECTORS.register(LayersConfig)
@@ -62,7 +58,7 @@ class Layers(Selector):
     def trainable(self, model):
         c = self.config
         names: set[str] = set()
-        for i in chosen_layer_indices(c, architecture.num_layers(model)):
+        for i in chosen_layer_indices(c, model):
             names.update(architecture.layer_param_names(model, i))
         if c.embeddings:
             names.update(architecture.embedding_param_names(model))

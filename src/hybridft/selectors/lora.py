@@ -38,7 +38,9 @@ def peft_config(spec: LoraSpec, model):
     head_modules = sorted({n.rpartition(".")[0].replace(".base_layer", "") for n in architecture.head_param_names(model)
                            if ".lora_" not in n})
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules, layers_to_transform=spec.layers,
+                      target_modules=spec.target_modules,
+                      layers_to_transform=architecture.checked_layer_indices(spec.layers, model, "lora.layers")
+                      if spec.layers is not None else None,
                       layers_pattern=architecture.main_layer_stack(model)[0].split(".")[-1] if spec.layers else None,
                       exclude_modules=head_modules or None, modules_to_save=head_modules or None)
 
@@ -81,10 +83,6 @@ class Lora(Selector):
     def prepare(self, model, run=None):
         from peft import inject_adapter_in_model
 
-        n_layers = architecture.num_layers(model)
-        bad = [i for i in self.config.layers or [] if not 0 <= i < n_layers]
-        if bad:
-            raise HybridftError(f"lora.layers has {bad[0]} but the model has layers 0..{n_layers - 1}")
         self.peft_config = peft_config(self.config, model)
         self.peft_config.modules_to_save = None  # the head trains in place; we list it in trainable()
         try:
@@ -100,8 +98,14 @@ class Lora(Selector):
             names.update(architecture.head_param_names(model))
         return names
 
+    def adapter_is_faithful(self) -> bool:
+        """The PEFT adapter (LoRA + head on the original base model) reproduces the final model only
+        when this LoRA is the whole recipe: one stage, no other selector."""
+        stages = self.run.recipe.stages
+        return len(stages) == 1 and len(stages[0].select) == 1 and stages[0].select[0] == self.config
+
     def finish(self, model):
-        if self.run is not None:
+        if self.run is not None and self.adapter_is_faithful():
             self.save_adapter(model, self.run.run_dir / "peft_adapter")
         return merge_lora(model) if self.config.merge else model
 

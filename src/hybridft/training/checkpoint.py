@@ -33,7 +33,7 @@ def restore_selector_state(path: Path, selectors) -> None:
         s.load_state_dict({k.split("/", 1)[1]: v for k, v in state.items() if k.split("/", 1)[0] == str(i)})
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -44,8 +44,11 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
@@ -53,6 +56,8 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: dict, keep: int,
@@ -74,12 +79,12 @@ def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: d
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     # state.json is written last: a folder without it is incomplete by construction
-    _write_atomic(tmp / "state.json", json.dumps(state))
+    write_atomic(tmp / "state.json", json.dumps(state))
     final = root / name
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_atomic(root / LATEST, name)
+    write_atomic(root / LATEST, name)
     _prune(root, keep)
     return final
 

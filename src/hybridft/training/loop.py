@@ -107,34 +107,38 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
 
     st = {"stage": index, "step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0,
           "history": [], "train_time_s": 0.0, "samples": 0, "tokens": 0, "stopped_early": False}
+    # the best weights as they were at the checkpoint (none for a fresh stage), not as a later or
+    # an interrupted attempt's evaluation left them
+    best_path.unlink(missing_ok=True)
     if resume_from is not None:
         st = load_checkpoint(resume_from, model, optimizer, scheduler)["stage_state"]
-        # the best weights as they were at that checkpoint, not as a later evaluation left them
-        best_path.unlink(missing_ok=True)
         if (resume_from / best_path.name).is_file():
             shutil.copy2(resume_from / best_path.name, best_path)
     entry_masks = EntryMasks(model, masks) if masks else None  # after loading: originals are stage-start values
-    ddp_model = acc.prepare_model(model)
+    # one process: no wrapper needed (and prepare_model would keep a reference to every trial model)
+    ddp_model = acc.prepare_model(model) if acc.num_processes > 1 else model
 
     def evaluate_now():
-        bs_eval = spec.eval_batch_size or 2 * bs
-        m = evaluate(model, run.data.validation, run.data.task, run.data.label_names, run.collator, bs_eval,
+        m = evaluate(model, run.data.validation, run.data.task, run.data.label_names, run.collator, spec.eval_batch,
                      run.device, desc=f"eval {name}", progress=run.progress)
         scalars = scalar_metrics(m)
         run.log.write(run.global_step, {"stage": name, **{f"eval/{k}": v for k, v in scalars.items()}})
         st["history"].append({"step": st["step"], **scalars})
+        # min_delta decides what counts as progress for early stopping; any improvement is kept as best
         min_delta = spec.early_stopping.min_delta if spec.early_stopping else 0.0
-        if is_better(scalars[metric], st["best"], metric, min_delta):
-            st.update(best=scalars[metric], best_step=st["step"], bad_evals=0)
+        progress = is_better(scalars[metric], st["best"], metric, min_delta)
+        st["bad_evals"] = 0 if progress else st["bad_evals"] + 1
+        if is_better(scalars[metric], st["best"], metric):
+            st.update(best=scalars[metric], best_step=st["step"])
             if spec.keep_best:
                 best_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = best_path.with_suffix(".tmp")
                 save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, tmp)
                 tmp.replace(best_path)
-        else:
-            st["bad_evals"] += 1
 
     def checkpoint():
+        if not run.checkpointing:
+            return
         save_checkpoint(run.checkpoint_dir, f"step-{run.global_step}", model, optimizer, scheduler,
                         {"stage_state": st, "global_step": run.global_step, "log_lines": run.log.lines,
                          "stage_reports": run.stage_reports},
@@ -152,17 +156,19 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         while st["micro"] < len(batches) and not done:
             micro = st["micro"]
             group_start = micro - micro % accum
-            group_size = min(accum, len(batches) - group_start)  # the last group of an epoch may be short
-            is_update = micro == group_start + group_size - 1
+            group = batches[group_start:min(group_start + accum, len(batches))]  # the last may be short
+            is_update = micro == group_start + len(group) - 1
+            # each micro-batch counts by its examples, so accumulation equals one batch of the group
+            share = len(batches[micro]) / sum(len(b) for b in group)
             batch = {k: v.to(run.device) for k, v in run.collator([train[i] for i in batches[micro]]).items()}
             inputs = {k: v for k, v in batch.items() if k != "labels"}
             with nullcontext() if is_update else acc.no_sync(ddp_model):
                 outputs = ddp_model(**inputs)
                 losses = {o.name: o.loss(ddp_model, batch, outputs) for o in active}
                 loss = sum(o.weight * losses[o.name] for o in active)
-                acc.backward(loss / group_size)
+                acc.backward(loss * share)
             for k, v in {"loss": loss, **{f"loss/{n}": v for n, v in losses.items()}}.items():
-                running[k] = running.get(k, 0.0) + float(v.detach()) / group_size
+                running[k] = running.get(k, 0.0) + float(v.detach()) * share
             st["samples"] += len(batches[micro])
             st["tokens"] += int(batch["attention_mask"].sum())
             st["micro"] += 1

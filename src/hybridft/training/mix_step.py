@@ -11,7 +11,6 @@ import math
 
 from ..evaluate import evaluate, scalar_metrics
 from ..mixing import interpolate
-from ..model_io import read_state_dict
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -36,8 +35,8 @@ def run_mix_step(run, spec) -> dict:
     sign = -1.0 if metric == "loss" else 1.0
     model = run.accelerator.unwrap_model(run.model)
     fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    pre = read_state_dict(run.artifacts["model_source"])
-    batch = run.recipe.stages[-1].eval_batch_size or 2 * run.recipe.stages[-1].batch_size
+    pre = run.artifacts["pretrained_state"]
+    batch = run.recipe.stages[-1].eval_batch
     curve: dict[float, dict] = {}
 
     def score(alpha: float) -> float:

@@ -22,6 +22,7 @@ class Run:
     accelerator: object
     log: object  # report.metrics_log.MetricsLog
     progress: bool = True
+    checkpointing: bool = True  # off for trial runs (e.g. choosing an importance density)
     global_step: int = 0
     stage_reports: list[dict] = field(default_factory=list)
     # named things stages hand to each other: teachers, importance scores, the pretrained snapshot

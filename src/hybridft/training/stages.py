@@ -24,21 +24,30 @@ from .loop import run_stage
 from .mix_step import run_mix_step
 from .run_state import Run
 
-RUN_MARKERS = ("recipe.yaml", "metrics.jsonl", "report.json", "checkpoints")
+RUN_MARKER = ".hybridft-run"  # written into every run folder; the only folders --overwrite deletes
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder; only ever delete a folder that holds a hybridft run."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder. Deletes nothing: that waits until the new run's
+    inputs have all been loaded and checked."""
     if resume:
-        if not (run_dir / "recipe.yaml").is_file():
+        if not (run_dir / RUN_MARKER).is_file() or not (run_dir / "recipe.yaml").is_file():
             raise HybridftError(f"nothing to resume in {run_dir}: it holds no hybridft run")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not any((run_dir / m).exists() for m in RUN_MARKERS):
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if not (run_dir / RUN_MARKER).is_file():
             raise HybridftError(f"{run_dir} is not empty and holds no hybridft run; choose another --out")
         if not overwrite:
             raise HybridftError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(run_dir)
+
+
+def check_model_fits(recipe, base_dir: Path) -> None:
+    """Every stage's selection and the max length, on a weightless skeleton: before anything is written."""
+    from ..preflight import check_selection
+
+    problems = check_selection(recipe, base_dir)
+    if problems:
+        raise HybridftError("; ".join(problems))
 
 
 def collator_for(task: str, tokenizer):
@@ -65,26 +74,41 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    prepare_run_dir(run_dir, resume, overwrite)
+    check_run_dir(run_dir, resume, overwrite)
     set_seed(recipe.seed)
     source = resolve_model(recipe.model.name, base_dir)
     tokenizer = load_tokenizer(source, recipe.model.trust_remote_code)
     data = load_task_data(recipe, base_dir, tokenizer)
     model = load_model(source, recipe.task, data.label_names, recipe.model.trust_remote_code)
+    check_model_fits(recipe, base_dir)
 
     recipe_text = resolved_recipe_text(recipe, base_dir, source)
     if resume and (run_dir / "recipe.yaml").read_text(encoding="utf-8") != recipe_text:
         raise HybridftError(f"the recipe differs from the one {run_dir} was started with; resume with the same recipe")
+    if not resume and run_dir.exists() and overwrite:
+        shutil.rmtree(run_dir)  # a hybridft run (checked above), replaced only now that the new one can start
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("hybridft run folder\n", encoding="utf-8")
     (run_dir / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
     accelerator = Accelerator(log_with="tensorboard", project_dir=str(run_dir))
     accelerator.init_trackers("tensorboard")
     run = Run(recipe, run_dir, model.to(accelerator.device), tokenizer, data, collator_for(recipe.task, tokenizer),
               accelerator, MetricsLog(run_dir / "metrics.jsonl", accelerator), progress)
     run.artifacts["model_source"] = source
+    if recipe.mix is not None:  # M_pre for the mix step, kept before any training (works for hub names too)
+        run.artifacts["pretrained_state"] = pretrained_state(model)
     if accelerator.device.type == "cpu":
         run.artifacts["malloc_tuned"] = keep_freed_memory()
     return run
+
+
+def pretrained_state(model) -> dict:
+    """A copy of the pretrained encoder's tensors (the new task head is not pretrained)."""
+    from ..architecture import base_prefix
+
+    prefix = base_prefix(model)
+    base = getattr(model, prefix) if prefix else model
+    return {k: v.detach().clone() for k, v in base.state_dict().items()}
 
 
 def restore_structure(run: Run, stages) -> None:
@@ -92,9 +116,7 @@ def restore_structure(run: Run, stages) -> None:
     written after those stages fits the model it is loaded into."""
     for spec in stages:
         for config in spec.select:
-            selector = SELECTORS.build(config)
-            if selector.keeps_structure:
-                run.model = selector.prepare(run.model, None)
+            run.model = SELECTORS.build(config).restore_structure(run.model)
 
 
 def resume_point(run: Run) -> tuple[int, Path | None]:
@@ -130,7 +152,7 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
 
     if recipe.mix is not None:
         run.artifacts["mix"] = run_mix_step(run, recipe.mix)
-    data, batch = run.data, recipe.stages[-1].eval_batch_size or 2 * recipe.stages[-1].batch_size
+    data, batch = run.data, recipe.stages[-1].eval_batch
     final = {"validation": evaluate(run.model, data.validation, data.task, data.label_names, run.collator, batch,
                                     run.device, "final eval", progress)}
     if data.test is not None:
