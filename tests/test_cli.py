@@ -193,3 +193,19 @@ def test_predict_and_eval_refuse_bad_inputs(tiny_model, tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_cli("predict", tiny_model, "--batch-size", "0")
+
+
+@pytest.mark.parametrize("select", [[{"name": "layers", "top_k": 1}], [{"name": "adapter", "reduction_factor": 4}],
+                                    [{"name": "importance", "density": 0.3, "batches": 2}]],
+                         ids=["layers", "adapter", "importance"])
+def test_saved_model_reproduces_the_reported_metrics(tiny_model, sentiment_csv, tmp_path, capsys, select):
+    recipe = base_recipe(tiny_model, sentiment_csv, select=select, max_steps=4, optimizer={"lr": 1e-2})
+    recipe["data"] = {"train": str(sentiment_csv), "validation": str(sentiment_csv)}
+    out = tmp_path / "run"
+    assert run_cli("run", write_recipe(tmp_path / "r.yaml", recipe), "--out", out, "--no-progress") == 0
+    report = json.loads((out / "report.json").read_text())
+    capsys.readouterr()
+    assert run_cli("eval", out / "model", sentiment_csv) == 0
+    again = json.loads(capsys.readouterr().out)
+    for name in ("accuracy", "f1_macro", "loss"):
+        assert again[name] == pytest.approx(report["metrics"][name], abs=1e-6), name
