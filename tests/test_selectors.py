@@ -191,3 +191,14 @@ def test_groups_validate_their_inner_selectors():
     with pytest.raises(HybridftError, match="top_k"):
         validate_recipe({"data": {"train": "x"}, "stages": [{"select": [
             {"name": "groups", "groups": [{"select": [{"name": "layers", "top_k": -1}]}]}]}]})
+
+
+def test_chosen_value_trains_exactly_like_naming_it(tiny_model, sentiment_csv, tmp_path):
+    search = {"name": "importance", "density": [0.05, 0.5], "choose_by": "holdout", "search_steps": 2, "batches": 2}
+    run = make_run(two_step_recipe(tiny_model, sentiment_csv, [search]), tmp_path / "search")
+    _, searched, _, report = train_one_stage(run)
+    chosen = report["selectors"][0]["value"]
+    direct = {"name": "importance", "density": chosen, "batches": 2}
+    run = make_run(two_step_recipe(tiny_model, sentiment_csv, [direct]), tmp_path / "direct")
+    _, named, _, _ = train_one_stage(run)
+    assert all(torch.equal(searched[n], named[n]) for n in named)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..report.metrics_log import MetricsLog
+from .checkpoint import rng_state, set_rng_state
 from .loop import run_stage
 
 
@@ -30,6 +31,9 @@ def fold_indices(n: int, spec, seed: int) -> list[tuple[list[int], list[int]]]:
 def choose_value(spec, model, run, stage) -> tuple[float, dict[float, float]]:
     metric = run.recipe.selection_metric
     rows = run.data.train
+    # trials draw dropout masks from the global RNG; restore it afterwards so that the stage trains
+    # exactly as a recipe that had named the chosen value directly
+    saved_rng = rng_state()
     folds = fold_indices(len(rows), spec, run.recipe.seed)
     scores: dict[float, float] = {}
     key = "density" if spec.density is not None else "threshold"
@@ -48,5 +52,6 @@ def choose_value(spec, model, run, stage) -> tuple[float, dict[float, float]]:
                 sub.log.close()
                 results.append(report["evaluations"][-1][metric])
         scores[value] = float(np.mean(results))
+    set_rng_state(saved_rng)
     pick = min if metric == "loss" else max
     return pick(scores, key=lambda v: scores[v]), scores
