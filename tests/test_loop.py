@@ -128,17 +128,3 @@ def test_length_grouped_batches_cover_every_example_once_with_less_padding():
         return sum(max(lengths[i] for i in b) * len(b) for b in batches)
 
     assert padded(grouped) < 0.7 * padded(plain)
-
-
-def test_malloc_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
-    import sys
-
-    from hybridft.training.cpu_memory import keep_freed_memory
-
-    monkeypatch.setenv("HYBRIDFT_MALLOC_TUNING", "0")
-    assert keep_freed_memory() is False
-    monkeypatch.setenv("HYBRIDFT_MALLOC_TUNING", "1")
-    if sys.platform.startswith("linux"):
-        import platform
-
-        assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

@@ -9,7 +9,7 @@ from hybridft.recipe import validate_recipe
 from hybridft.registry import SELECTORS
 
 from .conftest import base_recipe
-from .helpers import make_run, snapshot, tiny_classifier, train_one_stage
+from .helpers import make_run, tiny_classifier, train_one_stage
 
 # one representative config per registered selector; a new selector must add itself here
 EXAMPLES = {

@@ -36,8 +36,7 @@ def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_
         "mix": run.artifacts.get("mix"),
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "device": str(run.device),
-                        "threads": torch.get_num_threads(),
-                        "malloc_tuned": run.artifacts.get("malloc_tuned", False)},
+                        "threads": torch.get_num_threads()},
     }
 
 

@@ -19,7 +19,6 @@ from ..registry import SELECTORS
 from ..report.metrics_log import MetricsLog
 from ..report.summary import write_report
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .cpu_memory import keep_freed_memory
 from .loop import run_stage
 from .mix_step import run_mix_step
 from .run_state import Run
@@ -97,8 +96,6 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     run.artifacts["model_source"] = source
     if recipe.mix is not None:  # M_pre for the mix step, kept before any training (works for hub names too)
         run.artifacts["pretrained_state"] = pretrained_state(model)
-    if accelerator.device.type == "cpu":
-        run.artifacts["malloc_tuned"] = keep_freed_memory()
     return run
 
 
