@@ -102,3 +102,24 @@ def test_recipe_mix_step_sweeps_refines_and_keeps_the_best(tiny_model, sentiment
     expected = mix(load_file(tiny_model / "model.safetensors"), trained, mix_report["chosen_alpha"])
     assert all(torch.equal(final[k], expected[k]) for k in final)
     assert "## Weight interpolation" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_mix_step_per_layer_and_output_ensemble(tiny_model, sentiment_csv, tmp_path):
+    from .conftest import base_recipe
+    from .helpers import train_and_load
+
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=4)
+    recipe["mix"] = {"alphas": [0.0, 0.5, 1.0], "per_layer": True, "ensemble": True, "probe_steps": 3}
+    report, _ = train_and_load(recipe, tmp_path / "run")
+    mix_report = report["mix"]
+    per_layer = mix_report["per_layer"]
+    assert set(per_layer["alphas"]) == {"embeddings", "lower", "upper", "head"}
+    # the per-layer result is never worse than the global choice it starts from
+    assert per_layer["metrics"]["accuracy"] >= mix_report["chosen"]["accuracy"]
+    ensemble = {p["alpha"]: p for p in mix_report["ensemble"]["curve"]}
+    assert set(ensemble) == {0.0, 0.5, 1.0}
+    # alpha 0 of the ensemble is the fine-tuned model alone, as is alpha 0 of the weight mix
+    weight0 = next(p for p in mix_report["curve"] if p["alpha"] == 0.0)
+    assert ensemble[0.0]["accuracy"] == weight0["accuracy"]
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "Per-layer alphas" in text and "Output-level mixing" in text

@@ -79,6 +79,13 @@ def predict(model, examples: list[dict], collator, batch_size: int, device, desc
 def evaluate(model, examples: list[dict], task: str, label_names: list[str], collator, batch_size: int, device,
              desc: str = "eval", progress: bool = True) -> dict:
     logits, loss = predict(model, examples, collator, batch_size, device, desc, progress)
+    return metrics_from_scores(examples, logits, task, label_names, loss)
+
+
+def metrics_from_scores(examples: list[dict], scores: list, task: str, label_names: list[str],
+                        loss: float = float("nan")) -> dict:
+    """Metrics of per-example scores (logits or probabilities: only the argmax matters)."""
+    logits = scores
     if task == "token_classification":
         pred_tags, gold_tags = [], []
         for ex, lg in zip(examples, logits, strict=True):

@@ -136,6 +136,9 @@ class MixSpec(Spec):
                                 description="weights of the pretrained model to evaluate, each in [0, 1]")
     refine: Literal["golden"] | None = Field(None, description="golden-section search around the best alpha")
     refine_steps: int = Field(6, ge=2)
+    per_layer: bool = Field(False, description="then tune embeddings/lower/upper/head alphas one at a time")
+    ensemble: bool = Field(False, description="also compare output-level mixing with M_pre + a trained head")
+    probe_steps: int = Field(100, ge=1, description="head-only steps that give M_pre its head (for ensemble)")
 
     @model_validator(mode="after")
     def _in_range(self):

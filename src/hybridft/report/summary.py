@@ -95,6 +95,15 @@ def render_markdown(r: dict) -> str:
                   "alpha is the weight of the pretrained model; 0 is the fine-tuned model.", "",
                   f"| alpha | {metric} |", "|---|---|"]
         lines += [f"| {p['alpha']:g} | {_fmt(p[metric])} |" for p in mix["curve"]]
+        if mix.get("per_layer"):
+            pl = mix["per_layer"]
+            chosen = "chosen" if mix.get("chosen_per_layer") else "not better than the global alpha"
+            lines += ["", f"Per-layer alphas ({chosen}): " + ", ".join(f"{k} {v:g}" for k, v in pl["alphas"].items())
+                      + f": {metric} {_fmt(pl['metrics'][metric])}."]
+        if mix.get("ensemble"):
+            lines += ["", "Output-level mixing with M_pre + a head trained on its frozen encoder "
+                      "(alpha weighs M_pre's probabilities):", "", f"| alpha | {metric} |", "|---|---|"]
+            lines += [f"| {p['alpha']:g} | {_fmt(p.get(metric))} |" for p in mix["ensemble"]["curve"]]
     lines += ["", "## Data", "", "```json", json.dumps(r["data"], indent=2), "```", ""]
     return "\n".join(lines)
 

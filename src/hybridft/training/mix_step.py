@@ -1,16 +1,25 @@
-"""The recipe's ``mix:`` step after training: sweep alpha on validation data, keep the best mix.
+"""The recipe's ``mix:`` step after training: choose how to mix M_pre and M_fine on validation data.
 
-M_mix(alpha) = alpha * M_pre + (1 - alpha) * M_fine, evaluated for every alpha of the list (and,
-with ``refine: golden``, by golden-section search in the bracket around the best grid point). The
-chosen mix replaces the run's model; every point of the curve goes to the report.
+Weight mixing, M_mix(alpha) = alpha * M_pre + (1 - alpha) * M_fine, is evaluated for every alpha
+of the list (and, with ``refine: golden``, by golden-section search in the bracket around the best
+grid point); with ``per_layer``, the alphas of embeddings / lower / upper layers / head are then
+tuned one at a time from the global choice. The best weight mix replaces the run's model. With
+``ensemble``, output-level mixing alpha * p_pre + (1 - alpha) * p_fine is evaluated for comparison,
+where M_pre gets its task head by training the head alone on the frozen pretrained encoder.
+Every point evaluated goes to the report.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import replace
 
-from ..evaluate import evaluate, scalar_metrics
-from ..mixing import interpolate
+import numpy as np
+
+from ..architecture import num_layers
+from ..evaluate import evaluate, metrics_from_scores, predict, scalar_metrics
+from ..mixing import PART_ORDER, interpolate, per_part_alpha
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -30,35 +39,104 @@ def golden_section(f, lo: float, hi: float, steps: int) -> None:
             fb = f(b)
 
 
+class MixSearch:
+    """Evaluates mixes on validation data, remembering every result."""
+
+    def __init__(self, run, model, pre: dict, fine: dict):
+        self.run, self.model, self.pre, self.fine = run, model, pre, fine
+        self.metric = run.recipe.selection_metric
+        self.sign = -1.0 if self.metric == "loss" else 1.0
+        self.batch = run.recipe.stages[-1].eval_batch
+        self.curve: dict[float, dict] = {}
+
+    def evaluate_mix(self, alpha, label: str) -> dict:
+        self.model.load_state_dict(interpolate(self.pre, self.fine, alpha))
+        run = self.run
+        m = scalar_metrics(evaluate(self.model, run.data.validation, run.data.task, run.data.label_names,
+                                    run.collator, self.batch, run.device, desc=f"mix {label}", progress=run.progress))
+        run.log.write(run.global_step, {"stage": "mix", "mix": label, **{f"mix/{k}": v for k, v in m.items()}})
+        return m
+
+    def score(self, alpha: float) -> float:
+        alpha = round(alpha, 6)
+        if alpha not in self.curve:
+            self.curve[alpha] = self.evaluate_mix(alpha, f"alpha={alpha:g}")
+        return self.sign * self.curve[alpha][self.metric]
+
+    def key(self, metrics: dict, alpha_sum: float) -> tuple:
+        # ties go to the smaller alphas: the model closer to the fine-tuned one
+        return (self.sign * metrics[self.metric], -alpha_sum)
+
+
+def per_layer_search(search: MixSearch, start: float, grid: list[float]) -> dict:
+    """One coordinate pass over the parts, each part's alpha over the grid, the others held."""
+    n_layers = num_layers(search.model)
+    alphas = dict.fromkeys(PART_ORDER, start)
+    best = search.curve[round(start, 6)]
+    for part in PART_ORDER:
+        for a in grid:
+            if a == alphas[part]:
+                continue
+            trial = {**alphas, part: a}
+            m = search.evaluate_mix(per_part_alpha(trial, n_layers), "per-layer " + ",".join(
+                f"{k}={v:g}" for k, v in trial.items()))
+            if search.key(m, sum(trial.values())) > search.key(best, sum(alphas.values())):
+                alphas, best = trial, m
+    return {"alphas": alphas, "metrics": best}
+
+
+def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_steps: int) -> dict:
+    """Output-level mixing with M_pre, which first gets a head trained on its frozen encoder."""
+    from ..recipe import StageSpec
+    from .loop import run_stage
+
+    probe_model = copy.deepcopy(fine_model)
+    probe_model.load_state_dict(interpolate(pre_state, fine_model.state_dict(), 1.0))
+    probe = StageSpec(name="probe", select=[{"name": "layers", "top_k": 0, "head": True}],
+                      optimizer=run.recipe.stages[-1].optimizer.model_copy(update={"lr": 1e-3}),
+                      max_steps=probe_steps, batch_size=run.recipe.stages[-1].batch_size, keep_best=False)
+    sub = replace(run, model=probe_model, progress=False, checkpointing=False, stage_reports=[], artifacts={})
+    run_stage(sub, len(run.recipe.stages), probe)
+    batch, data = run.recipe.stages[-1].eval_batch, run.data
+    p_pre = [_softmax(x) for x in predict(sub.model, data.validation, run.collator, batch, run.device,
+                                          "probe eval", run.progress)[0]]
+    p_fine = [_softmax(x) for x in predict(fine_model, data.validation, run.collator, batch, run.device,
+                                           "fine eval", run.progress)[0]]
+    curve = []
+    for a in grid:
+        mixed = [a * p + (1 - a) * f for p, f in zip(p_pre, p_fine, strict=True)]
+        curve.append({"alpha": a, **scalar_metrics(metrics_from_scores(data.validation, mixed, data.task,
+                                                                       data.label_names))})
+    return {"pretrained_with_head": curve[-1] if grid[-1] == 1.0 else None, "curve": curve}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def run_mix_step(run, spec) -> dict:
-    metric = run.recipe.selection_metric
-    sign = -1.0 if metric == "loss" else 1.0
     model = run.accelerator.unwrap_model(run.model)
     fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
     pre = run.artifacts["pretrained_state"]
-    batch = run.recipe.stages[-1].eval_batch
-    curve: dict[float, dict] = {}
-
-    def score(alpha: float) -> float:
-        alpha = round(alpha, 6)
-        if alpha not in curve:
-            model.load_state_dict(interpolate(pre, fine, alpha))
-            m = evaluate(model, run.data.validation, run.data.task, run.data.label_names, run.collator, batch,
-                         run.device, desc=f"mix alpha={alpha:g}", progress=run.progress)
-            curve[alpha] = scalar_metrics(m)
-            run.log.write(run.global_step, {"stage": "mix", "alpha": alpha,
-                                            **{f"mix/{k}": v for k, v in curve[alpha].items()}})
-        return sign * curve[alpha][metric]
-
+    search = MixSearch(run, model, pre, fine)
     for alpha in spec.alphas:
-        score(alpha)
-    if spec.refine == "golden" and len(spec.alphas) > 1:
-        grid = sorted(spec.alphas)
-        best = max(grid, key=score)
-        i = grid.index(best)
-        golden_section(score, grid[max(0, i - 1)], grid[min(len(grid) - 1, i + 1)], spec.refine_steps)
-    # ties go to the smaller alpha: the model closer to the fine-tuned one
-    chosen = max(sorted(curve), key=lambda a: (sign * curve[a][metric], -a))
-    model.load_state_dict(interpolate(pre, fine, chosen))
-    return {"metric": metric, "chosen_alpha": chosen, "chosen": curve[chosen], "fine_tuned": curve.get(0.0),
-            "curve": [{"alpha": a, **curve[a]} for a in sorted(curve)]}
+        search.score(alpha)
+    grid = sorted(spec.alphas)
+    if spec.refine == "golden" and len(grid) > 1:
+        i = grid.index(max(grid, key=search.score))
+        golden_section(search.score, grid[max(0, i - 1)], grid[min(len(grid) - 1, i + 1)], spec.refine_steps)
+    chosen = max(sorted(search.curve), key=lambda a: search.key(search.curve[a], a))
+    result = {"metric": search.metric, "chosen_alpha": chosen, "chosen": search.curve[chosen],
+              "fine_tuned": search.curve.get(0.0), "curve": [{"alpha": a, **search.curve[a]} for a in sorted(search.curve)]}
+    final_alpha = chosen
+    if spec.per_layer:
+        result["per_layer"] = per_layer_search(search, chosen, grid)
+        if search.key(result["per_layer"]["metrics"], 0) > search.key(search.curve[chosen], 0):
+            final_alpha = per_part_alpha(result["per_layer"]["alphas"], num_layers(model))
+            result["chosen_per_layer"] = True
+    if spec.ensemble:
+        model.load_state_dict(fine)  # the searches above left the last evaluated mix in the model
+        result["ensemble"] = ensemble_search(run, model, pre, grid, spec.probe_steps)
+    model.load_state_dict(interpolate(pre, fine, final_alpha))
+    return result
