@@ -109,7 +109,8 @@ def test_mix_step_per_layer_and_output_ensemble(tiny_model, sentiment_csv, tmp_p
     from .helpers import train_and_load
 
     recipe = base_recipe(tiny_model, sentiment_csv, max_steps=4)
-    recipe["mix"] = {"alphas": [0.0, 0.5, 1.0], "per_layer": True, "ensemble": True, "probe_steps": 3}
+    recipe["mix"] = {"alphas": [0.0, 0.5, 1.0], "per_layer": True, "ensemble": True, "probe_steps": 3,
+                     "learn": True, "learn_steps": 3}
     report, _ = train_and_load(recipe, tmp_path / "run")
     mix_report = report["mix"]
     per_layer = mix_report["per_layer"]
@@ -121,5 +122,27 @@ def test_mix_step_per_layer_and_output_ensemble(tiny_model, sentiment_csv, tmp_p
     # alpha 0 of the ensemble is the fine-tuned model alone, as is alpha 0 of the weight mix
     weight0 = next(p for p in mix_report["curve"] if p["alpha"] == 0.0)
     assert ensemble[0.0]["accuracy"] == weight0["accuracy"]
+    learned = mix_report["learned"]
+    assert set(learned["alphas"]) == {"embeddings", "lower", "upper", "head"}
+    assert all(0.0 < a < 1.0 for a in learned["alphas"].values())
+    assert mix_report["final"] in ("global", "per_layer", "learned")
     text = (tmp_path / "run" / "report.md").read_text()
-    assert "Per-layer alphas" in text and "Output-level mixing" in text
+    assert "Per-layer alphas" in text and "Output-level mixing" in text and "Learned mixing" in text
+
+
+def test_learned_mixing_moves_only_the_coefficients(tiny_model, sentiment_csv, tmp_path):
+    from types import SimpleNamespace
+
+    from hybridft.training.learned_mix import learn_mixing
+
+    from .conftest import base_recipe
+    from .helpers import make_run
+
+    run = make_run(base_recipe(tiny_model, sentiment_csv), tmp_path / "run")
+    model = run.model
+    fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    pre = {k: v + 0.5 for k, v in fine.items() if k.startswith("bert.") and v.is_floating_point()}
+    spec = SimpleNamespace(learn_granularity="part", learn_steps=5, learn_lr=0.5)
+    learned = learn_mixing(run, model, pre, fine, 0.5, spec)
+    assert any(abs(a - 0.5) > 1e-3 for a in learned.values())  # the coefficients moved
+    assert all(torch.equal(model.state_dict()[k], fine[k]) for k in fine)  # the weights did not

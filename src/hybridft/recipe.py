@@ -139,6 +139,10 @@ class MixSpec(Spec):
     per_layer: bool = Field(False, description="then tune embeddings/lower/upper/head alphas one at a time")
     ensemble: bool = Field(False, description="also compare output-level mixing with M_pre + a trained head")
     probe_steps: int = Field(100, ge=1, description="head-only steps that give M_pre its head (for ensemble)")
+    learn: bool = Field(False, description="also learn sigmoid-bounded mixing coefficients on training data")
+    learn_granularity: Literal["part", "tensor"] = "part"
+    learn_steps: int = Field(100, ge=1)
+    learn_lr: float = Field(0.05, gt=0)
 
     @model_validator(mode="after")
     def _in_range(self):

@@ -91,15 +91,22 @@ def render_markdown(r: dict) -> str:
                     lines += [f"| {k} | {_fmt(v)} |" for k, v in summary["candidates"].items()]
     if r.get("mix"):
         mix, metric = r["mix"], r["mix"]["metric"]
-        lines += ["", f"## Weight interpolation with the pretrained model (chosen alpha {mix['chosen_alpha']:g})", "",
+        lines += ["", f"## Weight interpolation with the pretrained model (global alpha {mix['chosen_alpha']:g}; "
+                  f"final mix: {mix['final']})", "",
                   "alpha is the weight of the pretrained model; 0 is the fine-tuned model.", "",
                   f"| alpha | {metric} |", "|---|---|"]
         lines += [f"| {p['alpha']:g} | {_fmt(p[metric])} |" for p in mix["curve"]]
         if mix.get("per_layer"):
             pl = mix["per_layer"]
-            chosen = "chosen" if mix.get("chosen_per_layer") else "not better than the global alpha"
+            chosen = "chosen" if mix.get("final") == "per_layer" else "not chosen"
             lines += ["", f"Per-layer alphas ({chosen}): " + ", ".join(f"{k} {v:g}" for k, v in pl["alphas"].items())
                       + f": {metric} {_fmt(pl['metrics'][metric])}."]
+        if mix.get("learned"):
+            ln = mix["learned"]
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in list(ln["alphas"].items())[:8])
+            lines += ["", f"Learned mixing coefficients ({ln['granularity']}, "
+                      f"{'chosen' if mix.get('final') == 'learned' else 'not chosen'}): {shown}"
+                      f"{' ...' if len(ln['alphas']) > 8 else ''}: {metric} {_fmt(ln['metrics'][metric])}."]
         if mix.get("ensemble"):
             lines += ["", "Output-level mixing with M_pre + a head trained on its frozen encoder "
                       "(alpha weighs M_pre's probabilities):", "", f"| alpha | {metric} |", "|---|---|"]

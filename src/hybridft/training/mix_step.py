@@ -20,6 +20,7 @@ import numpy as np
 from ..architecture import num_layers
 from ..evaluate import evaluate, metrics_from_scores, predict, scalar_metrics
 from ..mixing import PART_ORDER, interpolate, per_part_alpha
+from .learned_mix import learn_mixing, mix_groups
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -129,12 +130,26 @@ def run_mix_step(run, spec) -> dict:
     chosen = max(sorted(search.curve), key=lambda a: search.key(search.curve[a], a))
     result = {"metric": search.metric, "chosen_alpha": chosen, "chosen": search.curve[chosen],
               "fine_tuned": search.curve.get(0.0), "curve": [{"alpha": a, **search.curve[a]} for a in sorted(search.curve)]}
-    final_alpha = chosen
+    # candidates for the final model: the global alpha, then the per-layer and learned ones if asked
+    options = [("global", search.curve[chosen], chosen)]
+    n_layers = num_layers(model)
     if spec.per_layer:
         result["per_layer"] = per_layer_search(search, chosen, grid)
-        if search.key(result["per_layer"]["metrics"], 0) > search.key(search.curve[chosen], 0):
-            final_alpha = per_part_alpha(result["per_layer"]["alphas"], num_layers(model))
-            result["chosen_per_layer"] = True
+        options.append(("per_layer", result["per_layer"]["metrics"],
+                        per_part_alpha(result["per_layer"]["alphas"], n_layers)))
+    if spec.learn:
+        learned = learn_mixing(run, model, pre, fine, chosen, spec)
+        groups = mix_groups(list(fine), spec.learn_granularity, n_layers)
+
+        def learned_alpha(name: str) -> float:
+            return learned.get(groups.get(name), 0.0)
+
+        m = search.evaluate_mix(learned_alpha, "learned")
+        result["learned"] = {"alphas": learned, "granularity": spec.learn_granularity, "metrics": m}
+        options.append(("learned", m, learned_alpha))
+    # max keeps the first of equals: a per-layer or learned mix must be strictly better than the global one
+    label, _, final_alpha = max(options, key=lambda o: search.key(o[1], 0))
+    result["final"] = label
     if spec.ensemble:
         model.load_state_dict(fine)  # the searches above left the last evaluated mix in the model
         result["ensemble"] = ensemble_search(run, model, pre, grid, spec.probe_steps)
