@@ -28,6 +28,7 @@ STRATEGIES = [
     ("importance density 0.1", "sst2-importance", ["stages.0.select.0.density=0.1"]),
     ("importance density 0.3", "sst2-importance", ["stages.0.select.0.density=0.3"]),
     ("importance, density chosen on held-out", "sst2-importance-cv", []),
+    ("union: LoRA (q,v) + top layer + LayerNorms", "sst2-union", []),
     ("three-step: full -> top-2 -> adapter", "sst2-three-step", []),
     ("combined loss (groups: full + top-2 + adapter)", "sst2-combined-loss", []),
 ]
