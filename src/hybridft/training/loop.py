@@ -90,6 +90,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
     acc, metric = run.accelerator, run.recipe.selection_metric
     selection = selection or build_selection(run, spec, name, resume_from)
     model, selectors, masks = selection.model, selection.selectors, selection.masks
+    run.model = model  # objectives see the stage's model (with its LoRA layers or adapters)
     objectives = [OBJECTIVES.build(c) for c in spec.objectives]
     active = [o for o in objectives if o.weight > 0]  # weight 0 must change nothing, not even RNG use
     for o in objectives:

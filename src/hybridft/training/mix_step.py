@@ -96,7 +96,8 @@ def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_s
     probe = StageSpec(name="probe", select=[{"name": "layers", "top_k": 0, "head": True}],
                       optimizer=run.recipe.stages[-1].optimizer.model_copy(update={"lr": 1e-3}),
                       max_steps=probe_steps, batch_size=run.recipe.stages[-1].batch_size, keep_best=False)
-    sub = replace(run, model=probe_model, progress=False, checkpointing=False, stage_reports=[], artifacts={})
+    sub = replace(run, model=probe_model, progress=False, checkpointing=False, stage_reports=[],
+                  artifacts=dict(run.artifacts))
     run_stage(sub, len(run.recipe.stages), probe)
     batch, data = run.recipe.stages[-1].eval_batch, run.data
     p_pre = [_softmax(x) for x in predict(sub.model, data.validation, run.collator, batch, run.device,

@@ -46,7 +46,7 @@ def choose_value(spec, model, run, stage) -> tuple[float, dict[float, float]]:
             with tempfile.TemporaryDirectory() as tmp:
                 data = replace(run.data, train=[rows[i] for i in train_idx], validation=[rows[i] for i in val_idx])
                 sub = replace(run, model=copy.deepcopy(model), data=data, run_dir=Path(tmp), progress=False,
-                              log=MetricsLog(Path(tmp) / "metrics.jsonl"), stage_reports=[], artifacts={},
+                              log=MetricsLog(Path(tmp) / "metrics.jsonl"), stage_reports=[], artifacts=dict(run.artifacts),
                               checkpointing=False)
                 report = run_stage(sub, 0, trial)
                 sub.log.close()

@@ -94,7 +94,8 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     run = Run(recipe, run_dir, model.to(accelerator.device), tokenizer, data, collator_for(recipe.task, tokenizer),
               accelerator, MetricsLog(run_dir / "metrics.jsonl", accelerator), progress)
     run.artifacts["model_source"] = source
-    if recipe.mix is not None:  # M_pre for the mix step, kept before any training (works for hub names too)
+    # M_pre for the mix step and L2-SP, kept before any training (works for hub names too)
+    if recipe.mix is not None or any(o.name == "regularize" for s in recipe.stages for o in s.objectives):
         run.artifacts["pretrained_state"] = pretrained_state(model)
     return run
 
