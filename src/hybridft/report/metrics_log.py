@@ -32,8 +32,5 @@ class MetricsLog:
         self.lines = len(kept)
         self._file = open(self.path, "a", encoding="utf-8")
 
-    def records(self) -> list[dict]:
-        return [json.loads(line) for line in open(self.path, encoding="utf-8") if line.strip()]
-
     def close(self) -> None:
         self._file.close()

@@ -83,10 +83,10 @@ class Lora(Selector):
     def prepare(self, model, run=None):
         from peft import inject_adapter_in_model
 
-        self.peft_config = peft_config(self.config, model)
-        self.peft_config.modules_to_save = None  # the head trains in place; we list it in trainable()
+        config = peft_config(self.config, model)
+        config.modules_to_save = None  # the head trains in place; we list it in trainable()
         try:
-            model = inject_adapter_in_model(self.peft_config, model)
+            model = inject_adapter_in_model(config, model)
         except ValueError as e:
             raise HybridftError(f"lora.target_modules {self.config.target_modules}: {str(e).splitlines()[0]}") from None
         self.run = run
