@@ -88,6 +88,17 @@ NER_SENTENCES = [
 
 
 @pytest.fixture
+def unlabeled_csv(tmp_path) -> Path:
+    """Sentences of the same kind as sentiment_csv (other seed), with gold labels for checks."""
+    path = tmp_path / "unlabeled.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(sentiment_rows(60, seed=1))
+    return path
+
+
+@pytest.fixture
 def conll_file(tmp_path) -> Path:
     path = tmp_path / "ner.conll"
     lines = ["-DOCSTART- -X- -X- O", ""]

@@ -5,12 +5,90 @@ import copy
 import pytest
 import torch
 
+from hybridft.objectives.base import StepContext
 from hybridft.objectives.task import task_loss
 from hybridft.recipe import validate_recipe
 from hybridft.registry import OBJECTIVES
 
-EXAMPLES = {"task": {"name": "task", "label_smoothing": 0.1},
-            "regularize": {"name": "regularize", "kind": "l2_sp", "weight": 0.1, "new_weight": 0.5}}
+from .conftest import base_recipe
+from .helpers import make_run, train_and_load
+
+# every registered objective, some in several configurations (label -> config)
+EXAMPLES = {
+    "task": {"name": "task", "label_smoothing": 0.1},
+    "regularize": {"name": "regularize", "kind": "l2_sp", "weight": 0.1, "new_weight": 0.5},
+    "distill-pretrained-hidden": {"name": "distill", "teacher": "pretrained", "loss": "cosine", "layers": [1, -1]},
+    "distill-previous-logits-unlabeled": {"name": "distill", "teacher": "previous", "source": "both"},
+    "distill-fine-tuned": {"name": "distill", "teacher": "fine_tuned", "temperature": 3.0},
+    "mlm": {"name": "mlm", "source": "both", "probability": 0.3},
+    "contrastive": {"name": "contrastive", "source": "unlabeled"},
+    "contrastive-supervised": {"name": "contrastive", "mode": "supervised", "pooling": "cls"},
+    "pseudo_label": {"name": "pseudo_label", "threshold": 0.0},
+    "adversarial-fgm": {"name": "adversarial", "method": "fgm", "epsilon": 0.5},
+    "adversarial-pgd": {"name": "adversarial", "method": "pgd", "steps": 2},
+    "adversarial-smart-unlabeled": {"name": "adversarial", "method": "smart", "source": "unlabeled"},
+}
+
+
+def recipe_with(tiny_model, train, unlabeled, objective: dict, **stage) -> dict:
+    """Stage 0 trains the task; then (after a mix stage when the teacher is M_fine) the objective."""
+    recipe = base_recipe(tiny_model, train, max_steps=2)
+    recipe["data"]["unlabeled"] = {"path": str(unlabeled)}
+    if objective.get("teacher") == "fine_tuned":
+        recipe["stages"].append({"mix": {"alphas": [0.0, 0.5]}})
+    recipe["stages"].append({"name": "s1", "optimizer": {"lr": 1e-2}, "batch_size": 8, "max_steps": 3,
+                             "objectives": [{"name": "task"}, objective] if objective["name"] != "task" else [objective],
+                             **stage})
+    return recipe
+
+
+def test_every_registered_objective_has_an_example():
+    assert {e["name"] for e in EXAMPLES.values()} == set(OBJECTIVES.names())
+
+
+@pytest.mark.parametrize("label", sorted(EXAMPLES))
+def test_contract_finite_scalar_with_gradient_and_batch_untouched(tiny_model, sentiment_csv, unlabeled_csv,
+                                                                   tmp_path, label):
+    recipe = recipe_with(tiny_model, sentiment_csv, unlabeled_csv, EXAMPLES[label])
+    run = make_run(recipe, tmp_path / "run")
+    model = run.model
+    run.artifacts["fine_tuned_state"] = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # move away from the pretrained weights so that every penalty is non-zero
+        for p in model.parameters():
+            p.add_(0.01)
+    spec = validate_recipe(recipe).stages[-1]
+    objective = OBJECTIVES.build(spec.objectives[-1])
+    objective.on_stage_start(run)
+    ids = torch.randint(5, 30, (3, 6))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 1])}
+    batch["attention_mask"][0, -2:] = 0
+    original = copy.deepcopy(batch)
+    outputs = model(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True)
+    ctx = StepContext(run, seed=3, draw=0, batch_ids=[0, 1, 2], labeled=True, batch_size=4)
+    loss = objective.loss(model, batch, outputs, ctx)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert all(torch.equal(batch[k], original[k]) for k in batch)
+
+
+@pytest.mark.parametrize("label", sorted(k for k in EXAMPLES if k != "task"))
+def test_weight_zero_changes_nothing_and_a_real_weight_changes_the_model(tiny_model, sentiment_csv, unlabeled_csv,
+                                                                         tmp_path, label):
+    def final(objective, out):
+        return train_and_load(recipe_with(tiny_model, sentiment_csv, unlabeled_csv, objective), tmp_path / out)[1]
+
+    without = train_and_load(_task_only(tiny_model, sentiment_csv, unlabeled_csv, EXAMPLES[label]), tmp_path / "a")[1]
+    zero = final({**EXAMPLES[label], "weight": 0.0}, "zero")
+    weighted = final({**EXAMPLES[label], "weight": 1.0}, "one")
+    assert all(torch.equal(without[k], zero[k]) for k in without)
+    assert any(not torch.equal(without[k], weighted[k]) for k in without)
+
+
+def _task_only(tiny_model, train, unlabeled, objective):
+    recipe = recipe_with(tiny_model, train, unlabeled, objective)
+    recipe["stages"][-1]["objectives"] = [{"name": "task"}]
+    return recipe
 
 
 def reference_cross_entropy(logits, labels, smoothing=0.0):
@@ -38,36 +116,6 @@ def test_task_loss_parity_sentence_and_token_level(smoothing):
                           reference_cross_entropy(tok_logits, tok_labels, smoothing))
 
 
-def test_every_registered_objective_has_an_example():
-    assert set(OBJECTIVES.names()) == set(EXAMPLES)
-
-
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_contract_finite_scalar_with_gradient_and_batch_untouched(tiny_model, sentiment_csv, tmp_path, name):
-    from .conftest import base_recipe
-    from .helpers import make_run
-
-    recipe = base_recipe(tiny_model, sentiment_csv, objectives=[{"name": "task"}, EXAMPLES[name]]
-                         if name != "task" else [EXAMPLES[name]])
-    run = make_run(recipe, tmp_path / "run")
-    model = run.model
-    with torch.no_grad():  # move away from the pretrained weights so that every penalty is non-zero
-        for p in model.parameters():
-            p.add_(0.01)
-    spec = validate_recipe(recipe).stages[0]
-    objective = OBJECTIVES.build(spec.objectives[-1])
-    objective.on_stage_start(run)
-    ids = torch.randint(5, 30, (3, 6))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 1])}
-    original = copy.deepcopy(batch)
-    outputs = model(input_ids=ids, attention_mask=batch["attention_mask"])
-    loss = objective.loss(model, batch, outputs)
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    assert all(torch.equal(batch[k], original[k]) for k in batch)
-
-
 def test_penalty_parity():
     from hybridft.objectives.regularize import l1_penalty, l2_penalty, l2_sp_penalty
 
@@ -81,9 +129,6 @@ def test_penalty_parity():
 
 def test_l2_sp_keeps_the_weights_closer_to_the_pretrained_ones(tiny_model, sentiment_csv, tmp_path):
     from safetensors.torch import load_file
-
-    from .conftest import base_recipe
-    from .helpers import train_and_load
 
     pretrained = load_file(tiny_model / "model.safetensors")
 

@@ -45,6 +45,8 @@ def check_selection(recipe, base_dir: Path) -> list[str]:
     if limit and recipe.model.max_length > limit:
         problems.append(f"model.max_length: {recipe.model.max_length} but the model takes at most {limit} tokens")
     for i, stage in enumerate(recipe.stages):
+        if not hasattr(stage, "select"):  # a mix stage selects nothing
+            continue
         try:
             selectors = [SELECTORS.build(c) for c in stage.select]
             for s in selectors:

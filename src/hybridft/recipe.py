@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
 from . import objectives as _objectives  # noqa: F401  (registers objectives)
 from . import selectors as _selectors  # noqa: F401  (registers selectors)
@@ -24,6 +24,10 @@ from .spec import Spec
 TaskType = Literal["classification", "pair_classification", "token_classification"]
 SelectorSpec = Annotated[Union[SELECTORS.configs()], Field(discriminator="name")]  # noqa: UP007
 ObjectiveSpec = Annotated[Union[OBJECTIVES.configs()], Field(discriminator="name")]  # noqa: UP007
+
+def _uses_unlabeled(objective) -> bool:
+    return getattr(objective, "source", "batch") in ("unlabeled", "both") or objective.name == "pseudo_label"
+
 
 CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
 TAGGING_METRICS = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss")
@@ -49,6 +53,14 @@ class CleanSpec(Spec):
     drop_duplicates: bool = True
 
 
+class UnlabeledSpec(Spec):
+    path: str = Field(description="file or load_from_disk folder with text (labels, if present, are only used "
+                                  "to check pseudo-labels)")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll", "disk"] = "auto"
+    max_samples: int | None = Field(None, gt=0, description="seeded subset of the pool")
+    drop_overlap: bool = Field(True, description="drop texts that also occur in train, validation or test")
+
+
 class DataSpec(Spec):
     train: str = Field(description="file (csv/tsv/json/jsonl/parquet/CoNLL) or load_from_disk folder")
     validation: str | None = Field(None, description="if absent, a seeded split of train")
@@ -60,6 +72,8 @@ class DataSpec(Spec):
     max_train_samples: int | None = Field(None, gt=0, description="seeded subset of train")
     max_eval_samples: int | None = Field(None, gt=0, description="seeded subset of validation/test")
     clean: CleanSpec = Field(default_factory=CleanSpec)
+    unlabeled: UnlabeledSpec | None = Field(None, description="text without labels for mlm, pseudo_label, "
+                                                               "distill, contrastive and adversarial")
 
     @model_validator(mode="after")
     def _labels_unique(self):
@@ -115,6 +129,8 @@ class StageSpec(Spec):
     eval_every: int | None = Field(None, gt=0, description="optimizer steps; evaluation also runs at the end")
     keep_best: bool = Field(True, description="restore the best evaluated weights at stage end")
     early_stopping: EarlyStoppingSpec | None = None
+    data: Literal["labeled", "unlabeled"] = Field("labeled", description="the examples epochs run over; "
+                                                  "unlabeled: e.g. MLM alone, no task evaluation")
 
     @property
     def eval_batch(self) -> int:
@@ -124,10 +140,15 @@ class StageSpec(Spec):
     def _objective_names_unique(self):
         if all(o.weight == 0 for o in self.objectives):
             raise ValueError("at least one objective needs a weight above 0")
-        names = [o.name for o in self.objectives]
+        names = [getattr(o, "key", o.name) for o in self.objectives]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"objective {sorted(dup)[0]!r} listed twice in one stage")
+        if self.data == "unlabeled":
+            needs_labels = [o.name for o in self.objectives if o.weight > 0 and o.needs_labels]
+            if needs_labels:
+                raise ValueError(f"objective {needs_labels[0]!r} needs labels; a stage over unlabeled data "
+                                 "cannot use it on its batch")
         return self
 
 
@@ -152,6 +173,23 @@ class MixSpec(Spec):
         return self
 
 
+class MixStageSpec(Spec):
+    """A stage that trains nothing: it mixes the current model with the pretrained one."""
+
+    name: str | None = "mix"
+    mix: MixSpec
+
+
+def _stage_kind(value) -> str:
+    if isinstance(value, dict):
+        return "mix" if "mix" in value else "train"
+    return "mix" if isinstance(value, MixStageSpec) else "train"
+
+
+AnyStage = Annotated[Union[Annotated[StageSpec, Tag("train")], Annotated[MixStageSpec, Tag("mix")]],  # noqa: UP007
+                     Discriminator(_stage_kind)]
+
+
 class OutputSpec(Spec):
     checkpoint_every: int | None = Field(None, gt=0, description="optimizer steps; default: at each evaluation")
     keep_checkpoints: int = Field(2, ge=1)
@@ -165,10 +203,18 @@ class Recipe(Spec):
     task: TaskType = "classification"
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec
-    stages: list[StageSpec] = Field(min_length=1)
+    stages: list[AnyStage] = Field(min_length=1)
     metric: str | None = Field(None, description="validation metric for keep-best/early stopping")
-    mix: MixSpec | None = Field(None, description="after training: interpolate with the pretrained weights")
     output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mix_as_last_stage(cls, data):
+        """A top-level ``mix:`` is shorthand for a final mix stage (one code path for both)."""
+        if isinstance(data, dict) and "mix" in data and isinstance(data.get("stages"), list):
+            data = dict(data)
+            data["stages"] = [*data["stages"], {"name": "mix", "mix": data.pop("mix")}]
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -177,7 +223,39 @@ class Recipe(Spec):
             raise ValueError(f"metric {self.metric!r} is not reported for {self.task}; valid: {', '.join(valid)}")
         if self.task == "pair_classification" and not self.data.columns.text_pair:
             raise ValueError("task pair_classification needs data.columns.text_pair")
+        if isinstance(self.stages[0], MixStageSpec):
+            raise ValueError("stages.0: a mix stage needs a trained stage before it")
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, StageSpec):
+                continue
+            for o in stage.objectives:
+                teacher = getattr(o, "teacher", None)
+                if teacher == "fine_tuned" and not any(isinstance(s, MixStageSpec) for s in self.stages[:i]):
+                    raise ValueError(f"stages.{i}: objective {o.name} with teacher fine_tuned needs a mix stage "
+                                     "before it")
+                if teacher == "previous" and i == 0:
+                    raise ValueError(f"stages.0: objective {o.name} with teacher previous needs a stage before it")
+            if self.data.unlabeled is None:
+                users = [o.name for o in stage.objectives if o.weight > 0 and _uses_unlabeled(o)]
+                if stage.data == "unlabeled" or users:
+                    what = f"objective {users[0]!r}" if users else "data: unlabeled"
+                    raise ValueError(f"stage {stage.name or i}: {what} needs data.unlabeled")
         return self
+
+    @property
+    def training_stages(self) -> list[StageSpec]:
+        return [s for s in self.stages if isinstance(s, StageSpec)]
+
+    def last_training_stage(self, before: int | None = None) -> StageSpec:
+        stages = self.stages[:before] if before is not None else self.stages
+        return [s for s in stages if isinstance(s, StageSpec)][-1]
+
+    @property
+    def needs_pretrained_state(self) -> bool:
+        """M_pre's weights are kept in memory for mixing and L2-SP."""
+        if any(isinstance(s, MixStageSpec) for s in self.stages):
+            return True
+        return any(o.name == "regularize" for s in self.training_stages for o in s.objectives)
 
     @property
     def selection_metric(self) -> str:

@@ -20,6 +20,8 @@ class TaskData:
     validation: list[dict]
     test: list[dict] | None = None
     stats: dict = field(default_factory=dict)
+    unlabeled: list[dict] | None = None  # encoded text without labels
+    unlabeled_gold: list[int | None] | None = None  # gold label ids where the pool has them (checks only)
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -31,17 +33,24 @@ def resolve_path(value: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else (base_dir / path)
 
 
+def input_columns(task: str, cols) -> tuple[list[str], list[str]]:
+    """(text columns, token-list columns) that make a model input."""
+    if task == "token_classification":
+        return [], [cols.tokens]
+    return [cols.text] + ([cols.text_pair] if task == "pair_classification" else []), []
+
+
 def read_rows(data, task: str, base_dir: Path, split: str, deduplicate: bool) -> tuple[list[dict], dict]:
     """Read and clean one split. Duplicates are only dropped from train: evaluation sets stay as
     published, so metrics compare with the literature."""
     path = resolve_path(getattr(data, split), base_dir)
     frame = read_table(path, data.format, task, split)
     cols = data.columns
+    text_cols, list_cols = input_columns(task, cols)
     if task == "token_classification":
-        text_cols, list_cols, label_col = [], [cols.tokens, cols.tags], None
+        list_cols, label_col = [cols.tokens, cols.tags], None
     else:
-        text_cols = [cols.text] + ([cols.text_pair] if task == "pair_classification" else [])
-        list_cols, label_col = [], cols.label
+        label_col = cols.label
     rows, counts = clean_rows(frame, text_cols, list_cols, label_col, data.clean.strip, data.clean.drop_empty,
                               data.clean.drop_duplicates and deduplicate, where=f"{split} data {path.name}")
     if task == "token_classification":
@@ -166,12 +175,48 @@ def _token_labels(word_ids: list, tags: list[str], label2id: dict) -> list[int]:
     return labels
 
 
+def input_key(row: dict, task: str, cols) -> tuple:
+    text_cols, list_cols = input_columns(task, cols)
+    return tuple(row[c] for c in text_cols) + tuple(tuple(row[c]) for c in list_cols)
+
+
+def load_unlabeled_rows(recipe, base_dir: Path, splits: dict[str, list[dict]]) -> tuple[list[dict], dict]:
+    """The unlabeled pool: cleaned, deduplicated, optionally without any text of the task's splits
+    (so that no evaluation sentence leaks in), then a seeded subset."""
+    spec, task, cols = recipe.data.unlabeled, recipe.task, recipe.data.columns
+    path = resolve_path(spec.path, base_dir)
+    frame = read_table(path, spec.format, task, "train")
+    text_cols, list_cols = input_columns(task, cols)
+    has_gold = task != "token_classification" and cols.label in frame.columns
+    rows, counts = clean_rows(frame, text_cols, list_cols, cols.label if has_gold else None, recipe.data.clean.strip,
+                              True, True, where=f"unlabeled data {path.name}")
+    if spec.drop_overlap:
+        taken = {input_key(r, task, cols) for split in splits.values() for r in split}
+        kept = [r for r in rows if input_key(r, task, cols) not in taken]
+        counts["dropped_overlap"] = len(rows) - len(kept)
+        rows = kept
+    rows = seeded_subset(rows, spec.max_samples, recipe.seed)
+    if not rows:
+        raise HybridftError(f"unlabeled data {path.name} has no usable rows ({counts})")
+    counts["rows_used"] = len(rows)
+    return rows, counts
+
+
 def load_task_data(recipe, base_dir: Path, tokenizer) -> TaskData:
     splits, labels, stats = load_rows(recipe, base_dir)
+    unlabeled = unlabeled_gold = None
+    if recipe.data.unlabeled is not None:
+        rows, stats["unlabeled"] = load_unlabeled_rows(recipe, base_dir, splits)
+        label2id = {n: i for i, n in enumerate(labels)}
+        unlabeled, stats["truncated"] = encode(rows, tokenizer, recipe.task, recipe.data.columns, None,
+                                               recipe.model.max_length)
+        stats["truncated"] = {"unlabeled": stats["truncated"]}
+        unlabeled_gold = [label2id.get(r.get(recipe.data.columns.label)) for r in rows]
     label2id = {n: i for i, n in enumerate(labels)}
     encoded = {}
     for name, rows in splits.items():
         encoded[name], n_trunc = encode(rows, tokenizer, recipe.task, recipe.data.columns, label2id,
                                         recipe.model.max_length)
         stats.setdefault("truncated", {})[name] = n_trunc
-    return TaskData(recipe.task, labels, encoded["train"], encoded["validation"], encoded.get("test"), stats)
+    return TaskData(recipe.task, labels, encoded["train"], encoded["validation"], encoded.get("test"), stats,
+                    unlabeled, unlabeled_gold)

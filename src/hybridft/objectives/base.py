@@ -2,23 +2,73 @@
 forward pass. Objectives never mutate the batch, so their order never matters.
 
 Hook points, called by the training loop:
-  on_stage_start(run)                  e.g. build a teacher, label an unlabeled pool
-  loss(model, batch, outputs) -> T     a scalar; the loop adds ``weight * loss`` and logs it
+  on_stage_start(run)                        e.g. build a teacher, label an unlabeled pool
+  on_epoch_start(run, epoch)                 e.g. re-label the pool every N epochs
+  loss(model, batch, outputs, ctx) -> T      a scalar; the loop adds ``weight * loss`` and logs it
   on_stage_end(run)
+An objective may own parameters that train with the stage (an MLM head) and state that a
+checkpoint must keep (a pseudo-labeled pool): ``trainable_parameters`` and ``state_dict``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
+
+from ..training.streams import stream_batch
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@dataclass
+class StepContext:
+    """What one micro-batch offers besides the batch itself."""
+
+    run: object
+    seed: int  # of this stage: objectives derive their own streams from it
+    draw: int  # micro-batches drawn so far in this stage (checkpointed with the stage)
+    batch_ids: list[int]  # indices of the batch in the stage's example list
+    labeled: bool  # whether the batch carries labels (a stage may run over unlabeled text)
+    batch_size: int  # of the stage: extra batches have this size
+    _unlabeled: tuple | None = field(default=None, repr=False)
+
+    @property
+    def unlabeled(self) -> dict:
+        """A batch of the unlabeled pool, the same for every objective of this micro-batch."""
+        if self._unlabeled is None:
+            self._unlabeled = self.pool_batch(self.run.data.unlabeled, self.batch_size, self.seed + 7)
+        return self._unlabeled[1]
+
+    @property
+    def unlabeled_ids(self) -> list[int]:
+        self.unlabeled  # noqa: B018  (draws the batch if not yet drawn)
+        return self._unlabeled[0]
+
+    def stream_ids(self, n: int, size: int, seed: int) -> list[int]:
+        """This micro-batch's indices in an endless seeded stream over n examples."""
+        return stream_batch(n, size, seed, self.draw)
+
+    def pool_batch(self, pool: list[dict], size: int, seed: int) -> tuple[list[int], dict]:
+        ids = self.stream_ids(len(pool), size, seed)
+        return ids, self.collate([pool[i] for i in ids])
+
+    def collate(self, examples: list[dict]) -> dict:
+        return {k: v.to(self.run.device) for k, v in self.run.collator(examples).items()}
 
 
 class Objective:
+    uses_outputs = True  # reads the loop's shared forward pass of the batch
+    needs_hidden_states = False  # ... with every layer's hidden states
+
     def __init__(self, config):
         self.config = config
 
     @property
     def name(self) -> str:
-        return self.config.name
+        return getattr(self.config, "key", self.config.name)
 
     @property
     def weight(self) -> float:
@@ -27,8 +77,28 @@ class Objective:
     def on_stage_start(self, run) -> None:
         pass
 
-    def loss(self, model, batch: dict, outputs) -> torch.Tensor:
+    def on_epoch_start(self, run, epoch: int) -> None:
+        pass
+
+    def loss(self, model, batch: dict, outputs, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
 
     def on_stage_end(self, run) -> None:
         pass
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def summary(self) -> dict:
+        return {}
+
+    def inputs_for(self, batch: dict, ctx: StepContext) -> list[dict]:
+        """The inputs of ``source``: the stage's batch, a batch of the unlabeled pool, or both."""
+        source = getattr(self.config, "source", "batch")
+        return {"batch": [batch], "unlabeled": [ctx.unlabeled], "both": [batch, ctx.unlabeled]}[source]

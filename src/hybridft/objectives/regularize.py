@@ -8,7 +8,7 @@ plain L2 term weighted by ``new_weight``. Only parameters that train in the stag
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -24,6 +24,7 @@ class RegularizeSpec(Spec):
     weight: float = Field(1e-3, ge=0)
     kind: Literal["l1", "l2", "l2_sp"] = "l2_sp"
     new_weight: float = Field(0.0, ge=0, description="L2-SP only: plain L2 on parameters with no pretrained value")
+    needs_labels: ClassVar[bool] = False
 
 
 def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
@@ -42,6 +43,8 @@ def l2_sp_penalty(params: list[torch.Tensor], references: list[torch.Tensor]) ->
 class Regularize(Objective):
     """L1 / L2 / L2-SP (distance to the pretrained weights) on the trainable parameters."""
 
+    uses_outputs = False
+
     def on_stage_start(self, run) -> None:
         model = run.model
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -50,7 +53,7 @@ class Regularize(Objective):
             pretrained = align_keys(run.artifacts["pretrained_state"], dict(model.named_parameters()))
             self.references = {n: pretrained[n].to(p.device) for n, p in self.params if n in pretrained}
 
-    def loss(self, model, batch, outputs):
+    def loss(self, model, batch, outputs, ctx):
         params = [p for _, p in self.params]
         if self.config.kind == "l1":
             return l1_penalty(params)

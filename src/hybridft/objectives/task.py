@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ class TaskConfig(Spec):
     name: Literal["task"] = "task"
     weight: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    needs_labels: ClassVar[bool] = True
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -35,5 +36,5 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
 class Task(Objective):
     """Cross-entropy of the task head on the labeled batch (with optional label smoothing)."""
 
-    def loss(self, model, batch, outputs):
+    def loss(self, model, batch, outputs, ctx):
         return task_loss(outputs.logits, batch["labels"], self.config.label_smoothing)

@@ -33,6 +33,39 @@ def restore_selector_state(path: Path, selectors) -> None:
         s.load_state_dict({k.split("/", 1)[1]: v for k, v in state.items() if k.split("/", 1)[0] == str(i)})
 
 
+def objective_state(objectives) -> dict:
+    """Every objective's state (e.g. a pseudo-labeled pool, an MLM head) under ``objective<index>/<key>``."""
+    return {f"objective{i}/{k}": v for i, o in enumerate(objectives) for k, v in o.state_dict().items()}
+
+
+def restore_objective_state(path: Path, objectives) -> None:
+    state = load_file(str(path / SELECTOR_STATE)) if (path / SELECTOR_STATE).is_file() else {}
+    for i, o in enumerate(objectives):
+        prefix = f"objective{i}/"
+        mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if mine:
+            o.load_state_dict(mine)
+
+
+FINE_TUNED = "fine_tuned/"
+
+
+def saved_artifacts(run) -> tuple[dict, dict]:
+    """What later stages need from a mix stage: its report (JSON) and M_fine's weights (tensors)."""
+    reports = {k: run.artifacts[k] for k in ("mix",) if k in run.artifacts}
+    tensors = {FINE_TUNED + k: v for k, v in run.artifacts.get("fine_tuned_state", {}).items()}
+    return reports, tensors
+
+
+def restore_artifacts(run, checkpoint: Path, state: dict) -> None:
+    run.artifacts.update(state.get("artifacts", {}))
+    extra = checkpoint / SELECTOR_STATE
+    if extra.is_file():
+        fine = {k[len(FINE_TUNED):]: v for k, v in load_file(str(extra)).items() if k.startswith(FINE_TUNED)}
+        if fine:
+            run.artifacts["fine_tuned_state"] = fine
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -22,7 +22,7 @@ def mix_groups(names: list[str], granularity: str, n_layers: int) -> dict[str, s
     return {n: (part_of(n, n_layers) if granularity == "part" else n) for n in names}
 
 
-def learn_mixing(run, model, pre: dict, fine: dict, start_alpha: float, spec) -> dict:
+def learn_mixing(run, model, pre: dict, fine: dict, start_alpha: float, spec, batch_size: int) -> dict:
     """Train the coefficients; returns the learned alphas per group (the model is left unchanged)."""
     pre = align_keys(pre, fine)
     mixable = [n for n, t in fine.items() if n in pre and t.is_floating_point()]
@@ -34,7 +34,7 @@ def learn_mixing(run, model, pre: dict, fine: dict, start_alpha: float, spec) ->
     delta = {n: (pre[n].to(fine[n].device) - fine[n]) for n in mixable}
     buffers = {n: b for n, b in model.named_buffers()}
     optimizer = torch.optim.Adam([coeffs], lr=spec.learn_lr)
-    train, bs = run.data.train, run.recipe.stages[-1].batch_size
+    train, bs = run.data.train, batch_size
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.recipe.seed)).tolist()
     was_training = model.training
     model.train()

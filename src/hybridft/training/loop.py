@@ -20,7 +20,9 @@ from ..architecture import trainable_by_module
 from ..errors import HybridftError
 from ..evaluate import evaluate, scalar_metrics
 from ..registry import OBJECTIVES, SELECTORS
-from .checkpoint import load_checkpoint, restore_selector_state, save_checkpoint, selector_state
+from ..objectives.base import StepContext, model_inputs
+from .checkpoint import (load_checkpoint, objective_state, restore_objective_state, restore_selector_state,
+                         save_checkpoint, saved_artifacts, selector_state)
 from .masking import EntryMasks, union_selection
 from .optim import build_optimizer, build_scheduler
 
@@ -91,23 +93,31 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
     selection = selection or build_selection(run, spec, name, resume_from)
     model, selectors, masks = selection.model, selection.selectors, selection.masks
     run.model = model  # objectives see the stage's model (with its LoRA layers or adapters)
-    objectives = [OBJECTIVES.build(c) for c in spec.objectives]
-    active = [o for o in objectives if o.weight > 0]  # weight 0 must change nothing, not even RNG use
+    # an objective of weight 0 is not built at all: it must change nothing, not even RNG use
+    objectives = active = [OBJECTIVES.build(c) for c in spec.objectives if c.weight > 0]
+    if resume_from is not None:
+        restore_objective_state(resume_from, objectives)  # e.g. the pseudo-labeled pool, not labeled again
     for o in objectives:
         o.on_stage_start(run)
+    shared_forward = any(o.uses_outputs for o in active)
+    hidden_states = any(o.needs_hidden_states for o in active)
+    labeled = spec.data == "labeled"
+    stage_seed = run.recipe.seed * 1_000_003 + index * 1009
 
-    train, bs, accum = run.data.train, spec.batch_size, spec.grad_accum_steps
+    train = run.data.train if labeled else run.data.unlabeled
+    bs, accum = spec.batch_size, spec.grad_accum_steps
     lengths = [len(ex["input_ids"]) for ex in train]
     micro_per_epoch = math.ceil(len(train) / bs)
     total_steps = spec.max_steps or spec.epochs * math.ceil(micro_per_epoch / accum)
     lr_overrides = {k: v for s in selectors for k, v in s.lr_overrides(model).items()}
-    optimizer = build_optimizer(spec.optimizer, model, lr_overrides)
+    extra = tuple(p for o in active for p in o.trainable_parameters())
+    optimizer = build_optimizer(spec.optimizer, model, lr_overrides, extra)
     scheduler = build_scheduler(spec.scheduler, optimizer, total_steps)
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    trainable_params = [p for p in model.parameters() if p.requires_grad] + list(extra)
     best_path = run.checkpoint_dir / f"best-stage{index}.safetensors"
 
     st = {"stage": index, "step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0,
-          "history": [], "train_time_s": 0.0, "samples": 0, "tokens": 0, "stopped_early": False}
+          "history": [], "train_time_s": 0.0, "samples": 0, "tokens": 0, "stopped_early": False, "draw": 0}
     # the best weights as they were at the checkpoint (none for a fresh stage), not as a later or
     # an interrupted attempt's evaluation left them
     best_path.unlink(missing_ok=True)
@@ -140,19 +150,22 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
     def checkpoint():
         if not run.checkpointing:
             return
+        reports, tensors = saved_artifacts(run)
         save_checkpoint(run.checkpoint_dir, f"step-{run.global_step}", model, optimizer, scheduler,
                         {"stage_state": st, "global_step": run.global_step, "log_lines": run.log.lines,
-                         "stage_reports": run.stage_reports},
+                         "stage_reports": run.stage_reports, "artifacts": reports},
                         run.recipe.output.keep_checkpoints, extra_files=(best_path,),
-                        extra_tensors=selector_state(selectors))
+                        extra_tensors={**selector_state(selectors), **objective_state(objectives), **tensors})
 
     bar = tqdm(total=total_steps, initial=st["step"], desc=f"train {name}", disable=not run.progress,
                mininterval=1.0, dynamic_ncols=True)
     model.train()
     done = st["step"] >= total_steps
     while not done:
-        batches = epoch_batches(lengths, bs, run.recipe.seed * 1_000_003 + index * 1009 + st["epoch"],
-                                spec.group_by_length)
+        batches = epoch_batches(lengths, bs, stage_seed + st["epoch"], spec.group_by_length)
+        if st["micro"] == 0:
+            for o in active:
+                o.on_epoch_start(run, st["epoch"])
         tic, running = time.perf_counter(), {}
         while st["micro"] < len(batches) and not done:
             micro = st["micro"]
@@ -161,11 +174,12 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             is_update = micro == group_start + len(group) - 1
             # each micro-batch counts by its examples, so accumulation equals one batch of the group
             share = len(batches[micro]) / sum(len(b) for b in group)
-            batch = {k: v.to(run.device) for k, v in run.collator([train[i] for i in batches[micro]]).items()}
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            ctx = StepContext(run, stage_seed, st["draw"], batches[micro], labeled, bs)
+            batch = ctx.collate([train[i] for i in batches[micro]])
             with nullcontext() if is_update else acc.no_sync(ddp_model):
-                outputs = ddp_model(**inputs)
-                losses = {o.name: o.loss(ddp_model, batch, outputs) for o in active}
+                outputs = ddp_model(**model_inputs(batch), output_hidden_states=hidden_states) \
+                    if shared_forward else None
+                losses = {o.name: o.loss(ddp_model, batch, outputs, ctx) for o in active}
                 loss = sum(o.weight * losses[o.name] for o in active)
                 acc.backward(loss * share)
             for k, v in {"loss": loss, **{f"loss/{n}": v for n, v in losses.items()}}.items():
@@ -173,6 +187,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             st["samples"] += len(batches[micro])
             st["tokens"] += int(batch["attention_mask"].sum())
             st["micro"] += 1
+            st["draw"] += 1
             if not is_update:
                 continue
 
@@ -202,7 +217,8 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             done = st["step"] >= total_steps
             end_of_epoch = st["micro"] == len(batches)
             if (spec.eval_every and st["step"] % spec.eval_every == 0) or done or (end_of_epoch and not spec.eval_every):
-                evaluate_now()
+                if labeled:  # a stage over unlabeled text (e.g. MLM) has no task head worth evaluating yet
+                    evaluate_now()
                 if spec.early_stopping and st["bad_evals"] >= spec.early_stopping.patience:
                     st["stopped_early"] = done = True
                 if not run.recipe.output.checkpoint_every and not done:
@@ -229,6 +245,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         "trainable_params": selection.n_trainable,
         "trainable_by_module": selection.where,
         "selectors": [s.summary() for s in selectors],
+        "objective_details": {o.name: o.summary() for o in objectives if o.summary()},
         "steps": st["step"],
         "epochs_started": st["epoch"] + (1 if st["micro"] else 0),
         "train_time_s": st["train_time_s"],

@@ -43,11 +43,11 @@ def golden_section(f, lo: float, hi: float, steps: int) -> None:
 class MixSearch:
     """Evaluates mixes on validation data, remembering every result."""
 
-    def __init__(self, run, model, pre: dict, fine: dict):
+    def __init__(self, run, model, pre: dict, fine: dict, eval_batch: int):
         self.run, self.model, self.pre, self.fine = run, model, pre, fine
         self.metric = run.recipe.selection_metric
         self.sign = -1.0 if self.metric == "loss" else 1.0
-        self.batch = run.recipe.stages[-1].eval_batch
+        self.batch = eval_batch
         self.curve: dict[float, dict] = {}
 
     def evaluate_mix(self, alpha, label: str) -> dict:
@@ -86,7 +86,7 @@ def per_layer_search(search: MixSearch, start: float, grid: list[float]) -> dict
     return {"alphas": alphas, "metrics": best}
 
 
-def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_steps: int) -> dict:
+def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_steps: int, train_spec) -> dict:
     """Output-level mixing with M_pre, which first gets a head trained on its frozen encoder."""
     from ..recipe import StageSpec
     from .loop import run_stage
@@ -94,22 +94,32 @@ def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_s
     probe_model = copy.deepcopy(fine_model)
     probe_model.load_state_dict(interpolate(pre_state, fine_model.state_dict(), 1.0))
     probe = StageSpec(name="probe", select=[{"name": "layers", "top_k": 0, "head": True}],
-                      optimizer=run.recipe.stages[-1].optimizer.model_copy(update={"lr": 1e-3}),
-                      max_steps=probe_steps, batch_size=run.recipe.stages[-1].batch_size, keep_best=False)
+                      optimizer=train_spec.optimizer.model_copy(update={"lr": 1e-3}),
+                      max_steps=probe_steps, batch_size=train_spec.batch_size, keep_best=False)
     sub = replace(run, model=probe_model, progress=False, checkpointing=False, stage_reports=[],
                   artifacts=dict(run.artifacts))
     run_stage(sub, len(run.recipe.stages), probe)
-    batch, data = run.recipe.stages[-1].eval_batch, run.data
-    p_pre = [_softmax(x) for x in predict(sub.model, data.validation, run.collator, batch, run.device,
-                                          "probe eval", run.progress)[0]]
-    p_fine = [_softmax(x) for x in predict(fine_model, data.validation, run.collator, batch, run.device,
-                                           "fine eval", run.progress)[0]]
-    curve = []
-    for a in grid:
+    batch, data = train_spec.eval_batch, run.data
+
+    def probabilities(model, examples):
+        return [_softmax(x) for x in predict(model, examples, run.collator, batch, run.device, "ensemble eval",
+                                             run.progress)[0]]
+
+    def mixed_metrics(a, p_pre, p_fine, examples):
         mixed = [a * p + (1 - a) * f for p, f in zip(p_pre, p_fine, strict=True)]
-        curve.append({"alpha": a, **scalar_metrics(metrics_from_scores(data.validation, mixed, data.task,
-                                                                       data.label_names))})
-    return {"pretrained_with_head": curve[-1] if grid[-1] == 1.0 else None, "curve": curve}
+        return scalar_metrics(metrics_from_scores(examples, mixed, data.task, data.label_names))
+
+    p_pre, p_fine = probabilities(sub.model, data.validation), probabilities(fine_model, data.validation)
+    curve = [{"alpha": a, **mixed_metrics(a, p_pre, p_fine, data.validation)} for a in grid]
+    sign = -1.0 if run.recipe.selection_metric == "loss" else 1.0
+    best = max(curve, key=lambda p: (sign * p[run.recipe.selection_metric], -p["alpha"]))
+    result = {"pretrained_with_head": mixed_metrics(1.0, p_pre, p_fine, data.validation), "curve": curve,
+              "chosen_alpha": best["alpha"], "chosen": best}
+    if data.test is not None:  # the alpha chosen on validation, applied to the test split
+        t_pre, t_fine = probabilities(sub.model, data.test), probabilities(fine_model, data.test)
+        result["test"] = {"pretrained_with_head": mixed_metrics(1.0, t_pre, t_fine, data.test),
+                          "chosen": mixed_metrics(best["alpha"], t_pre, t_fine, data.test)}
+    return result
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -117,11 +127,14 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def run_mix_step(run, spec) -> dict:
+def run_mix_step(run, spec, train_spec) -> dict:
+    """``train_spec``: the training stage before the mix (its batch sizes and optimizer are reused).
+    Leaves the chosen mix in the run's model and M_fine's weights in ``artifacts["fine_tuned_state"]``."""
     model = run.accelerator.unwrap_model(run.model)
     fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    run.artifacts["fine_tuned_state"] = fine
     pre = run.artifacts["pretrained_state"]
-    search = MixSearch(run, model, pre, fine)
+    search = MixSearch(run, model, pre, fine, train_spec.eval_batch)
     for alpha in spec.alphas:
         search.score(alpha)
     grid = sorted(spec.alphas)
@@ -139,7 +152,7 @@ def run_mix_step(run, spec) -> dict:
         options.append(("per_layer", result["per_layer"]["metrics"],
                         per_part_alpha(result["per_layer"]["alphas"], n_layers)))
     if spec.learn:
-        learned = learn_mixing(run, model, pre, fine, chosen, spec)
+        learned = learn_mixing(run, model, pre, fine, chosen, spec, train_spec.batch_size)
         groups = mix_groups(list(fine), spec.learn_granularity, n_layers)
 
         def learned_alpha(name: str) -> float:
@@ -153,6 +166,17 @@ def run_mix_step(run, spec) -> dict:
     result["final"] = label
     if spec.ensemble:
         model.load_state_dict(fine)  # the searches above left the last evaluated mix in the model
-        result["ensemble"] = ensemble_search(run, model, pre, grid, spec.probe_steps)
+        result["ensemble"] = ensemble_search(run, model, pre, grid, spec.probe_steps, train_spec)
     model.load_state_dict(interpolate(pre, fine, final_alpha))
+    if run.data.test is not None:  # the choices were made on validation; test shows what they are worth
+        result["test"] = {"fine_tuned": _test_metrics(run, model, interpolate(pre, fine, 0.0), train_spec),
+                          "chosen": _test_metrics(run, model, interpolate(pre, fine, final_alpha), train_spec)}
+        model.load_state_dict(interpolate(pre, fine, final_alpha))
     return result
+
+
+def _test_metrics(run, model, state: dict, train_spec) -> dict:
+    model.load_state_dict(state)
+    data = run.data
+    return scalar_metrics(evaluate(model, data.test, data.task, data.label_names, run.collator, train_spec.eval_batch,
+                                   run.device, desc="mix test", progress=run.progress))

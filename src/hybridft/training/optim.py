@@ -7,11 +7,13 @@ from transformers import get_scheduler
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float,
-                     lr_overrides: dict[str, float] | None = None) -> list[dict]:
+                     lr_overrides: dict[str, float] | None = None, extra: tuple = ()) -> list[dict]:
     """Biases and norm weights (1-d tensors) get no weight decay, as in BERT's recipe; selectors may
-    give some parameters their own learning rate."""
+    give some parameters their own learning rate. ``extra`` are parameters outside the model that
+    train with it (an objective's MLM head)."""
     groups: dict[tuple[bool, float], list] = {}
-    for name, p in model.named_parameters():
+    named = [*model.named_parameters(), *((f"objective.{i}", p) for i, p in enumerate(extra))]
+    for name, p in named:
         if p.requires_grad:
             key = (p.ndim >= 2, (lr_overrides or {}).get(name, lr))
             groups.setdefault(key, []).append(p)
@@ -19,8 +21,8 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float,
             for (decay, group_lr), ps in groups.items()]
 
 
-def build_optimizer(spec, model: torch.nn.Module, lr_overrides: dict[str, float] | None = None):
-    groups = parameter_groups(model, spec.weight_decay, spec.lr, lr_overrides)
+def build_optimizer(spec, model: torch.nn.Module, lr_overrides: dict[str, float] | None = None, extra: tuple = ()):
+    groups = parameter_groups(model, spec.weight_decay, spec.lr, lr_overrides, extra)
     if spec.name in ("adamw", "adam"):
         cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
         # fused: one kernel for the whole update (CPU and GPU), the fastest implementation in torch

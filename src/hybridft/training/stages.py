@@ -15,10 +15,11 @@ from ..errors import HybridftError
 from ..evaluate import evaluate
 from ..model_io import save_model_folder
 from ..models import load_model, load_tokenizer, resolve_model
+from ..recipe import MixStageSpec
 from ..registry import SELECTORS
 from ..report.metrics_log import MetricsLog
 from ..report.summary import write_report
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, restore_artifacts, saved_artifacts, save_checkpoint
 from .loop import run_stage
 from .mix_step import run_mix_step
 from .run_state import Run
@@ -94,8 +95,9 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     run = Run(recipe, run_dir, model.to(accelerator.device), tokenizer, data, collator_for(recipe.task, tokenizer),
               accelerator, MetricsLog(run_dir / "metrics.jsonl", accelerator), progress)
     run.artifacts["model_source"] = source
+    run.artifacts["base_dir"] = base_dir  # recipe-relative paths (teacher folders)
     # M_pre for the mix step and L2-SP, kept before any training (works for hub names too)
-    if recipe.mix is not None or any(o.name == "regularize" for s in recipe.stages for o in s.objectives):
+    if recipe.needs_pretrained_state:
         run.artifacts["pretrained_state"] = pretrained_state(model)
     return run
 
@@ -113,7 +115,7 @@ def restore_structure(run: Run, stages) -> None:
     """Re-insert modules that completed stages left in the model (adapters), so that a checkpoint
     written after those stages fits the model it is loaded into."""
     for spec in stages:
-        for config in spec.select:
+        for config in getattr(spec, "select", ()):  # mix stages change no structure
             run.model = SELECTORS.build(config).restore_structure(run.model)
 
 
@@ -129,8 +131,10 @@ def resume_point(run: Run) -> tuple[int, Path | None]:
     if state["stage_state"] is None:  # written between stages
         restore_structure(run, run.recipe.stages[: state["completed_stages"]])
         load_checkpoint(checkpoint, run.model)
+        restore_artifacts(run, checkpoint, state)
         return state["completed_stages"], None
     restore_structure(run, run.recipe.stages[: state["stage_state"]["stage"]])
+    restore_artifacts(run, checkpoint, state)
     return state["stage_state"]["stage"], checkpoint
 
 
@@ -141,16 +145,19 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
     first_stage, stage_resume = resume_point(run) if resume else (0, None)
 
     for index in range(first_stage, len(recipe.stages)):
-        report = run_stage(run, index, recipe.stages[index], resume_from=stage_resume if index == first_stage else None)
-        run.stage_reports.append(report)
+        spec = recipe.stages[index]
+        if isinstance(spec, MixStageSpec):
+            run.artifacts["mix"] = run_mix_step(run, spec.mix, recipe.last_training_stage(before=index))
+        else:
+            resume_from = stage_resume if index == first_stage else None
+            run.stage_reports.append(run_stage(run, index, spec, resume_from=resume_from))
+        reports, tensors = saved_artifacts(run)
         save_checkpoint(run.checkpoint_dir, f"stage-{index}-done", run.model, None, None,
                         {"stage_state": None, "completed_stages": index + 1, "global_step": run.global_step,
-                         "log_lines": run.log.lines, "stage_reports": run.stage_reports},
-                        recipe.output.keep_checkpoints)
+                         "log_lines": run.log.lines, "stage_reports": run.stage_reports, "artifacts": reports},
+                        recipe.output.keep_checkpoints, extra_tensors=tensors)
 
-    if recipe.mix is not None:
-        run.artifacts["mix"] = run_mix_step(run, recipe.mix)
-    data, batch = run.data, recipe.stages[-1].eval_batch
+    data, batch = run.data, recipe.last_training_stage().eval_batch
     final = {"validation": evaluate(run.model, data.validation, data.task, data.label_names, run.collator, batch,
                                     run.device, "final eval", progress)}
     if data.test is not None:

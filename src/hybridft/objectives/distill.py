@@ -1,0 +1,137 @@
+"""`distill`: knowledge distillation from a frozen teacher.
+
+On logits: KL(p_teacher || p_student) of temperature-softened distributions, times T^2 so that
+gradients keep their scale as T changes (Hinton et al., 2015). On hidden states (a teacher without a
+task head, such as the pretrained model): MSE or 1 - cosine between the student's and the teacher's
+token representations of chosen layers, averaged over real (non-padding) tokens.
+
+Teachers: ``pretrained``, ``previous`` (the model as this stage started), ``fine_tuned`` (M_fine,
+kept by a mix stage: "distill the mix") or a model folder. Teacher logits are cached per example,
+since a frozen teacher in eval mode gives the same answer every epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from ..errors import HybridftError
+from ..registry import OBJECTIVES
+from ..spec import Spec
+from .base import Objective, model_inputs
+from .teachers import KEYWORDS, build_teacher, teacher_outputs
+
+
+class DistillSpec(Spec):
+    name: Literal["distill"] = "distill"
+    weight: float = Field(1.0, ge=0)
+    teacher: str = Field("fine_tuned", description="pretrained | previous | fine_tuned | a model folder")
+    kind: Literal["logits", "hidden"] | None = Field(None, description="default: hidden for pretrained, else logits")
+    temperature: float = Field(2.0, gt=0, description="logits only")
+    loss: Literal["mse", "cosine"] = Field("mse", description="hidden only")
+    layers: list[int] = Field(default_factory=lambda: [-1], min_length=1,
+                              description="hidden only: hidden-state indices (0 = embeddings, -1 = last layer)")
+    source: Literal["batch", "unlabeled", "both"] = "batch"
+    cache: bool = Field(True, description="keep teacher logits per example (logits only)")
+    needs_labels: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _kind(self):
+        if self.kind is None:
+            self.kind = "hidden" if self.teacher == "pretrained" else "logits"
+        if self.teacher == "pretrained" and self.kind == "logits":
+            raise ValueError("the pretrained model has no trained task head: distill from it with kind: hidden")
+        return self
+
+    @property
+    def key(self) -> str:
+        """Log and uniqueness name: one distill term per teacher may share a stage."""
+        return f"distill_{self.teacher if self.teacher in KEYWORDS else Path(self.teacher).name}"
+
+
+def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over examples or masked tokens."""
+    log_p_student = F.log_softmax(student / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+    if mask is not None:
+        kl = kl[mask.bool()]
+    return kl.mean() * temperature ** 2
+
+
+def hidden_distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean over real tokens of the per-token MSE (averaged over features) or 1 - cosine."""
+    if loss == "mse":
+        per_token = (student - teacher).square().mean(-1)
+    else:
+        per_token = 1 - F.cosine_similarity(student, teacher, dim=-1)
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+@OBJECTIVES.register(DistillSpec)
+class Distill(Objective):
+    """Distillation from a frozen teacher: logits KL with temperature, or hidden-state MSE/cosine."""
+
+    @property
+    def uses_outputs(self) -> bool:
+        return self.config.source != "unlabeled"
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return self.config.kind == "hidden"
+
+    def on_stage_start(self, run) -> None:
+        self.teacher = build_teacher(run, self.config.teacher, need_head=self.config.kind == "logits")
+        self.token_level = run.recipe.task == "token_classification"
+        self.cache: dict[tuple[str, int], torch.Tensor] = {}
+
+    def on_stage_end(self, run) -> None:
+        self.teacher, self.cache = None, {}
+
+    def loss(self, model, batch, outputs, ctx):
+        terms = []
+        if self.config.source in ("batch", "both"):
+            terms.append(self.term(model, batch, outputs, ("batch", ctx.batch_ids)))
+        if self.config.source in ("unlabeled", "both"):
+            unlabeled = ctx.unlabeled
+            student = model(**model_inputs(unlabeled), output_hidden_states=self.needs_hidden_states)
+            terms.append(self.term(model, unlabeled, student, ("unlabeled", ctx.unlabeled_ids)))
+        return sum(terms) / len(terms)
+
+    def term(self, model, batch: dict, student, where: tuple[str, list[int]]) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        if self.config.kind == "hidden":
+            teacher = teacher_outputs(self.teacher, model_inputs(batch), hidden_states=True).hidden_states
+            if teacher[-1].shape[-1] != student.hidden_states[-1].shape[-1]:
+                raise HybridftError(f"teacher {self.config.teacher} has hidden size {teacher[-1].shape[-1]}, "
+                                    f"the model {student.hidden_states[-1].shape[-1]}")
+            return sum(hidden_distillation(student.hidden_states[i], teacher[i], mask, self.config.loss)
+                       for i in self.config.layers) / len(self.config.layers)
+        teacher_logits = self.teacher_logits(batch, where)
+        return logit_distillation(student.logits, teacher_logits, self.config.temperature,
+                                  mask if self.token_level else None)
+
+    def teacher_logits(self, batch: dict, where: tuple[str, list[int]]) -> torch.Tensor:
+        source, ids = where
+        if not self.config.cache:
+            return teacher_outputs(self.teacher, model_inputs(batch), hidden_states=False).logits
+        missing = [i for i in ids if (source, i) not in self.cache]
+        if missing:
+            logits = teacher_outputs(self.teacher, model_inputs(batch), hidden_states=False).logits
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            for row, i in enumerate(ids):
+                self.cache[source, i] = logits[row, : lengths[row]] if self.token_level else logits[row]
+            return logits
+        rows = [self.cache[source, i] for i in ids]
+        if not self.token_level:
+            return torch.stack(rows)
+        padded = rows[0].new_zeros(len(rows), batch["attention_mask"].shape[1], rows[0].shape[-1])
+        for r, x in enumerate(rows):
+            padded[r, : len(x)] = x
+        return padded

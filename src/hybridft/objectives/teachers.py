@@ -1,0 +1,62 @@
+"""Frozen teachers for distillation and pseudo-labeling: the pretrained model, the model as the
+stage found it, M_fine before the mix step, or a saved model folder. Teachers run in eval mode,
+without gradients, and never change."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from ..errors import HybridftError
+
+KEYWORDS = ("pretrained", "previous", "fine_tuned")
+
+
+def unwrap(model):
+    return getattr(model, "module", model)  # a DDP-wrapped model
+
+
+def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
+    if teacher == "pretrained":
+        from ..models import load_model
+
+        with torch.random.fork_rng(devices=[]):  # its unused new head must not move the run's RNG
+            model = load_model(run.artifacts["model_source"], run.recipe.task, run.data.label_names,
+                               run.recipe.model.trust_remote_code)
+    elif teacher == "previous":
+        model = copy.deepcopy(unwrap(run.model))
+    elif teacher == "fine_tuned":
+        if "fine_tuned_state" not in run.artifacts:
+            raise HybridftError("teacher fine_tuned needs a mix stage before this stage")
+        model = copy.deepcopy(unwrap(run.model))
+        # modules this stage added (LoRA, adapters) are still at their identity initialisation
+        unexpected = model.load_state_dict(run.artifacts["fine_tuned_state"], strict=False).unexpected_keys
+        if unexpected:
+            raise HybridftError(f"the fine-tuned weights do not fit this stage's model (e.g. {unexpected[0]})")
+    else:
+        model = folder_teacher(run, teacher, need_head)
+    model.eval()
+    model.requires_grad_(False)
+    return model.to(run.device)
+
+
+def folder_teacher(run, folder: str, need_head: bool) -> torch.nn.Module:
+    from ..model_io import load_saved
+
+    path = Path(folder).expanduser()
+    if not path.is_absolute():
+        path = run.artifacts.get("base_dir", Path(".")) / path
+    model, _, meta, labels = load_saved(path)
+    if need_head and labels != run.data.label_names:
+        raise HybridftError(f"teacher {folder} predicts labels {labels[:8]}, the task has {run.data.label_names[:8]}")
+    if need_head and meta.get("task", run.recipe.task) != run.recipe.task and \
+            "token_classification" in (meta.get("task"), run.recipe.task):
+        raise HybridftError(f"teacher {folder} is a {meta.get('task')} model, the task is {run.recipe.task}")
+    return model
+
+
+@torch.no_grad()
+def teacher_outputs(teacher, inputs: dict, hidden_states: bool):
+    return teacher(**inputs, output_hidden_states=hidden_states)
