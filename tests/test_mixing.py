@@ -143,6 +143,6 @@ def test_learned_mixing_moves_only_the_coefficients(tiny_model, sentiment_csv, t
     fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
     pre = {k: v + 0.5 for k, v in fine.items() if k.startswith("bert.") and v.is_floating_point()}
     spec = SimpleNamespace(learn_granularity="part", learn_steps=5, learn_lr=0.5)
-    learned = learn_mixing(run, model, pre, fine, 0.5, spec)
+    learned = learn_mixing(run, model, pre, fine, 0.5, spec, batch_size=8)
     assert any(abs(a - 0.5) > 1e-3 for a in learned.values())  # the coefficients moved
     assert all(torch.equal(model.state_dict()[k], fine[k]) for k in fine)  # the weights did not

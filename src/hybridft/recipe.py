@@ -267,7 +267,10 @@ class Recipe(Spec):
 def format_validation_error(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(recipe)"
+        parts = list(e["loc"])
+        # drop the stage-kind tag pydantic inserts (stages.0.train.optimizer -> stages.0.optimizer)
+        parts = [p for i, p in enumerate(parts) if not (p in ("train", "mix") and i >= 2 and parts[i - 2] == "stages")]
+        loc = ".".join(str(p) for p in parts) or "(recipe)"
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}")
     return lines

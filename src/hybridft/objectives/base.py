@@ -101,4 +101,6 @@ class Objective:
     def inputs_for(self, batch: dict, ctx: StepContext) -> list[dict]:
         """The inputs of ``source``: the stage's batch, a batch of the unlabeled pool, or both."""
         source = getattr(self.config, "source", "batch")
-        return {"batch": [batch], "unlabeled": [ctx.unlabeled], "both": [batch, ctx.unlabeled]}[source]
+        if source == "batch":
+            return [batch]
+        return [ctx.unlabeled] if source == "unlabeled" else [batch, ctx.unlabeled]

@@ -72,7 +72,7 @@ class PseudoLabel(Objective):
 
     def label_pool(self, epoch: int) -> None:
         run = self.run
-        model = self.teacher or unwrap(run.model)
+        model = self.teacher if self.teacher is not None else unwrap(run.model)
         logits, _ = predict(model, run.data.unlabeled, run.collator, 2 * (self.config.batch_size or 32),
                             run.device, "pseudo-labeling", run.progress)
         logits = np.stack(logits)

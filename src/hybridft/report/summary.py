@@ -111,8 +111,33 @@ def render_markdown(r: dict) -> str:
             lines += ["", "Output-level mixing with M_pre + a head trained on its frozen encoder "
                       "(alpha weighs M_pre's probabilities):", "", f"| alpha | {metric} |", "|---|---|"]
             lines += [f"| {p['alpha']:g} | {_fmt(p.get(metric))} |" for p in mix["ensemble"]["curve"]]
+    if r.get("mix"):
+        lines += models_compared(r)
     lines += ["", "## Data", "", "```json", json.dumps(r["data"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def models_compared(r: dict) -> list[str]:
+    """One table: M_pre with a trained head, M_fine, the mixes, the ensemble and the final model,
+    on validation (where the choices were made) and test (where they are judged)."""
+    mix, metric = r["mix"], r["mix"]["metric"]
+    test = mix.get("test", {})
+    rows = [("M_fine (alpha 0)", mix.get("fine_tuned"), test.get("fine_tuned")),
+            (f"M_mix, global alpha {mix['chosen_alpha']:g}", mix["chosen"], test.get("global"))]
+    if mix.get("per_layer"):
+        rows.append(("M_mix, per-layer alphas", mix["per_layer"]["metrics"], test.get("per_layer")))
+    if mix.get("learned"):
+        rows.append(("M_mix, learned coefficients", mix["learned"]["metrics"], test.get("learned")))
+    if mix.get("ensemble"):
+        ens = mix["ensemble"]
+        rows.insert(0, ("M_pre + head trained on its frozen encoder", ens["pretrained_with_head"],
+                        ens.get("test", {}).get("pretrained_with_head")))
+        rows.append((f"output ensemble, alpha {ens['chosen_alpha']:g}", ens["chosen"], ens.get("test", {}).get("chosen")))
+    rows.append((f"final model (mix: {mix['final']}, then any later stages)", r["metrics"], r["test_metrics"]))
+    lines = ["", "## Models compared", "", "Choices (alphas) were made on validation.", "",
+             f"| model | validation {metric} | test {metric} |", "|---|---|---|"]
+    lines += [f"| {name} | {_fmt((v or {}).get(metric))} | {_fmt((t or {}).get(metric))} |" for name, v, t in rows]
+    return lines
 
 
 def write_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float) -> dict:

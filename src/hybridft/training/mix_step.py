@@ -169,8 +169,10 @@ def run_mix_step(run, spec, train_spec) -> dict:
         result["ensemble"] = ensemble_search(run, model, pre, grid, spec.probe_steps, train_spec)
     model.load_state_dict(interpolate(pre, fine, final_alpha))
     if run.data.test is not None:  # the choices were made on validation; test shows what they are worth
-        result["test"] = {"fine_tuned": _test_metrics(run, model, interpolate(pre, fine, 0.0), train_spec),
-                          "chosen": _test_metrics(run, model, interpolate(pre, fine, final_alpha), train_spec)}
+        result["test"] = {"fine_tuned": _test_metrics(run, model, interpolate(pre, fine, 0.0), train_spec)}
+        for option, _, alpha in options:
+            result["test"][option] = _test_metrics(run, model, interpolate(pre, fine, alpha), train_spec)
+        result["test"]["chosen"] = result["test"][label]
         model.load_state_dict(interpolate(pre, fine, final_alpha))
     return result
 

@@ -1,0 +1,153 @@
+"""The new objectives through the real loop: unlabeled stages, pseudo-label rounds, distilling
+the mix, resume with objective state, and their bad-input errors."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hybridft.errors import HybridftError
+from hybridft.recipe import validate_recipe
+from hybridft.training.stages import run_recipe
+
+from .conftest import base_recipe
+from .helpers import tiny_classifier, train_and_load
+
+
+def with_unlabeled(recipe: dict, unlabeled) -> dict:
+    recipe["data"]["unlabeled"] = {"path": str(unlabeled)}
+    return recipe
+
+
+def losses(run_dir, key):
+    return [r[key] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if key in r]
+
+
+def test_mlm_alone_on_unlabeled_text_lowers_the_mlm_loss(tiny_model, sentiment_csv, unlabeled_csv, tmp_path):
+    recipe = with_unlabeled(base_recipe(tiny_model, sentiment_csv, data="unlabeled", epochs=12,
+                                        objectives=[{"name": "mlm", "probability": 0.3}]), unlabeled_csv)
+    report, _ = train_and_load(recipe, tmp_path / "run")
+    curve = losses(tmp_path / "run", "loss/mlm")
+    assert len(curve) == 12 * 8  # 60 sentences, batch 8: 8 steps per epoch
+    assert sum(curve[-8:]) / 8 < 0.95 * sum(curve[:8]) / 8  # from ln(35) = 3.56 towards the unigram entropy
+    assert report["stages"][0]["evaluations"] == []  # no task evaluation on an unlabeled stage
+
+
+def test_pseudo_labels_are_counted_checked_against_gold_and_relabeled(tiny_model, sentiment_csv, unlabeled_csv,
+                                                                       tmp_path):
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=40, optimizer={"lr": 5e-3})
+    recipe["stages"].append({"name": "self-train", "epochs": 4, "batch_size": 8, "optimizer": {"lr": 1e-3},
+                             "objectives": [{"name": "task"},
+                                            {"name": "pseudo_label", "threshold": 0.5, "relabel_every": 2}]})
+    report, _ = train_and_load(with_unlabeled(recipe, unlabeled_csv), tmp_path / "run")
+    rounds = report["stages"][1]["objective_details"]["pseudo_label"]["rounds"]
+    assert [r["epoch"] for r in rounds] == [0, 2]
+    for r in rounds:
+        assert 0 < r["kept"] <= r["pool"] == 60 and sum(r["per_class"].values()) == r["kept"]
+        assert r["checked_against_gold"] == r["kept"] and 0 <= r["accuracy_vs_gold"] <= 1
+    assert losses(tmp_path / "run", "loss/pseudo_label")
+
+
+def test_distill_the_mix_end_to_end(tiny_model, sentiment_csv, unlabeled_csv, tmp_path):
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=20, optimizer={"lr": 3e-3})
+    recipe["data"]["test"] = str(sentiment_csv)
+    recipe["stages"] += [
+        {"mix": {"alphas": [0.0, 0.5, 1.0], "ensemble": True, "probe_steps": 5}},
+        {"name": "distill-mix", "max_steps": 6, "batch_size": 8,
+         "objectives": [{"name": "task"},
+                        {"name": "distill", "teacher": "pretrained", "weight": 0.5, "source": "both"},
+                        {"name": "distill", "teacher": "fine_tuned", "weight": 0.5, "source": "unlabeled"}]}]
+    report, final = train_and_load(with_unlabeled(recipe, unlabeled_csv), tmp_path / "run")
+    assert [s["name"] for s in report["stages"]] == ["s0", "distill-mix"]
+    mix = report["mix"]
+    assert {"fine_tuned", "chosen"} <= set(mix["test"]) and "pretrained_with_head" in mix["ensemble"]["test"]
+    assert losses(tmp_path / "run", "loss/distill_pretrained") and losses(tmp_path / "run", "loss/distill_fine_tuned")
+    assert "Models compared" in (tmp_path / "run" / "report.md").read_text()
+    reloaded = tiny_classifier(tmp_path / "run" / "model")  # a plain transformers folder
+    assert set(final) == set(reloaded.state_dict())
+
+
+def test_resume_keeps_objective_state_and_the_mix_teacher(tiny_model, sentiment_csv, unlabeled_csv, tmp_path):
+    """Interrupted inside a stage that depends on a pseudo-labeled pool, an MLM head and M_fine."""
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=10, optimizer={"lr": 3e-3})
+    recipe["stages"] += [
+        {"mix": {"alphas": [0.0, 0.3]}},
+        {"name": "hybrid", "epochs": 2, "batch_size": 8, "eval_every": 4,
+         "objectives": [{"name": "task"}, {"name": "pseudo_label", "threshold": 0.5},
+                        {"name": "mlm", "source": "unlabeled", "weight": 0.5},
+                        {"name": "distill", "teacher": "fine_tuned", "source": "both"}]}]
+    recipe["output"] = {"keep_checkpoints": 20, "keep_checkpoints_after_run": True}
+    with_unlabeled(recipe, unlabeled_csv)
+    report, final = train_and_load(recipe, tmp_path / "full")
+    checkpoints = tmp_path / "full" / "checkpoints"
+    mid = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step-"))
+    assert "step-14" in mid  # 10 steps of stage 0, then 4 of the hybrid stage
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "full", crashed)
+    (crashed / "checkpoints" / "latest").write_text("step-14")
+    shutil.rmtree(crashed / "model")
+    resumed = run_recipe(validate_recipe(recipe), tmp_path, crashed, resume=True, progress=False)
+    again = load_file(crashed / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], again[k]) for k in final)
+    assert resumed["metrics"] == report["metrics"]
+    assert resumed["stages"][-1]["objective_details"] == report["stages"][-1]["objective_details"]
+
+
+def test_fgm_is_the_task_loss_one_normalised_gradient_step_away(tiny_model):
+    from hybridft.objectives.adversarial import Adversarial, AdversarialSpec
+    from hybridft.objectives.base import StepContext
+    from hybridft.objectives.task import task_loss
+
+    model = tiny_classifier(tiny_model, dropout=0.0)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 30, (2, 5))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1])}
+    objective = Adversarial(AdversarialSpec(method="fgm", epsilon=0.7))
+    objective.token_level = False
+    outputs = model(input_ids=ids, attention_mask=batch["attention_mask"])
+    got = objective.loss(model, batch, outputs, StepContext(None, 0, 0, [0, 1], True, 2))
+
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+    loss = task_loss(model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    (g,) = torch.autograd.grad(loss, embeds)
+    step = 0.7 * g / g.flatten(1).norm(dim=1).view(-1, 1, 1)
+    expected = task_loss(model(inputs_embeds=embeds.detach() + step, attention_mask=batch["attention_mask"]).logits,
+                         batch["labels"])
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert float(got) > float(loss.detach())  # the perturbation makes the loss worse
+
+
+@pytest.mark.parametrize("stage, unlabeled, expected", [
+    ({"objectives": [{"name": "task"}, {"name": "pseudo_label"}]}, None, "needs data.unlabeled"),
+    ({"objectives": [{"name": "mlm", "source": "unlabeled"}]}, None, "needs data.unlabeled"),
+    ({"data": "unlabeled", "objectives": [{"name": "task"}]}, "u", "needs labels"),
+    ({"objectives": [{"name": "distill", "teacher": "fine_tuned"}]}, None, "needs a mix stage"),
+    ({"objectives": [{"name": "distill", "teacher": "pretrained", "kind": "logits"}]}, None, "no trained task head"),
+    ({"objectives": [{"name": "adversarial", "method": "fgm", "source": "unlabeled"}]}, "u", "method: smart"),
+    ({"objectives": [{"name": "distill", "teacher": "pretrained"}, {"name": "distill", "teacher": "pretrained"}]},
+     None, "listed twice"),
+])
+def test_recipe_errors(tiny_model, sentiment_csv, unlabeled_csv, stage, unlabeled, expected):
+    recipe = base_recipe(tiny_model, sentiment_csv, **stage)
+    if unlabeled:
+        with_unlabeled(recipe, unlabeled_csv)
+    with pytest.raises(HybridftError, match=expected):
+        validate_recipe(recipe)
+
+
+def test_empty_or_missing_unlabeled_data_is_a_clear_error(tiny_model, sentiment_csv, tmp_path):
+    from hybridft.data.prepare import load_task_data
+    from hybridft.models import load_tokenizer
+
+    recipe = base_recipe(tiny_model, sentiment_csv, objectives=[{"name": "task"}, {"name": "pseudo_label"}])
+    tokenizer = load_tokenizer(str(tiny_model))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text\n\n")
+    for path, expected in [(tmp_path / "nope.csv", "not found"), (empty, "no usable rows|is empty")]:
+        with pytest.raises(HybridftError, match=expected):
+            load_task_data(validate_recipe(with_unlabeled(recipe, path)), tmp_path, tokenizer)
+    # a pool made only of the training sentences is empty once they are dropped as overlap
+    with pytest.raises(HybridftError, match="no usable rows"):
+        load_task_data(validate_recipe(with_unlabeled(recipe, sentiment_csv)), tmp_path, tokenizer)
