@@ -1,0 +1,140 @@
+"""Seeded SST-2 studies of the hybrid objectives and of model mixing, mean and spread over seeds.
+
+  semi   Semi-supervised (issue 4): 500 labeled SST-2 training sentences; the rest of SST-2 train
+         (10,000 sentences, none of the labeled ones, none of dev) is the unlabeled pool. Full
+         fine-tuning on the labels alone against pseudo-labels, MLM + task, adversarial smoothness
+         on unlabeled text, and pseudo-labels + adversarial smoothness. Dev accuracy of the last
+         weights (nothing is chosen on dev).
+  mix    Mixing and distillation (issue 5): recipes/sst2-mix-distill.yaml (2,000 labeled sentences;
+         choices on a held-out 10% of them; SST-2 dev as the test set) in two conditions:
+           standard: the subset is drawn from all of SST-2 train;
+           shift:    the subset (and the unlabeled pool) only from training phrases of at most
+                     8 words, evaluated on the full-length dev sentences (mean 19 words).
+
+Each run is a fresh `hybridft run` process; the tables are built from the runs' report.json.
+
+    python benchmarks/sst2_seeds.py semi --runs-dir runs/semi             # run + table
+    python benchmarks/sst2_seeds.py mix --runs-dir runs/mix --table-only  # table of finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+SEEDS = (1, 2, 3)
+SEMI = [  # (label, recipe, overrides)
+    ("labels only (500)", "sst2-500-labels", []),
+    ("+ pseudo-labels", "sst2-500-pseudo-label", []),
+    ("+ MLM on unlabeled text", "sst2-500-mlm", []),
+    ("+ adversarial smoothness on unlabeled text", "sst2-500-adversarial", []),
+    ("+ pseudo-labels + adversarial smoothness", "sst2-500-pseudo-smart", []),
+]
+MIX_ROWS = [  # (label, how to read it from report.json)
+    ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
+    ("M_fine", lambda r: r["mix"]["test"]["fine_tuned"]),
+    ("best M_mix, global alpha", lambda r: r["mix"]["test"]["global"]),
+    ("best M_mix, per-layer alphas", lambda r: r["mix"]["test"]["per_layer"]),
+    ("output ensemble (alpha chosen on held-out)", lambda r: r["mix"]["ensemble"]["test"]["chosen"]),
+    ("learned mix", lambda r: r["mix"]["test"]["learned"]),
+    ("chosen mix (best of the three on held-out)", lambda r: r["mix"]["test"]["chosen"]),
+    ("distilled mix (final model)", lambda r: r["test_metrics"]),
+]
+
+
+def short_phrases(out_dir: Path, max_words: int = 8) -> Path:
+    """SST-2 training rows of at most ``max_words`` words (written once, outside the repository)."""
+    path = out_dir / f"sst2-train-max{max_words}words.tsv"
+    if not path.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(SST2 / "train.tsv", encoding="utf-8") as f, open(path, "w", encoding="utf-8", newline="") as g:
+            reader, writer = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), csv.writer(
+                g, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
+            writer.writerow(next(reader))
+            writer.writerows(row for row in reader if len(row[0].split()) <= max_words)
+    return path
+
+
+def run(recipe: str, out: Path, overrides: list[str]) -> None:
+    if (out / "report.json").is_file():
+        return  # finished earlier: re-running a study only adds what is missing
+    print(f"== {out}", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "hybridft", "run", str(ROOT / "recipes" / f"{recipe}.yaml"), "--out",
+                    str(out), "--overwrite", "--no-progress", *overrides], check=True)
+
+
+def mean_spread(values: list[float]) -> str:
+    if not values:
+        return "(not run)"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f} (n={len(values)})"
+
+
+def report(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def semi(base: Path, table_only: bool) -> list[str]:
+    rows = ["| recipe | dev accuracy, mean ± std over seeds (%) | per seed |", "|---|---|---|"]
+    for label, recipe, overrides in SEMI:
+        name = recipe
+        values = []
+        for seed in SEEDS:
+            out = base / f"{name}-seed{seed}"
+            if not table_only:
+                run(recipe, out, [f"seed={seed}", *overrides])
+            if (r := report(out / "report.json")) is not None:
+                values.append(r["metrics"]["accuracy"])
+        rows.append(f"| {label} | {mean_spread(values)} | {', '.join(f'{100 * v:.2f}' for v in values)} |")
+    return rows
+
+
+def mix(base: Path, table_only: bool) -> list[str]:
+    conditions = {"standard": [], "shift": None}
+    reports: dict[str, list[dict]] = {}
+    for condition in conditions:
+        overrides = []
+        if condition == "shift":
+            short = short_phrases(base)
+            overrides = [f"data.train={short}", f"data.unlabeled.path={short}"]
+        reports[condition] = []
+        for seed in SEEDS:
+            out = base / f"{condition}-seed{seed}"
+            if not table_only:
+                run("sst2-mix-distill", out, [f"seed={seed}", *overrides])
+            if (r := report(out / "report.json")) is not None:
+                reports[condition].append(r)
+    rows = ["| model | standard: dev accuracy (%) | shift (train ≤ 8 words): dev accuracy (%) |", "|---|---|---|"]
+    for label, read in MIX_ROWS:
+        cells = [mean_spread([read(r)["accuracy"] for r in reports[c]]) for c in conditions]
+        rows.append(f"| {label} | {' | '.join(cells)} |")
+    for c in conditions:
+        alphas = [r["mix"]["chosen_alpha"] for r in reports[c]]
+        finals = [r["mix"]["final"] for r in reports[c]]
+        rows.append(f"\n{c}: global alpha chosen per seed {alphas}; final mix per seed {finals}")
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("study", choices=["semi", "mix"])
+    p.add_argument("--runs-dir", default=None, help="default: runs/sst2-<study>")
+    p.add_argument("--table-only", action="store_true", help="only read the report.json of finished runs")
+    args = p.parse_args()
+    if not SST2.is_dir():
+        print(f"error: {SST2} not found (../shared/data beside the checkout)", file=sys.stderr)
+        return 2
+    base = Path(args.runs_dir or f"runs/sst2-{args.study}")
+    print("\n".join((semi if args.study == "semi" else mix)(base, args.table_only)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
