@@ -72,6 +72,8 @@ class DataSpec(Spec):
     max_train_samples: int | None = Field(None, gt=0, description="seeded subset of train")
     max_eval_samples: int | None = Field(None, gt=0, description="seeded subset of validation/test")
     clean: CleanSpec = Field(default_factory=CleanSpec)
+    bad_rows: Literal["error", "skip"] = Field("error", description="malformed csv/tsv/jsonl lines: stop with "
+                                                                    "an error naming the line, or skip and count")
     unlabeled: UnlabeledSpec | None = Field(None, description="text without labels for mlm, pseudo_label, "
                                                                "distill, contrastive and adversarial")
 
@@ -129,6 +131,8 @@ class StageSpec(Spec):
     eval_every: int | None = Field(None, gt=0, description="optimizer steps; evaluation also runs at the end")
     keep_best: bool = Field(True, description="restore the best evaluated weights at stage end")
     early_stopping: EarlyStoppingSpec | None = None
+    max_bad_steps: int = Field(5, ge=1, description="steps in a row with a non-finite loss or gradient "
+                                                    "(skipped) before the run stops")
     data: Literal["labeled", "unlabeled"] = Field("labeled", description="the examples epochs run over; "
                                                   "unlabeled: e.g. MLM alone, no task evaluation")
 

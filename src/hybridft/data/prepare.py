@@ -44,7 +44,7 @@ def read_rows(data, task: str, base_dir: Path, split: str, deduplicate: bool) ->
     """Read and clean one split. Duplicates are only dropped from train: evaluation sets stay as
     published, so metrics compare with the literature."""
     path = resolve_path(getattr(data, split), base_dir)
-    frame = read_table(path, data.format, task, split)
+    frame = read_table(path, data.format, task, split, data.bad_rows)
     cols = data.columns
     text_cols, list_cols = input_columns(task, cols)
     if task == "token_classification":
@@ -58,6 +58,8 @@ def read_rows(data, task: str, base_dir: Path, split: str, deduplicate: bool) ->
             if len(row[cols.tokens]) != len(row[cols.tags]):
                 raise HybridftError(f"{split} data {path.name}: row {i} has {len(row[cols.tokens])} tokens "
                                     f"but {len(row[cols.tags])} tags")
+    if frame.attrs.get("malformed_rows_skipped"):
+        counts["skipped_malformed"] = frame.attrs["malformed_rows_skipped"]
     if not rows:
         raise HybridftError(f"{split} data {path.name} has no usable rows after cleaning ({counts})")
     return rows, counts
@@ -185,7 +187,7 @@ def load_unlabeled_rows(recipe, base_dir: Path, splits: dict[str, list[dict]]) -
     (so that no evaluation sentence leaks in), then a seeded subset."""
     spec, task, cols = recipe.data.unlabeled, recipe.task, recipe.data.columns
     path = resolve_path(spec.path, base_dir)
-    frame = read_table(path, spec.format, task, "train")
+    frame = read_table(path, spec.format, task, "train", recipe.data.bad_rows)
     text_cols, list_cols = input_columns(task, cols)
     has_gold = task != "token_classification" and cols.label in frame.columns
     rows, counts = clean_rows(frame, text_cols, list_cols, cols.label if has_gold else None, recipe.data.clean.strip,

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from ..errors import HybridftError
+
 LATEST = "latest"
 SELECTOR_STATE = "selectors.safetensors"
 
@@ -95,9 +97,22 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: dict, keep: int,
                     extra_files: tuple[Path, ...] = (), extra_tensors: dict | None = None) -> Path:
-    """``extra_files`` (e.g. the best weights so far) are copied in, so the checkpoint is self-contained."""
-    root.mkdir(parents=True, exist_ok=True)
+    """``extra_files`` (e.g. the best weights so far) are copied in, so the checkpoint is self-contained.
+    A failed write (a full disk) removes its partial folder and leaves the previous checkpoint as
+    ``latest``."""
     tmp = root / f".tmp-{name}"
+    try:
+        return _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep, extra_files,
+                                 extra_tensors)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(root)
+        kept = f"; the last complete checkpoint, {previous.name}, is intact" if previous else ""
+        raise HybridftError(f"cannot write checkpoint {name} in {root}: {e.strerror or e}{kept}") from None
+
+
+def _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep, extra_files, extra_tensors):
+    root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for extra in extra_files:

@@ -195,9 +195,16 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
                 entry_masks.zero_unselected_grads()
             for s in selectors:
                 s.after_backward(model)
-            if spec.max_grad_norm:
-                acc.clip_grad_norm_(trainable_params, spec.max_grad_norm)
-            optimizer.step()
+            # the norm is needed anyway to catch inf/NaN gradients; inf as the limit means no clipping
+            grad_norm = acc.clip_grad_norm_(trainable_params, spec.max_grad_norm or math.inf)
+            finite = math.isfinite(running["loss"]) and bool(torch.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+                st["bad_run"] = 0
+            else:  # a non-finite loss or gradient: no update (the weights stay as they were), counted
+                st["bad_steps"] = st.get("bad_steps", 0) + 1
+                st["bad_run"] = st.get("bad_run", 0) + 1
+                running["skipped_nonfinite"] = 1
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if entry_masks:
@@ -214,6 +221,12 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             bar.set_postfix(loss=f"{running['loss']:.4f}", sps=f"{throughput:.1f}", refresh=False)
             bar.update(1)
             running = {}
+            if st.get("bad_run", 0) >= spec.max_bad_steps:
+                checkpoint()  # the weights are the last good ones: no bad step changed them
+                where = f" (checkpoint in {run.checkpoint_dir})" if run.checkpointing else ""
+                raise HybridftError(f"stage {name}: {st['bad_run']} steps in a row had a non-finite loss or gradient "
+                                    f"(last at step {st['step']}); stopped with the last good weights{where}. "
+                                    "Lower the learning rate or check the data")
             done = st["step"] >= total_steps
             end_of_epoch = st["micro"] == len(batches)
             if (spec.eval_every and st["step"] % spec.eval_every == 0) or done or (end_of_epoch and not spec.eval_every):
@@ -253,5 +266,6 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         "tokens_per_s": st["tokens"] / max(st["train_time_s"], 1e-9),
         "best_metric": {metric: st["best"], "step": st["best_step"]},
         "stopped_early": st["stopped_early"],
+        "skipped_nonfinite_steps": st.get("bad_steps", 0),
         "evaluations": st["history"],
     }

@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..data import load_task_data
@@ -163,6 +164,9 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
     if data.test is not None:
         final["test"] = evaluate(run.model, data.test, data.task, data.label_names, run.collator, batch,
                                  run.device, "test eval", progress)
+    bad = next((n for n, p in run.model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:  # never hand out a broken model as the result
+        raise HybridftError(f"the trained model has non-finite values (first in {bad}); nothing was saved")
     if recipe.output.save_model:
         save_model_folder(run, run_dir / "model")
     report = write_report(run, final, run.artifacts["model_source"], wall_time_s=time.perf_counter() - started,
