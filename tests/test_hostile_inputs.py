@@ -109,3 +109,14 @@ def test_output_paths_never_leave_the_run_folder(tiny_model, sentiment_csv, tmp_
     train_and_load(recipe, tmp_path / "run")
     assert set(tmp_path.iterdir()) - before == {tmp_path / "run"}
     assert json.loads((tmp_path / "run" / "report.json").read_text())["name"] == "../../escape"
+
+
+def test_the_report_says_when_remote_code_was_trusted(tiny_model, sentiment_csv, tmp_path):
+    from .helpers import train_and_load
+
+    for trusted in (False, True):
+        recipe = base_recipe(tiny_model, sentiment_csv, max_steps=1)
+        recipe["model"]["trust_remote_code"] = trusted
+        report, _ = train_and_load(recipe, tmp_path / f"run-{trusted}")
+        assert report["trust_remote_code"] is trusted
+        assert ("trust_remote_code was ON" in (tmp_path / f"run-{trusted}" / "report.md").read_text()) is trusted
