@@ -48,6 +48,21 @@ def test_pseudo_labels_are_counted_checked_against_gold_and_relabeled(tiny_model
         assert 0 < r["kept"] <= r["pool"] == 60 and sum(r["per_class"].values()) == r["kept"]
         assert r["checked_against_gold"] == r["kept"] and 0 <= r["accuracy_vs_gold"] <= 1
     assert losses(tmp_path / "run", "loss/pseudo_label")
+    assert "| 2 | 60 |" in (tmp_path / "run" / "report.md").read_text()  # the second round's row
+
+
+def test_validate_finds_a_missing_teacher_folder_before_any_training(tiny_model, sentiment_csv, tmp_path, capsys):
+    from hybridft.cli import main
+
+    from .conftest import write_recipe
+
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=1)
+    recipe["stages"].append({"objectives": [{"name": "task"}, {"name": "distill", "teacher": "no/such/teacher"}]})
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert main(["validate", str(path)]) == 2
+    assert "stages.1.objectives.1.teacher" in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert not (tmp_path / "run").exists()
 
 
 def test_distill_the_mix_end_to_end(tiny_model, sentiment_csv, unlabeled_csv, tmp_path):

@@ -15,11 +15,30 @@ from .registry import SELECTORS
 
 
 def check_paths(recipe, base_dir: Path) -> list[str]:
+    """Data files, the unlabeled pool and teacher model folders exist (a missing teacher would
+    otherwise only be found when its stage starts, after the earlier stages have trained)."""
+    from .models import check_model_dir
+    from .objectives.teachers import KEYWORDS
+
+    def resolve(value: str) -> Path:
+        return Path(value) if Path(value).is_absolute() else base_dir / value
+
     problems = []
-    for split in ("train", "validation", "test"):
-        value = getattr(recipe.data, split)
-        if value and not (Path(value) if Path(value).is_absolute() else base_dir / value).exists():
-            problems.append(f"data.{split}: not found: {value}")
+    named = {f"data.{split}": getattr(recipe.data, split) for split in ("train", "validation", "test")}
+    if recipe.data.unlabeled is not None:
+        named["data.unlabeled.path"] = recipe.data.unlabeled.path
+    for key, value in named.items():
+        if value and not resolve(value).exists():
+            problems.append(f"{key}: not found: {value}")
+    for i, stage in enumerate(recipe.stages):
+        for j, objective in enumerate(getattr(stage, "objectives", [])):
+            teacher = getattr(objective, "teacher", None)
+            if teacher is None or teacher in (*KEYWORDS, "current"):
+                continue
+            try:
+                check_model_dir(resolve(teacher))
+            except HybridftError as e:
+                problems.append(f"stages.{i}.objectives.{j}.teacher: {e}")
     return problems
 
 

@@ -82,6 +82,13 @@ def render_markdown(r: dict) -> str:
         lines += ["", f"### Stage {s['name']}: where the {s['trainable_params']:,} trainable entries are", "",
                   "| module | trainable |", "|---|---|"]
         lines += [f"| {module} | {count:,} |" for module, count in s["trainable_by_module"].items()]
+        for round_ in s.get("objective_details", {}).get("pseudo_label", {}).get("rounds", []):
+            if round_ is s["objective_details"]["pseudo_label"]["rounds"][0]:
+                lines += ["", "Pseudo-labels:", "", "| epoch | pool | kept | per class | accuracy vs gold (checked) |",
+                          "|---|---|---|---|---|"]
+            per_class = ", ".join(f"{k} {v}" for k, v in round_["per_class"].items())
+            lines.append(f"| {round_['epoch']} | {round_['pool']:,} | {round_['kept']:,} | {per_class} | "
+                         f"{_fmt(round_['accuracy_vs_gold'])} ({round_['checked_against_gold']:,}) |")
         for summary in s.get("selectors", []):
             if summary.get("name") == "importance":
                 lines += ["", f"Importance mask: {summary['by']} {summary['value']:g}, "

@@ -44,9 +44,9 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def check_model_fits(recipe, base_dir: Path) -> None:
     """Every stage's selection and the max length, on a weightless skeleton: before anything is written."""
-    from ..preflight import check_selection
+    from ..preflight import check_paths, check_selection
 
-    problems = check_selection(recipe, base_dir)
+    problems = check_paths(recipe, base_dir) + check_selection(recipe, base_dir)
     if problems:
         raise HybridftError("; ".join(problems))
 
