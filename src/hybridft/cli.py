@@ -90,8 +90,13 @@ def cmd_run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.out:
         raise HybridftError("--resume needs --out, the run folder to continue")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    if processes > 1 and not args.out:
+        raise HybridftError("with several processes, give --out so that they all write to the same run folder")
     report = run_recipe(recipe, base_dir, out, resume=args.resume, overwrite=args.overwrite,
                         progress=_show_progress(args.progress))
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # the main process reports
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in report["metrics"].items())
     print(f"report: {out / 'report.md'}")
     print(f"model:  {out / 'model'}")

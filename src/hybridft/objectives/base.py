@@ -32,8 +32,16 @@ class StepContext:
     draw: int  # micro-batches drawn so far in this stage (checkpointed with the stage)
     batch_ids: list[int]  # indices of the batch in the stage's example list
     labeled: bool  # whether the batch carries labels (a stage may run over unlabeled text)
-    batch_size: int  # of the stage: extra batches have this size
+    batch_size: int  # of the stage: extra batches have this size (across all processes)
+    rank: int = 0  # this process and how many there are: each takes its share of every batch
+    world: int = 1
     _unlabeled: tuple | None = field(default=None, repr=False)
+
+    def shard(self, ids: list[int]) -> list[int]:
+        """This process's share of a global batch (never empty: every process must take a step)."""
+        if self.world == 1:
+            return ids
+        return ids[self.rank::self.world] or [ids[self.rank % len(ids)]]
 
     @property
     def unlabeled(self) -> dict:
@@ -48,8 +56,8 @@ class StepContext:
         return self._unlabeled[0]
 
     def stream_ids(self, n: int, size: int, seed: int) -> list[int]:
-        """This micro-batch's indices in an endless seeded stream over n examples."""
-        return stream_batch(n, size, seed, self.draw)
+        """This micro-batch's indices in an endless seeded stream over n examples (this process's share)."""
+        return self.shard(stream_batch(n, size, seed, self.draw))
 
     def pool_batch(self, pool: list[dict], size: int, seed: int) -> tuple[list[int], dict]:
         ids = self.stream_ids(len(pool), size, seed)

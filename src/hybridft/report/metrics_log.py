@@ -8,24 +8,30 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, path: Path, accelerator=None):
-        self.path = path
-        self.accelerator = accelerator
+    def __init__(self, path: Path, accelerator=None, enabled: bool = True):
+        """``enabled`` is false on all but the main process: the file is written once; every
+        process still counts lines, which checkpoints record."""
+        self.path, self.accelerator, self.enabled = path, accelerator, enabled
         self.lines = sum(1 for _ in open(path, encoding="utf-8")) if path.exists() else 0
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = open(path, "a", encoding="utf-8") if enabled else None
 
     def write(self, step: int, values: dict) -> None:
+        self.lines += 1
+        if not self.enabled:
+            return
         record = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                    for k, v in values.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        self.lines += 1
         if self.accelerator is not None:
             scalars = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.accelerator.log(scalars, step=step)
 
     def truncate(self, lines: int) -> None:
         """Drop what was logged after a checkpoint, so a resumed run does not log steps twice."""
+        if not self.enabled:
+            self.lines = lines
+            return
         self._file.close()
         kept = open(self.path, encoding="utf-8").readlines()[:lines] if self.path.exists() else []
         self.path.write_text("".join(kept), encoding="utf-8")
@@ -33,4 +39,5 @@ class MetricsLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()

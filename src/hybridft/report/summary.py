@@ -36,7 +36,7 @@ def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_
         "mix": run.artifacts.get("mix"),
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "device": str(run.device),
-                        "threads": torch.get_num_threads()},
+                        "threads": torch.get_num_threads(), "processes": run.accelerator.num_processes},
     }
 
 
@@ -147,8 +147,9 @@ def models_compared(r: dict) -> list[str]:
     return lines
 
 
-def write_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float) -> dict:
+def write_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float, write: bool = True) -> dict:
     report = build_report(run, final, source, wall_time_s, peak_memory_mb)
-    write_atomic(run.run_dir / "report.md", render_markdown(report))
-    write_atomic(run.run_dir / "report.json", json.dumps(report, indent=2))
+    if write:
+        write_atomic(run.run_dir / "report.md", render_markdown(report))
+        write_atomic(run.run_dir / "report.json", json.dumps(report, indent=2))
     return report

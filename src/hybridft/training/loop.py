@@ -120,11 +120,14 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
           "history": [], "train_time_s": 0.0, "samples": 0, "tokens": 0, "stopped_early": False, "draw": 0}
     # the best weights as they were at the checkpoint (none for a fresh stage), not as a later or
     # an interrupted attempt's evaluation left them
-    best_path.unlink(missing_ok=True)
+    main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
+    if main:
+        best_path.unlink(missing_ok=True)
+        if resume_from is not None and (resume_from / best_path.name).is_file():
+            shutil.copy2(resume_from / best_path.name, best_path)
     if resume_from is not None:
         st = load_checkpoint(resume_from, model, optimizer, scheduler)["stage_state"]
-        if (resume_from / best_path.name).is_file():
-            shutil.copy2(resume_from / best_path.name, best_path)
+    acc.wait_for_everyone()
     entry_masks = EntryMasks(model, masks) if masks else None  # after loading: originals are stage-start values
     # one process: no wrapper needed (and prepare_model would keep a reference to every trial model)
     ddp_model = acc.prepare_model(model) if acc.num_processes > 1 else model
@@ -141,7 +144,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         st["bad_evals"] = 0 if progress else st["bad_evals"] + 1
         if is_better(scalars[metric], st["best"], metric):
             st.update(best=scalars[metric], best_step=st["step"])
-            if spec.keep_best:
+            if spec.keep_best and main:  # every process has the same weights; one file
                 best_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = best_path.with_suffix(".tmp")
                 save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, tmp)
@@ -151,11 +154,13 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         if not run.checkpointing:
             return
         reports, tensors = saved_artifacts(run)
-        save_checkpoint(run.checkpoint_dir, f"step-{run.global_step}", model, optimizer, scheduler,
-                        {"stage_state": st, "global_step": run.global_step, "log_lines": run.log.lines,
-                         "stage_reports": run.stage_reports, "artifacts": reports},
-                        run.recipe.output.keep_checkpoints, extra_files=(best_path,),
-                        extra_tensors={**selector_state(selectors), **objective_state(objectives), **tensors})
+        if main:
+            save_checkpoint(run.checkpoint_dir, f"step-{run.global_step}", model, optimizer, scheduler,
+                            {"stage_state": st, "global_step": run.global_step, "log_lines": run.log.lines,
+                             "stage_reports": run.stage_reports, "artifacts": reports},
+                            run.recipe.output.keep_checkpoints, extra_files=(best_path,),
+                            extra_tensors={**selector_state(selectors), **objective_state(objectives), **tensors})
+        acc.wait_for_everyone()
 
     bar = tqdm(total=total_steps, initial=st["step"], desc=f"train {name}", disable=not run.progress,
                mininterval=1.0, dynamic_ncols=True)
@@ -174,8 +179,10 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             is_update = micro == group_start + len(group) - 1
             # each micro-batch counts by its examples, so accumulation equals one batch of the group
             share = len(batches[micro]) / sum(len(b) for b in group)
-            ctx = StepContext(run, stage_seed, st["draw"], batches[micro], labeled, bs)
-            batch = ctx.collate([train[i] for i in batches[micro]])
+            ctx = StepContext(run, stage_seed, st["draw"], batches[micro], labeled, bs, rank, world)
+            mine = ctx.shard(batches[micro])  # this process's part of the global batch
+            ctx.batch_ids = mine
+            batch = ctx.collate([train[i] for i in mine])
             with nullcontext() if is_update else acc.no_sync(ddp_model):
                 outputs = ddp_model(**model_inputs(batch), output_hidden_states=hidden_states) \
                     if shared_forward else None
@@ -191,6 +198,10 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             if not is_update:
                 continue
 
+            if world > 1:  # DDP averages the model's gradients; an objective's own parameters by hand
+                for p in extra:
+                    if p.grad is not None:
+                        p.grad = acc.reduce(p.grad, reduction="mean")
             if entry_masks:
                 entry_masks.zero_unselected_grads()
             for s in selectors:
@@ -215,6 +226,10 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             run.global_step += 1
             st["train_time_s"] += time.perf_counter() - tic
 
+            if world > 1:  # log the global batch's losses, not this process's share
+                names = sorted(running)
+                means = acc.reduce(torch.tensor([float(running[k]) for k in names], device=run.device), "mean")
+                running = dict(zip(names, means.tolist(), strict=True))
             throughput = st["samples"] / max(st["train_time_s"], 1e-9)
             run.log.write(run.global_step, {"stage": name, "epoch": st["epoch"], "lr": scheduler.get_last_lr()[0],
                                             **running, "samples_per_s": throughput})
@@ -244,6 +259,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             st["micro"] = 0
     bar.close()
 
+    acc.wait_for_everyone()  # the best weights are written by the main process
     if spec.keep_best and best_path.is_file():
         model.load_state_dict(load_file(best_path), strict=False)
     for s in selectors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import time
@@ -75,6 +76,10 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    # several processes (accelerate launch): all check and load, then only the main one writes
+    # Accelerate only sets up CPU processes (gloo) when told to use the CPU
+    several_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(log_with="tensorboard", project_dir=str(run_dir), cpu=several_on_cpu)
     check_run_dir(run_dir, resume, overwrite)
     set_seed(recipe.seed)
     source = resolve_model(recipe.model.name, base_dir)
@@ -86,15 +91,18 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     recipe_text = resolved_recipe_text(recipe, base_dir, source)
     if resume and (run_dir / "recipe.yaml").read_text(encoding="utf-8") != recipe_text:
         raise HybridftError(f"the recipe differs from the one {run_dir} was started with; resume with the same recipe")
-    if not resume and run_dir.exists() and overwrite:
-        shutil.rmtree(run_dir)  # a hybridft run (checked above), replaced only now that the new one can start
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_MARKER).write_text("hybridft run folder\n", encoding="utf-8")
-    (run_dir / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
-    accelerator = Accelerator(log_with="tensorboard", project_dir=str(run_dir))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if not resume and run_dir.exists() and overwrite:
+            shutil.rmtree(run_dir)  # a hybridft run (checked above), replaced only now that the new one can start
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_MARKER).write_text("hybridft run folder\n", encoding="utf-8")
+        (run_dir / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
+    accelerator.wait_for_everyone()
     accelerator.init_trackers("tensorboard")
+    log = MetricsLog(run_dir / "metrics.jsonl", accelerator, enabled=accelerator.is_main_process)
     run = Run(recipe, run_dir, model.to(accelerator.device), tokenizer, data, collator_for(recipe.task, tokenizer),
-              accelerator, MetricsLog(run_dir / "metrics.jsonl", accelerator), progress)
+              accelerator, log, progress and accelerator.is_main_process)
     run.artifacts["model_source"] = source
     run.artifacts["base_dir"] = base_dir  # recipe-relative paths (teacher folders)
     # M_pre for the mix step and L2-SP, kept before any training (works for hub names too)
@@ -153,10 +161,12 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
             resume_from = stage_resume if index == first_stage else None
             run.stage_reports.append(run_stage(run, index, spec, resume_from=resume_from))
         reports, tensors = saved_artifacts(run)
-        save_checkpoint(run.checkpoint_dir, f"stage-{index}-done", run.model, None, None,
-                        {"stage_state": None, "completed_stages": index + 1, "global_step": run.global_step,
-                         "log_lines": run.log.lines, "stage_reports": run.stage_reports, "artifacts": reports},
-                        recipe.output.keep_checkpoints, extra_tensors=tensors)
+        if run.accelerator.is_main_process:
+            save_checkpoint(run.checkpoint_dir, f"stage-{index}-done", run.model, None, None,
+                            {"stage_state": None, "completed_stages": index + 1, "global_step": run.global_step,
+                             "log_lines": run.log.lines, "stage_reports": run.stage_reports, "artifacts": reports},
+                            recipe.output.keep_checkpoints, extra_tensors=tensors)
+        run.accelerator.wait_for_everyone()
 
     data, batch = run.data, recipe.last_training_stage().eval_batch
     final = {"validation": evaluate(run.model, data.validation, data.task, data.label_names, run.collator, batch,
@@ -167,12 +177,14 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
     bad = next((n for n, p in run.model.named_parameters() if not torch.isfinite(p).all()), None)
     if bad is not None:  # never hand out a broken model as the result
         raise HybridftError(f"the trained model has non-finite values (first in {bad}); nothing was saved")
-    if recipe.output.save_model:
+    main = run.accelerator.is_main_process  # every process evaluated the same model; one writes
+    if recipe.output.save_model and main:
         save_model_folder(run, run_dir / "model")
     report = write_report(run, final, run.artifacts["model_source"], wall_time_s=time.perf_counter() - started,
-                          peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                          peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, write=main)
     run.log.close()
+    run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
-    if not recipe.output.keep_checkpoints_after_run:
+    if not recipe.output.keep_checkpoints_after_run and main:
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     return report
