@@ -146,3 +146,15 @@ def test_learned_mixing_moves_only_the_coefficients(tiny_model, sentiment_csv, t
     learned = learn_mixing(run, model, pre, fine, 0.5, spec, batch_size=8)
     assert any(abs(a - 0.5) > 1e-3 for a in learned.values())  # the coefficients moved
     assert all(torch.equal(model.state_dict()[k], fine[k]) for k in fine)  # the weights did not
+
+
+def test_one_standard_error_rule_prefers_the_model_closest_to_m_fine():
+    from hybridft.training.mix_step import standard_error, tolerant_choice
+
+    curve = [{"alpha": 0.0, "accuracy": 0.85}, {"alpha": 0.2, "accuracy": 0.87}, {"alpha": 0.5, "accuracy": 0.80}]
+    assert standard_error(0.87, 200) == pytest.approx((0.87 * 0.13 / 200) ** 0.5)
+    assert tolerant_choice(curve, "accuracy", 0.0)["alpha"] == 0.2  # plain best
+    assert tolerant_choice(curve, "accuracy", standard_error(0.87, 200))["alpha"] == 0.0  # 2 points < 1 SE (2.4)
+    assert tolerant_choice(curve, "accuracy", standard_error(0.87, 5000))["alpha"] == 0.2  # 2 points > 1 SE (0.5)
+    losses = [{"alpha": 0.0, "loss": 0.40}, {"alpha": 0.3, "loss": 0.38}]
+    assert tolerant_choice(losses, "loss", 0.05)["alpha"] == 0.0 and tolerant_choice(losses, "loss", 0.0)["alpha"] == 0.3

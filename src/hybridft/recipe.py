@@ -168,6 +168,9 @@ class MixSpec(Spec):
     learn_granularity: Literal["part", "tensor"] = "part"
     learn_steps: int = Field(100, ge=1)
     learn_lr: float = Field(0.05, gt=0)
+    rule: Literal["best", "one_se"] = Field("best", description="best: the best validation score; one_se: the "
+                                            "mix closest to M_fine within one standard error of the best "
+                                            "(guards against choosing on noise with small validation sets)")
 
     @model_validator(mode="after")
     def _in_range(self):
@@ -229,6 +232,9 @@ class Recipe(Spec):
             raise ValueError("task pair_classification needs data.columns.text_pair")
         if isinstance(self.stages[0], MixStageSpec):
             raise ValueError("stages.0: a mix stage needs a trained stage before it")
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, MixStageSpec) and stage.mix.rule == "one_se" and self.selection_metric == "loss":
+                raise ValueError(f"stages.{i}.mix.rule: one_se needs a proportion-like metric, not loss")
         for i, stage in enumerate(self.stages):
             if not isinstance(stage, StageSpec):
                 continue

@@ -98,9 +98,11 @@ def render_markdown(r: dict) -> str:
                     lines += [f"| {k} | {_fmt(v)} |" for k, v in summary["candidates"].items()]
     if r.get("mix"):
         mix, metric = r["mix"], r["mix"]["metric"]
+        rule = (f"one-standard-error rule: within {mix['tolerance']:.4f} of the best, the mix closest to M_fine"
+                if mix.get("rule") == "one_se" else "the best validation score")
         lines += ["", f"## Weight interpolation with the pretrained model (global alpha {mix['chosen_alpha']:g}; "
                   f"final mix: {mix['final']})", "",
-                  "alpha is the weight of the pretrained model; 0 is the fine-tuned model.", "",
+                  f"alpha is the weight of the pretrained model; 0 is the fine-tuned model. Chosen by {rule}.", "",
                   f"| alpha | {metric} |", "|---|---|"]
         lines += [f"| {p['alpha']:g} | {_fmt(p[metric])} |" for p in mix["curve"]]
         if mix.get("per_layer"):

@@ -49,6 +49,7 @@ class MixSearch:
         self.sign = -1.0 if self.metric == "loss" else 1.0
         self.batch = eval_batch
         self.curve: dict[float, dict] = {}
+        self.tolerance = 0.0  # set by the one-standard-error rule
 
     def evaluate_mix(self, alpha, label: str) -> dict:
         self.model.load_state_dict(interpolate(self.pre, self.fine, alpha))
@@ -63,6 +64,12 @@ class MixSearch:
         if alpha not in self.curve:
             self.curve[alpha] = self.evaluate_mix(alpha, f"alpha={alpha:g}")
         return self.sign * self.curve[alpha][self.metric]
+
+    def simplest_within(self, candidates: list, metrics_of) -> object:
+        """The first candidate (they come simplest first: closest to M_fine) whose metric is within
+        ``tolerance`` of the best one's. With tolerance 0 that is the first best."""
+        best = max(self.sign * metrics_of(c)[self.metric] for c in candidates)
+        return next(c for c in candidates if self.sign * metrics_of(c)[self.metric] >= best - self.tolerance - 1e-12)
 
     def key(self, metrics: dict, alpha_sum: float) -> tuple:
         # ties go to the smaller alphas: the model closer to the fine-tuned one
@@ -86,7 +93,20 @@ def per_layer_search(search: MixSearch, start: float, grid: list[float]) -> dict
     return {"alphas": alphas, "metrics": best}
 
 
-def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_steps: int, train_spec) -> dict:
+def tolerant_choice(points: list[dict], metric: str, tolerance: float) -> dict:
+    """The point of smallest alpha whose metric is within ``tolerance`` of the best."""
+    sign = -1.0 if metric == "loss" else 1.0
+    best = max(sign * p[metric] for p in points)
+    return min((p for p in points if sign * p[metric] >= best - tolerance - 1e-12), key=lambda p: p["alpha"])
+
+
+def standard_error(value: float, n: int) -> float:
+    """Binomial standard error of a proportion-like metric (exact for accuracy) measured on n examples."""
+    return math.sqrt(max(value * (1 - value), 0.0) / max(n, 1))
+
+
+def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_steps: int, train_spec,
+                    tolerance: float = 0.0) -> dict:
     """Output-level mixing with M_pre, which first gets a head trained on its frozen encoder."""
     from ..recipe import StageSpec
     from .loop import run_stage
@@ -111,8 +131,7 @@ def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_s
 
     p_pre, p_fine = probabilities(sub.model, data.validation), probabilities(fine_model, data.validation)
     curve = [{"alpha": a, **mixed_metrics(a, p_pre, p_fine, data.validation)} for a in grid]
-    sign = -1.0 if run.recipe.selection_metric == "loss" else 1.0
-    best = max(curve, key=lambda p: (sign * p[run.recipe.selection_metric], -p["alpha"]))
+    best = tolerant_choice(curve, run.recipe.selection_metric, tolerance)
     result = {"pretrained_with_head": mixed_metrics(1.0, p_pre, p_fine, data.validation), "curve": curve,
               "chosen_alpha": best["alpha"], "chosen": best}
     if data.test is not None:  # the alpha chosen on validation, applied to the test split
@@ -141,8 +160,12 @@ def run_mix_step(run, spec, train_spec) -> dict:
     if spec.refine == "golden" and len(grid) > 1:
         i = grid.index(max(grid, key=search.score))
         golden_section(search.score, grid[max(0, i - 1)], grid[min(len(grid) - 1, i + 1)], spec.refine_steps)
-    chosen = max(sorted(search.curve), key=lambda a: search.key(search.curve[a], a))
-    result = {"metric": search.metric, "chosen_alpha": chosen, "chosen": search.curve[chosen],
+    if spec.rule == "one_se":  # prefer M_fine unless a mix is better by more than one standard error
+        best_value = max(search.curve.values(), key=lambda m: search.sign * m[search.metric])[search.metric]
+        search.tolerance = standard_error(best_value, len(run.data.validation))
+    chosen = search.simplest_within(sorted(search.curve), lambda a: search.curve[a])
+    result = {"metric": search.metric, "rule": spec.rule, "tolerance": search.tolerance,
+              "chosen_alpha": chosen, "chosen": search.curve[chosen],
               "fine_tuned": search.curve.get(0.0), "curve": [{"alpha": a, **search.curve[a]} for a in sorted(search.curve)]}
     # candidates for the final model: the global alpha, then the per-layer and learned ones if asked
     options = [("global", search.curve[chosen], chosen)]
@@ -161,12 +184,12 @@ def run_mix_step(run, spec, train_spec) -> dict:
         m = search.evaluate_mix(learned_alpha, "learned")
         result["learned"] = {"alphas": learned, "granularity": spec.learn_granularity, "metrics": m}
         options.append(("learned", m, learned_alpha))
-    # max keeps the first of equals: a per-layer or learned mix must be strictly better than the global one
-    label, _, final_alpha = max(options, key=lambda o: search.key(o[1], 0))
+    # simplest first: a per-layer or learned mix must beat the global one (by the tolerance, if any)
+    label, _, final_alpha = search.simplest_within(options, lambda o: o[1])
     result["final"] = label
     if spec.ensemble:
         model.load_state_dict(fine)  # the searches above left the last evaluated mix in the model
-        result["ensemble"] = ensemble_search(run, model, pre, grid, spec.probe_steps, train_spec)
+        result["ensemble"] = ensemble_search(run, model, pre, grid, spec.probe_steps, train_spec, search.tolerance)
     model.load_state_dict(interpolate(pre, fine, final_alpha))
     if run.data.test is not None:  # the choices were made on validation; test shows what they are worth
         result["test"] = {"fine_tuned": _test_metrics(run, model, interpolate(pre, fine, 0.0), train_spec)}
