@@ -103,3 +103,28 @@ def metrics_from_scores(examples: list[dict], scores: list, task: str, label_nam
 
 def scalar_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def evaluate_data(run, model, split: str, batch_size: int, desc: str, progress: bool = True) -> dict | None:
+    """Metrics of the run's model on one split (None when the data has no such split). Multi-task:
+    each task's metrics under ``<task>/``, and ``score``, the mean of the tasks' primary metrics."""
+    data = run.data
+    if data.task != "multi_task":
+        examples = getattr(data, split)
+        if examples is None:
+            return None
+        return evaluate(model, examples, data.task, data.label_names, run.collator, batch_size, run.device, desc,
+                        progress)
+    per_task = {}
+    for i, (name, task) in enumerate(zip(data.names, data.tasks, strict=True)):
+        examples = data.split(i, split)
+        if examples is not None:
+            per_task[name] = evaluate(model, examples, task.task, task.label_names, run.collator, batch_size,
+                                      run.device, f"{desc} {name}", progress)
+    if not per_task:
+        return None
+    primary = dict(zip(data.names, data.metrics, strict=True))
+    return {"score": float(np.mean([m[primary[n]] for n, m in per_task.items()])),
+            "loss": float(np.mean([m["loss"] for m in per_task.values()])),
+            **{f"{n}/{k}": v for n, m in per_task.items() for k, v in scalar_metrics(m).items()},
+            "tasks": per_task}

@@ -58,9 +58,29 @@ def save_folder(model, tokenizer, meta: dict, path: Path) -> None:
 
 
 def save_model_folder(run, path: Path) -> None:
-    meta = {"task": run.recipe.task, "max_length": run.recipe.model.max_length,
-            "columns": run.recipe.data.columns.model_dump(), "labels": run.data.label_names}
-    save_folder(run.accelerator.unwrap_model(run.model), run.tokenizer, meta, path)
+    """The run's model; multi-task: ``<task>/`` per task (shared encoder + that task's head, a plain
+    transformers folder each) and ``encoder/``, the shared encoder alone."""
+    model, recipe = run.accelerator.unwrap_model(run.model), run.recipe
+    if recipe.task != "multi_task":
+        meta = {"task": recipe.task, "max_length": recipe.model.max_length,
+                "columns": recipe.data.columns.model_dump(), "labels": run.data.label_names}
+        save_folder(model, run.tokenizer, meta, path)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for task in recipe.tasks:
+        meta = {"task": task.task, "max_length": recipe.model.max_length, "columns": task.data.columns.model_dump(),
+                "labels": run.data.label_names[task.name], "multi_task": [t.name for t in recipe.tasks]}
+        save_folder(model.task_model(task.name), run.tokenizer, meta, tmp / task.name)
+    if model.shared:  # after task-specific stages each task folder has its own encoder
+        encoder = merge_lora(copy.deepcopy(model.encoder)) if lora_layers(model.encoder) else model.encoder
+        plain, _ = split_adapter_state(encoder)
+        encoder.save_pretrained(tmp / "encoder", state_dict=plain, safe_serialization=True)
+        run.tokenizer.save_pretrained(tmp / "encoder")
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
 
 
 def load_saved(model_dir: str | Path):

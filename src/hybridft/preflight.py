@@ -24,8 +24,11 @@ def check_paths(recipe, base_dir: Path) -> list[str]:
         return Path(value) if Path(value).is_absolute() else base_dir / value
 
     problems = []
-    named = {f"data.{split}": getattr(recipe.data, split) for split in ("train", "validation", "test")}
-    if recipe.data.unlabeled is not None:
+    sections = {"data": recipe.data} if recipe.data is not None else \
+        {f"tasks.{i}.data": t.data for i, t in enumerate(recipe.tasks)}
+    named = {f"{where}.{split}": getattr(data, split) for where, data in sections.items()
+             for split in ("train", "validation", "test")}
+    if recipe.data is not None and recipe.data.unlabeled is not None:
         named["data.unlabeled.path"] = recipe.data.unlabeled.path
     for key, value in named.items():
         if value and not resolve(value).exists():
@@ -54,7 +57,8 @@ def model_skeleton(source: str, task: str, num_labels: int = 2, trust_remote_cod
 def check_selection(recipe, base_dir: Path) -> list[str]:
     try:
         source = resolve_model(recipe.model.name, base_dir)
-        model = model_skeleton(source, recipe.task, trust_remote_code=recipe.model.trust_remote_code)
+        task = recipe.tasks[0].task if recipe.task == "multi_task" else recipe.task  # layers live in the encoder
+        model = model_skeleton(source, task, trust_remote_code=recipe.model.trust_remote_code)
     except HybridftError as e:
         return [f"model.name: {e}"]
     except (OSError, ValueError) as e:

@@ -22,6 +22,7 @@ from .selectors.full import FullConfig
 from .spec import Spec
 
 TaskType = Literal["classification", "pair_classification", "token_classification"]
+RecipeTask = Literal["classification", "pair_classification", "token_classification", "multi_task"]
 SelectorSpec = Annotated[Union[SELECTORS.configs()], Field(discriminator="name")]  # noqa: UP007
 ObjectiveSpec = Annotated[Union[OBJECTIVES.configs()], Field(discriminator="name")]  # noqa: UP007
 
@@ -133,6 +134,8 @@ class StageSpec(Spec):
     early_stopping: EarlyStoppingSpec | None = None
     max_bad_steps: int = Field(5, ge=1, description="steps in a row with a non-finite loss or gradient "
                                                     "(skipped) before the run stops")
+    per_task: bool = Field(False, description="multi_task only: each task trains its own copy of the model on "
+                                                "its data alone (MT-DNN's task-specific stage)")
     data: Literal["labeled", "unlabeled"] = Field("labeled", description="the examples epochs run over; "
                                                   "unlabeled: e.g. MLM alone, no task evaluation")
 
@@ -204,12 +207,49 @@ class OutputSpec(Spec):
     save_model: bool = True
 
 
+class TaskSpec(Spec):
+    """One task of a multi-task recipe: its own data and head on the shared encoder."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="names the task's metrics and its model folder")
+    task: TaskType = Field(description="the head: classification, pair_classification or token_classification")
+    data: DataSpec
+    weight: float = Field(1.0, gt=0, description="weight of this task's loss")
+    metric: str | None = Field(None, description="its primary metric; default accuracy (entity_f1 for tagging)")
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metric or ("entity_f1" if self.task == "token_classification" else "accuracy")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        valid = TAGGING_METRICS if self.task == "token_classification" else CLASSIFICATION_METRICS
+        if self.metric is not None and self.metric not in valid:
+            raise ValueError(f"metric {self.metric!r} is not reported for {self.task}; valid: {', '.join(valid)}")
+        if self.task == "pair_classification" and not self.data.columns.text_pair:
+            raise ValueError("task pair_classification needs data.columns.text_pair")
+        if self.data.unlabeled is not None:
+            raise ValueError("data.unlabeled is not supported in multi-task recipes yet")
+        return self
+
+
+class SamplingSpec(Spec):
+    strategy: Literal["proportional", "temperature", "round_robin"] = Field(
+        "proportional", description="which task the next batch comes from")
+    temperature: float = Field(2.0, ge=1, description="temperature: task probability ~ size^(1/T)")
+
+
+# objectives that a multi-task stage may use (the others read one task's labels or teachers)
+MULTI_TASK_OBJECTIVES = ("task", "regularize", "mlm", "contrastive", "adversarial")
+
+
 class Recipe(Spec):
     name: str = "run"
     seed: int = 42
-    task: TaskType = "classification"
+    task: RecipeTask = "classification"
     model: ModelSpec = Field(default_factory=ModelSpec)
-    data: DataSpec
+    data: DataSpec | None = Field(None, description="the task's data (not for multi_task: see tasks)")
+    tasks: list[TaskSpec] | None = Field(None, description="multi_task: one entry per task")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="multi_task: batch sampling")
     stages: list[AnyStage] = Field(min_length=1)
     metric: str | None = Field(None, description="validation metric for keep-best/early stopping")
     output: OutputSpec = Field(default_factory=OutputSpec)
@@ -225,6 +265,12 @@ class Recipe(Spec):
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        if self.task == "multi_task":
+            return self._multi_task_checks()
+        if self.data is None:
+            raise ValueError("data: Field required")
+        if self.tasks is not None:
+            raise ValueError("tasks: only for task multi_task")
         valid = TAGGING_METRICS if self.task == "token_classification" else CLASSIFICATION_METRICS
         if self.metric is not None and self.metric not in valid:
             raise ValueError(f"metric {self.metric!r} is not reported for {self.task}; valid: {', '.join(valid)}")
@@ -232,6 +278,9 @@ class Recipe(Spec):
             raise ValueError("task pair_classification needs data.columns.text_pair")
         if isinstance(self.stages[0], MixStageSpec):
             raise ValueError("stages.0: a mix stage needs a trained stage before it")
+        for i, stage in enumerate(self.training_stages):
+            if stage.per_task:
+                raise ValueError(f"stage {stage.name or i}: per_task is for multi_task recipes")
         for i, stage in enumerate(self.stages):
             if isinstance(stage, MixStageSpec) and stage.mix.rule == "one_se" and self.selection_metric == "loss":
                 raise ValueError(f"stages.{i}.mix.rule: one_se needs a proportion-like metric, not loss")
@@ -252,6 +301,35 @@ class Recipe(Spec):
                     raise ValueError(f"stage {stage.name or i}: {what} needs data.unlabeled")
         return self
 
+    def _multi_task_checks(self):
+        if not self.tasks or len(self.tasks) < 2:
+            raise ValueError("tasks: a multi_task recipe needs at least two tasks")
+        if self.data is not None:
+            raise ValueError("data: a multi_task recipe gives each task its data under tasks")
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tasks: the name {dup[0]!r} is used by two tasks")
+        if self.metric not in (None, "score"):
+            raise ValueError("metric: a multi_task recipe selects by score (the mean of the tasks' primary metrics)")
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, MixStageSpec):
+                raise ValueError(f"stages.{i}: mix stages are for single-task recipes")
+            if stage.data == "unlabeled":
+                raise ValueError(f"stages.{i}: data: unlabeled is not supported in multi-task recipes yet")
+            if any(getattr(c, "choose_by", None) for c in stage.select):
+                raise ValueError(f"stages.{i}: choosing an importance value on held-out data is for single-task "
+                                 "recipes; give one value")
+            if i > 0 and self.stages[i - 1].per_task and not stage.per_task:
+                raise ValueError(f"stages.{i}: after a per_task stage the tasks no longer share an encoder; "
+                                 "later stages must be per_task too")
+            for o in stage.objectives:
+                if o.name not in MULTI_TASK_OBJECTIVES or getattr(o, "source", "batch") != "batch" or \
+                        getattr(o, "mode", None) == "supervised" or getattr(o, "method", None) == "smart":
+                    raise ValueError(f"stages.{i}: objective {o.name} (as configured) is not supported in "
+                                     f"multi-task recipes; use {', '.join(MULTI_TASK_OBJECTIVES)} on the batch")
+        return self
+
     @property
     def training_stages(self) -> list[StageSpec]:
         return [s for s in self.stages if isinstance(s, StageSpec)]
@@ -269,6 +347,8 @@ class Recipe(Spec):
 
     @property
     def selection_metric(self) -> str:
+        if self.task == "multi_task":
+            return "score"
         if self.metric:
             return self.metric
         return "entity_f1" if self.task == "token_classification" else "accuracy"

@@ -37,4 +37,7 @@ class Task(Objective):
     """Cross-entropy of the task head on the labeled batch (with optional label smoothing)."""
 
     def loss(self, model, batch, outputs, ctx):
-        return task_loss(outputs.logits, batch["labels"], self.config.label_smoothing)
+        loss = task_loss(outputs.logits, batch["labels"], self.config.label_smoothing)
+        if "task_index" in batch:  # multi-task: each task's loss has its weight
+            loss = loss * ctx.run.data.weights[int(batch["task_index"][0])]
+        return loss

@@ -72,7 +72,10 @@ def importance_scores(model, examples, collator, batches: int, batch_size: int, 
     scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in model.named_parameters()}
     n = min(batches, math.ceil(len(order) / batch_size))
     for b in range(n):
-        batch = {k: v.to(device) for k, v in collator([examples[i] for i in order[b * batch_size:(b + 1) * batch_size]]).items()}
+        chunk = order[b * batch_size:(b + 1) * batch_size]
+        task = examples[chunk[0]].get("task_index")  # multi-task: a batch holds one task
+        chunk = [i for i in chunk if examples[i].get("task_index") == task]
+        batch = {k: v.to(device) for k, v in collator([examples[i] for i in chunk]).items()}
         labels = batch.pop("labels")
         task_loss(model(**batch).logits, labels).backward()
         for name, p in model.named_parameters():

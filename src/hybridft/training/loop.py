@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 
 from ..architecture import trainable_by_module
 from ..errors import HybridftError
-from ..evaluate import evaluate, scalar_metrics
+from ..evaluate import evaluate_data, scalar_metrics
 from ..registry import OBJECTIVES, SELECTORS
+from ..multitask.sampling import multitask_batches
 from ..objectives.base import StepContext, model_inputs
 from .checkpoint import (load_checkpoint, objective_state, restore_objective_state, restore_selector_state,
                          save_checkpoint, saved_artifacts, selector_state)
@@ -107,7 +108,9 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
     train = run.data.train if labeled else run.data.unlabeled
     bs, accum = spec.batch_size, spec.grad_accum_steps
     lengths = [len(ex["input_ids"]) for ex in train]
-    micro_per_epoch = math.ceil(len(train) / bs)
+    single_task = run.data.task != "multi_task"
+    task_rows = None if single_task else run.data.task_rows()
+    micro_per_epoch = math.ceil(len(train) / bs) if single_task else sum(math.ceil(len(r) / bs) for r in task_rows)
     total_steps = spec.max_steps or spec.epochs * math.ceil(micro_per_epoch / accum)
     lr_overrides = {k: v for s in selectors for k, v in s.lr_overrides(model).items()}
     extra = tuple(p for o in active for p in o.trainable_parameters())
@@ -133,8 +136,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
     ddp_model = acc.prepare_model(model) if acc.num_processes > 1 else model
 
     def evaluate_now():
-        m = evaluate(model, run.data.validation, run.data.task, run.data.label_names, run.collator, spec.eval_batch,
-                     run.device, desc=f"eval {name}", progress=run.progress)
+        m = evaluate_data(run, model, "validation", spec.eval_batch, f"eval {name}", run.progress)
         scalars = scalar_metrics(m)
         run.log.write(run.global_step, {"stage": name, **{f"eval/{k}": v for k, v in scalars.items()}})
         st["history"].append({"step": st["step"], **scalars})
@@ -167,7 +169,9 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
     model.train()
     done = st["step"] >= total_steps
     while not done:
-        batches = epoch_batches(lengths, bs, stage_seed + st["epoch"], spec.group_by_length)
+        batches = epoch_batches(lengths, bs, stage_seed + st["epoch"], spec.group_by_length) if single_task \
+            else multitask_batches(task_rows, bs, stage_seed + st["epoch"], run.recipe.sampling.strategy,
+                                   run.recipe.sampling.temperature)
         if st["micro"] == 0:
             for o in active:
                 o.on_epoch_start(run, st["epoch"])

@@ -14,7 +14,7 @@ import yaml
 
 from ..data import load_task_data
 from ..errors import HybridftError
-from ..evaluate import evaluate
+from ..evaluate import evaluate_data
 from ..model_io import save_model_folder
 from ..models import load_model, load_tokenizer, resolve_model
 from ..recipe import MixStageSpec
@@ -61,11 +61,15 @@ def collator_for(task: str, tokenizer):
 
 
 def resolved_recipe_text(recipe, base_dir: Path, source: str) -> str:
+    """The recipe as run: every default filled in, model and data paths absolute."""
     data = recipe.model_dump(mode="json")
     data["model"]["name"] = source
-    for split in ("train", "validation", "test"):
-        if data["data"][split]:
-            data["data"][split] = str((base_dir / data["data"][split]).resolve())
+    for section in [data["data"]] if data["data"] else [t["data"] for t in data["tasks"]]:
+        for split in ("train", "validation", "test"):
+            if section[split]:
+                section[split] = str((base_dir / section[split]).resolve())
+        if section.get("unlabeled"):
+            section["unlabeled"]["path"] = str((base_dir / section["unlabeled"]["path"]).resolve())
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -84,8 +88,12 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     set_seed(recipe.seed)
     source = resolve_model(recipe.model.name, base_dir)
     tokenizer = load_tokenizer(source, recipe.model.trust_remote_code)
-    data = load_task_data(recipe, base_dir, tokenizer)
-    model = load_model(source, recipe.task, data.label_names, recipe.model.trust_remote_code)
+    if recipe.task == "multi_task":
+        data, model, collator = load_multitask(recipe, base_dir, source, tokenizer)
+    else:
+        data = load_task_data(recipe, base_dir, tokenizer)
+        model = load_model(source, recipe.task, data.label_names, recipe.model.trust_remote_code)
+        collator = collator_for(recipe.task, tokenizer)
     check_model_fits(recipe, base_dir)
 
     recipe_text = resolved_recipe_text(recipe, base_dir, source)
@@ -101,14 +109,26 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     accelerator.wait_for_everyone()
     accelerator.init_trackers("tensorboard")
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator, enabled=accelerator.is_main_process)
-    run = Run(recipe, run_dir, model.to(accelerator.device), tokenizer, data, collator_for(recipe.task, tokenizer),
-              accelerator, log, progress and accelerator.is_main_process)
+    run = Run(recipe, run_dir, model.to(accelerator.device), tokenizer, data, collator, accelerator, log,
+              progress and accelerator.is_main_process)
     run.artifacts["model_source"] = source
     run.artifacts["base_dir"] = base_dir  # recipe-relative paths (teacher folders)
     # M_pre for the mix step and L2-SP, kept before any training (works for hub names too)
     if recipe.needs_pretrained_state:
         run.artifacts["pretrained_state"] = pretrained_state(model)
     return run
+
+
+def load_multitask(recipe, base_dir: Path, source: str, tokenizer):
+    """Each task's data and head; the heads share the first task model's encoder."""
+    from ..multitask.data import MultiTaskCollator, load_multitask_data
+    from ..multitask.model import MultiTaskModel
+
+    data = load_multitask_data(recipe, base_dir, tokenizer)
+    models = {t.name: load_model(source, t.task, labels, recipe.model.trust_remote_code)
+              for t, labels in zip(recipe.tasks, data.label_names.values(), strict=True)}
+    collator = MultiTaskCollator([collator_for(t.task, tokenizer) for t in recipe.tasks])
+    return data, MultiTaskModel(models), collator
 
 
 def pretrained_state(model) -> dict:
@@ -124,6 +144,10 @@ def restore_structure(run: Run, stages) -> None:
     """Re-insert modules that completed stages left in the model (adapters), so that a checkpoint
     written after those stages fits the model it is loaded into."""
     for spec in stages:
+        if getattr(spec, "per_task", False) and getattr(run.model, "shared", False):
+            from ..multitask.model import unshared
+
+            run.model = unshared(run.model)  # each task has had its own encoder since this stage
         for config in getattr(spec, "select", ()):  # mix stages change no structure
             run.model = SELECTORS.build(config).restore_structure(run.model)
 
@@ -157,6 +181,10 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
         spec = recipe.stages[index]
         if isinstance(spec, MixStageSpec):
             run.artifacts["mix"] = run_mix_step(run, spec.mix, recipe.last_training_stage(before=index))
+        elif spec.per_task:
+            from ..multitask.per_task import run_per_task_stage
+
+            run.stage_reports += run_per_task_stage(run, index, spec)
         else:
             resume_from = stage_resume if index == first_stage else None
             run.stage_reports.append(run_stage(run, index, spec, resume_from=resume_from))
@@ -168,12 +196,11 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
                             recipe.output.keep_checkpoints, extra_tensors=tensors)
         run.accelerator.wait_for_everyone()
 
-    data, batch = run.data, recipe.last_training_stage().eval_batch
-    final = {"validation": evaluate(run.model, data.validation, data.task, data.label_names, run.collator, batch,
-                                    run.device, "final eval", progress)}
-    if data.test is not None:
-        final["test"] = evaluate(run.model, data.test, data.task, data.label_names, run.collator, batch,
-                                 run.device, "test eval", progress)
+    batch = recipe.last_training_stage().eval_batch
+    final = {"validation": evaluate_data(run, run.model, "validation", batch, "final eval", run.progress)}
+    test = evaluate_data(run, run.model, "test", batch, "test eval", run.progress)
+    if test is not None:
+        final["test"] = test
     bad = next((n for n, p in run.model.named_parameters() if not torch.isfinite(p).all()), None)
     if bad is not None:  # never hand out a broken model as the result
         raise HybridftError(f"the trained model has non-finite values (first in {bad}); nothing was saved")

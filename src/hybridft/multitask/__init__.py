@@ -1,0 +1,1 @@
+"""Multi-task training: one shared encoder, one head per task (the MT-DNN pattern)."""
