@@ -68,7 +68,8 @@ def main() -> int:
         single = reports.get(f"single-{task['name']}")
         multi_report = reports.get("multi")
         s = f"{single['metrics'][metric]:.4f}" if single else "(not run)"
-        m = f"{multi_report['metrics'][f'{task['name']}/{metric}']:.4f}" if multi_report else "(not run)"
+        key = task["name"] + "/" + metric
+        m = f"{multi_report['metrics'][key]:.4f}" if multi_report else "(not run)"
         rows.append(f"| {task['name']} | {metric} | {s} | {m} | {single['wall_time_s']:.0f} |" if single else
                     f"| {task['name']} | {metric} | {s} | {m} | |")
     if "multi" in reports:
