@@ -8,7 +8,7 @@ from hybridft.errors import HybridftError
 from hybridft.multitask.sampling import multitask_batches
 from hybridft.recipe import validate_recipe
 
-from .helpers import tiny_classifier, train_and_load
+from .helpers import tiny_classifier
 
 
 def multitask_recipe(model_dir, sentiment_csv, conll_file, **stage) -> dict:

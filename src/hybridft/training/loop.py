@@ -19,11 +19,18 @@ from tqdm.auto import tqdm
 from ..architecture import trainable_by_module
 from ..errors import HybridftError
 from ..evaluate import evaluate_data, scalar_metrics
-from ..registry import OBJECTIVES, SELECTORS
 from ..multitask.sampling import multitask_batches
 from ..objectives.base import StepContext, model_inputs
-from .checkpoint import (load_checkpoint, objective_state, restore_objective_state, restore_selector_state,
-                         save_checkpoint, saved_artifacts, selector_state)
+from ..registry import OBJECTIVES, SELECTORS
+from .checkpoint import (
+    load_checkpoint,
+    objective_state,
+    restore_objective_state,
+    restore_selector_state,
+    save_checkpoint,
+    saved_artifacts,
+    selector_state,
+)
 from .masking import EntryMasks, union_selection
 from .optim import build_optimizer, build_scheduler
 

@@ -21,7 +21,13 @@ from ..recipe import MixStageSpec
 from ..registry import SELECTORS
 from ..report.metrics_log import MetricsLog
 from ..report.summary import write_report
-from .checkpoint import latest_checkpoint, load_checkpoint, restore_artifacts, saved_artifacts, save_checkpoint
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_artifacts,
+    save_checkpoint,
+    saved_artifacts,
+)
 from .loop import run_stage
 from .mix_step import run_mix_step
 from .run_state import Run
