@@ -12,11 +12,9 @@ from .model_io import load_saved
 
 def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, columns: dict,
                   progress: bool = False) -> dict:
-    from types import SimpleNamespace
-
     from .data.prepare import check_labels, encode, read_rows
     from .evaluate import evaluate
-    from .recipe import CleanSpec, Columns
+    from .recipe import Columns, DataSpec
     from .training.stages import collator_for
 
     model, tokenizer, meta, labels = load_saved(model_dir)
@@ -24,7 +22,8 @@ def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, col
     task = meta["task"]
     if task == "classification" and columns.get("text_pair"):
         task = "pair_classification"
-    data = SimpleNamespace(test=str(Path(data_path).resolve()), format=fmt, columns=cols, clean=CleanSpec())
+    path = str(Path(data_path).resolve())
+    data = DataSpec(train=path, test=path, format=fmt, columns=cols)
     rows, _ = read_rows(data, task, Path.cwd(), "test", deduplicate=False)
     check_labels(rows, task, cols, labels, "eval")
     examples, _ = encode(rows, tokenizer, task, cols, {n: i for i, n in enumerate(labels)},
