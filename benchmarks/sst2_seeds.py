@@ -73,8 +73,9 @@ def run(recipe: str, out: Path, overrides: list[str]) -> None:
 def mean_spread(values: list[float]) -> str:
     if not values:
         return "(not run)"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f} (n={len(values)})"
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f} (n=1)"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} (n={len(values)})"
 
 
 def report(path: Path) -> dict | None:
