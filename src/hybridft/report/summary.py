@@ -152,6 +152,9 @@ def models_compared(r: dict) -> list[str]:
 def write_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float, write: bool = True) -> dict:
     report = build_report(run, final, source, wall_time_s, peak_memory_mb)
     if write:
+        from .html import read_records, render_html
+
         write_atomic(run.run_dir / "report.md", render_markdown(report))
+        write_atomic(run.run_dir / "report.html", render_html(report, read_records(run.run_dir / "metrics.jsonl")))
         write_atomic(run.run_dir / "report.json", json.dumps(report, indent=2))
     return report
