@@ -53,7 +53,7 @@ def loss_plot(records: list[dict]) -> str | None:
     for key in keys:
         points = [(r["step"], r[key]) for r in train if r.get(key) is not None]
         if points:
-            ax.plot(*zip(*points), label=key, linewidth=1.2 if key == "loss" else 0.9, alpha=0.9)
+            ax.plot(*zip(*points, strict=True), label=key, linewidth=1.2 if key == "loss" else 0.9, alpha=0.9)
     seen = []
     for r in train:
         if r["stage"] not in seen:
@@ -72,7 +72,7 @@ def eval_plot(records: list[dict], metric: str) -> str | None:
     if not points:
         return None
     fig, ax = _figure()
-    ax.plot(*zip(*points), marker="o", markersize=3)
+    ax.plot(*zip(*points, strict=True), marker="o", markersize=3)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"validation {metric}")
     return _svg(fig)
@@ -99,11 +99,11 @@ def mix_plot(mix: dict) -> str | None:
     metric = mix["metric"]
     fig, ax = _figure()
     curve = [(p["alpha"], p[metric]) for p in mix["curve"]]
-    ax.plot(*zip(*curve), marker="o", markersize=3, label="weight mix")
+    ax.plot(*zip(*curve, strict=True), marker="o", markersize=3, label="weight mix")
     if mix.get("ensemble"):
         ens = [(p["alpha"], p.get(metric)) for p in mix["ensemble"]["curve"] if p.get(metric) is not None]
         if ens:
-            ax.plot(*zip(*ens), marker="s", markersize=3, label="output ensemble")
+            ax.plot(*zip(*ens, strict=True), marker="s", markersize=3, label="output ensemble")
     ax.axvline(mix["chosen_alpha"], color="#c33", linestyle="--", linewidth=0.9, label="chosen")
     ax.set_xlabel("alpha (weight of the pretrained model)")
     ax.set_ylabel(f"validation {metric}")
