@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     mix.add_argument("-o", "--out", required=True)
     mix.add_argument("--overwrite", action="store_true")
 
+    cmp = sub.add_parser("compare", help="run several strategies on the same data, budget and seeds; a leaderboard")
+    cmp.add_argument("recipe", help="the base recipe")
+    cmp.add_argument("--strategies", required=True,
+                     help="comma-separated presets (full, layers, lora, adapter, importance, head) or recipe files")
+    cmp.add_argument("--seeds", type=_positive_int, default=1, help="seeds per strategy (the recipe's seed, +1, ...)")
+    cmp.add_argument("--out", required=True, help="the comparison folder")
+    cmp.add_argument("overrides", nargs="*", help="key.path=value applied to every strategy's recipe")
     sub.add_parser("list", help="registered selectors and objectives")
     return p
 
@@ -103,6 +110,24 @@ def cmd_run(args) -> int:
     print(f"validation: {metrics}")
     if report["test_metrics"]:
         print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in report["test_metrics"].items()))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import run_comparison
+    from .recipe import apply_cwd_paths, load_recipe
+
+    recipe, _ = load_recipe(args.recipe, apply_cwd_paths(args.overrides))
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not strategies:
+        raise HybridftError("--strategies names no strategy")
+    seeds = [recipe.seed + i for i in range(args.seeds)]
+    board = run_comparison(Path(args.recipe), strategies, seeds, Path(args.out), apply_cwd_paths(args.overrides))
+    for r in board["rows"]:
+        print(f"{r['strategy']:<16} {board['metric']}={r['metric_mean']:.4f}±{r['metric_std']:.4f} "
+              f"trainable={r['trainable_params']:,}{'  (Pareto)' if r['pareto'] else ''}")
+    print(f"leaderboard: {Path(args.out) / 'leaderboard.md'}")
+    print(f"report:      {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -168,8 +193,8 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "eval": cmd_eval, "predict": cmd_predict,
-            "interpolate": cmd_interpolate, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "compare": cmd_compare, "validate": cmd_validate, "eval": cmd_eval,
+            "predict": cmd_predict, "interpolate": cmd_interpolate, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

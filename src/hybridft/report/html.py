@@ -165,3 +165,35 @@ def render_html(r: dict, records: list[dict]) -> str:
 
 def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+
+
+def pareto_plot(board: dict) -> str:
+    """Metric against trainable parameters (log scale), error bars over seeds, the front joined."""
+    fig, ax = _figure()
+    rows = board["rows"]
+    for r in rows:
+        ax.errorbar(r["trainable_params"], r["metric_mean"], yerr=r["metric_std"], marker="o", capsize=3,
+                    color="#c33" if r["pareto"] else "#36c")
+        ax.annotate(r["strategy"], (r["trainable_params"], r["metric_mean"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    front = sorted((r["trainable_params"], r["metric_mean"]) for r in rows if r["pareto"])
+    if len(front) > 1:
+        ax.plot(*zip(*front, strict=True), color="#c33", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(board["metric"])
+    return _svg(fig)
+
+
+def comparison_html(board: dict) -> str:
+    metric = board["metric"]
+    rows = [[r["strategy"], f"{r['metric_mean']:.4f} ± {r['metric_std']:.4f}", f"{r['trainable_params']:,}",
+             f"{100 * r['trainable_params'] / r['total_params']:.2f}%", r["wall_time_s"], r["samples_per_s"],
+             r["peak_memory_mb"], "★" if r["pareto"] else ""] for r in board["rows"]]
+    body = (f"<h1>Leaderboard</h1><p class='muted'>{html.escape(metric)}, mean ± std over seeds {board['seeds']}; "
+            "★ marks the Pareto front of the metric against trainable parameters.</p>"
+            + _table(["strategy", metric, "trainable", "% of total", "wall time (s)", "train samples/s",
+                      "peak memory (MB)", "Pareto"], rows)
+            + f"<h2>Metric against trainable parameters</h2><div class='plot'>{pareto_plot(board)}</div>")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>hybridft comparison</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>")
