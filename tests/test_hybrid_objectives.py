@@ -131,7 +131,7 @@ def test_fgm_is_the_task_loss_one_normalised_gradient_step_away(tiny_model):
     expected = task_loss(model(inputs_embeds=embeds.detach() + step, attention_mask=batch["attention_mask"]).logits,
                          batch["labels"])
     assert torch.allclose(got, expected, atol=1e-6)
-    assert float(got) > float(loss.detach())  # the perturbation makes the loss worse
+    assert float(got.detach()) > float(loss.detach())  # the perturbation makes the loss worse
 
 
 @pytest.mark.parametrize("stage, unlabeled, expected", [
