@@ -61,7 +61,7 @@ def main() -> int:
             run(path, base / f"single-{name}")
     reports = {d: json.loads((base / d / "report.json").read_text()) for d in ["multi", *(f"single-{n}" for n in singles)]
                if (base / d / "report.json").is_file()}
-    rows = ["| task | metric | single-task | multi-task (shared encoder) | wall time single / multi (s) |",
+    rows = ["| task | metric | single-task | multi-task (shared encoder) | single-task wall time (s) |",
             "|---|---|---|---|---|"]
     for task in multi["tasks"]:
         metric = task.get("metric") or ("entity_f1" if task["task"] == "token_classification" else "accuracy")
