@@ -58,6 +58,18 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
+@pytest.fixture(scope="session")
+def no_dropout_model(tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: runs that must match exactly (accumulation, several processes)."""
+    from transformers import BertConfig
+
+    folder = build_tiny_bert(tmp_path_factory.mktemp("tiny-nodrop"))
+    config = BertConfig.from_pretrained(folder)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    config.save_pretrained(folder)
+    return folder
+
+
 def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     rows = []

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import base_recipe, build_tiny_bert, write_recipe
+from .conftest import base_recipe, write_recipe
 
 
 def free_port() -> int:
@@ -28,17 +28,6 @@ def launch(recipe_path, out, processes: int):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads((out / "report.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def no_dropout_model(tmp_path_factory):
-    from transformers import BertConfig
-
-    folder = build_tiny_bert(tmp_path_factory.mktemp("tiny-nodrop-ddp"))
-    config = BertConfig.from_pretrained(folder)
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
-    config.save_pretrained(folder)
-    return folder
 
 
 def test_two_processes_match_one_with_the_same_global_batch(no_dropout_model, sentiment_csv, tmp_path):

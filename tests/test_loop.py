@@ -7,19 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import base_recipe, build_tiny_bert
+from .conftest import base_recipe
 from .helpers import train_and_load
-
-
-@pytest.fixture(scope="module")
-def no_dropout_model(tmp_path_factory):
-    from transformers import BertConfig
-
-    folder = build_tiny_bert(tmp_path_factory.mktemp("tiny-nodrop"))
-    config = BertConfig.from_pretrained(folder)
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
-    config.save_pretrained(folder)
-    return folder
 
 
 def test_two_micro_batches_of_one_equal_one_batch_of_two(no_dropout_model, sentiment_csv, tmp_path):
