@@ -36,6 +36,7 @@ SEMI = [  # (label, recipe, overrides)
     ("+ MLM on unlabeled text", "sst2-500-mlm", []),
     ("+ adversarial smoothness on unlabeled text", "sst2-500-adversarial", []),
     ("+ pseudo-labels + adversarial smoothness", "sst2-500-pseudo-smart", []),
+    ("+ longer self-training (16,000 pseudo-labeled sentences seen)", "sst2-500-self-train-long", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
