@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", "-i", default="-", help="text file, one example per line; - for stdin")
     pr.add_argument("--text", action="append", help="an example given on the command line (repeatable)")
     pr.add_argument("--batch-size", type=_positive_int, default=64)
+    gen = pr.add_argument_group("text generation (causal_lm and seq2seq models; default: as the recipe evaluated)")
+    gen.add_argument("--max-new-tokens", type=_positive_int)
+    gen.add_argument("--num-beams", type=_positive_int, help="beam search with this many beams")
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy or beam search")
+    gen.add_argument("--temperature", type=float)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int, default=0, help="sampling is reproducible for a seed")
 
     mix = sub.add_parser("interpolate", help="M_mix = alpha * M_pre + (1 - alpha) * M_fine")
     mix.add_argument("pre", help="pretrained model: a folder, a hub name (where the network allows), or 'embedded'")
@@ -169,7 +177,11 @@ def cmd_predict(args) -> int:
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError:
             raise HybridftError(f"{path} is not UTF-8 text") from None
-    for record in predict_lines(args.model_dir, [line for line in lines if line.strip()], args.batch_size):
+    generation = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "temperature": args.temperature,
+                  "top_k": args.top_k, "top_p": args.top_p, "do_sample": True if args.sample else None}
+    records = predict_lines(args.model_dir, [line for line in lines if line.strip()], args.batch_size,
+                            {k: v for k, v in generation.items() if v is not None}, args.seed)
+    for record in records:
         print(json.dumps(record, ensure_ascii=False))
     return 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from .errors import HybridftError
-from .recipe import load_recipe
+from .recipe import load_recipe, lower_is_better
 
 # name -> (select, learning-rate scale relative to the base recipe)
 PRESETS = {
@@ -110,7 +110,7 @@ def leaderboard(out: Path, labels: list[str], seeds: list[int]) -> dict:
                      "wall_time_s": statistics.mean(r["wall_time_s"] for r in reports),
                      "samples_per_s": statistics.mean(s / max(t, 1e-9) for s, t in zip(samples, train_time, strict=True)),
                      "peak_memory_mb": statistics.mean(r["peak_memory_mb"] for r in reports)})
-    sign = -1 if metric == "loss" else 1
+    sign = -1 if lower_is_better(metric) else 1
     for row in rows:  # Pareto front: no other strategy is as good or better with fewer trainable parameters
         row["pareto"] = not any(
             o is not row and sign * o["metric_mean"] >= sign * row["metric_mean"]

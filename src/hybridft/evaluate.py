@@ -102,13 +102,17 @@ def metrics_from_scores(examples: list[dict], scores: list, task: str, label_nam
 
 
 def scalar_metrics(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def evaluate_data(run, model, split: str, batch_size: int, desc: str, progress: bool = True) -> dict | None:
     """Metrics of the run's model on one split (None when the data has no such split). Multi-task:
     each task's metrics under ``<task>/``, and ``score``, the mean of the tasks' primary metrics."""
     data = run.data
+    if data.task in ("causal_lm", "seq2seq"):
+        from .generative.evaluate import evaluate_generative
+
+        return evaluate_generative(run, model, split, batch_size, desc, progress)
     if data.task != "multi_task":
         examples = getattr(data, split)
         if examples is None:

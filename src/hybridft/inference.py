@@ -33,10 +33,38 @@ def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, col
     return metrics
 
 
+def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: int, generation: dict,
+                   seed: int) -> list[dict]:
+    """Text for each line: a translation (seq2seq) or a continuation of the prompt (causal_lm)."""
+    from pydantic import ValidationError
+
+    from .generative.data import bos_id
+    from .generative.generate import generate_texts
+    from .recipe import GenerationSpec, format_validation_error
+
+    try:
+        spec = GenerationSpec(**{**meta.get("generation", {}), **generation})
+    except ValidationError as e:
+        raise HybridftError("generation settings: " + "; ".join(format_validation_error(e))) from None
+    max_length = meta.get("max_length", 128)
+    if meta["task"] == "seq2seq":
+        inputs = tokenizer(lines, truncation=True, max_length=max_length)["input_ids"]
+    else:  # the prompt as training encoded it: [bos] prompt, no end token
+        start = bos_id(tokenizer)
+        inputs = [([start] if start is not None else []) + ids[-(max_length - 1):]
+                  for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
+    texts = generate_texts(model, tokenizer, inputs, spec, batch_size, torch.device("cpu"), seed)
+    return [{"input": line, "generated": text} for line, text in zip(lines, texts, strict=True)]
+
+
 @torch.no_grad()
-def predict_lines(model_dir: str, lines: list[str], batch_size: int) -> list[dict]:
-    """Labels for texts; a tab in a line separates the two texts of a pair; tagging splits on spaces."""
+def predict_lines(model_dir: str, lines: list[str], batch_size: int, generation: dict | None = None,
+                  seed: int = 0) -> list[dict]:
+    """Labels for texts; a tab in a line separates the two texts of a pair; tagging splits on spaces.
+    Language models generate text instead, with the recipe's generation settings unless overridden."""
     model, tokenizer, meta, labels = load_saved(model_dir)
+    if meta["task"] in ("causal_lm", "seq2seq"):
+        return generate_lines(model, tokenizer, meta, lines, batch_size, generation or {}, seed)
     max_length = meta.get("max_length", 128)
     records = []
     for start in range(0, len(lines), batch_size):

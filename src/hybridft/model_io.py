@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import HybridftError
 from .models import HEAD_CLASSES, check_model_dir, load_tokenizer, quiet_transformers
+from .recipe import GENERATIVE_TASKS
 from .selectors.adapter import adapter_layout, wrap_with_adapter
 from .selectors.lora import lora_layers, merge_lora
 
@@ -64,6 +65,9 @@ def save_model_folder(run, path: Path) -> None:
     if recipe.task != "multi_task":
         meta = {"task": recipe.task, "max_length": recipe.model.max_length,
                 "columns": recipe.data.columns.model_dump(), "labels": run.data.label_names}
+        if recipe.task in GENERATIVE_TASKS:
+            meta.update(max_target_length=recipe.model.max_target_length, generation=recipe.generation.model_dump())
+            set_generation_defaults(model, recipe.generation)
         save_folder(model, run.tokenizer, meta, path)
         return
     tmp = path.with_name(f".{path.name}.tmp")
@@ -83,6 +87,34 @@ def save_model_folder(run, path: Path) -> None:
     tmp.rename(path)
 
 
+def set_generation_defaults(model, spec) -> None:
+    """The recipe's generation settings go into generation_config.json, so that plain
+    ``model.generate()`` after ``from_pretrained`` decodes as hybridft evaluated it."""
+    from .generative.generate import generation_kwargs
+
+    if getattr(model, "generation_config", None) is not None:
+        for key, value in generation_kwargs(spec).items():
+            setattr(model.generation_config, key, value)
+
+
+GENERATIVE_ARCHITECTURES = {"ForCausalLM": "causal_lm", "LMHeadModel": "causal_lm",
+                            "ForConditionalGeneration": "seq2seq", "EncoderDecoderModel": "seq2seq"}
+
+
+def task_of(config, path: Path) -> str:
+    """The task of a folder that hybridft did not write, from its architecture."""
+    for arch in config.architectures or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "classification"
+        if arch.endswith("ForTokenClassification"):
+            return "token_classification"
+        for suffix, task in GENERATIVE_ARCHITECTURES.items():
+            if arch.endswith(suffix):
+                return task
+    raise HybridftError(f"{path} holds no classification, tagging or language-model head "
+                        f"({', '.join(config.architectures or ['?'])}); give a fine-tuned model folder such as a run's model/")
+
+
 def load_saved(model_dir: str | Path):
     """(model in eval mode, tokenizer, hybridft.json content, label names) of a saved folder; any
     transformers classification or tagging folder works, hybridft's own adds adapters back."""
@@ -97,11 +129,7 @@ def load_saved(model_dir: str | Path):
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     config = transformers.AutoConfig.from_pretrained(path)
     if "task" not in meta:
-        heads = [a for a in config.architectures or [] if a.endswith(("ForSequenceClassification", "ForTokenClassification"))]
-        if not heads:
-            raise HybridftError(f"{path} holds no classification or tagging head ({', '.join(config.architectures or ['?'])}); "
-                                "give a fine-tuned model folder such as a run's model/")
-        meta["task"] = "token_classification" if heads[0].endswith("ForTokenClassification") else "classification"
+        meta["task"] = task_of(config, path)
     quiet_transformers()
     model = getattr(transformers, HEAD_CLASSES[meta["task"]]).from_pretrained(path, use_safetensors=True)
     if (path / ADAPTERS_FILE).is_file():
@@ -111,8 +139,14 @@ def load_saved(model_dir: str | Path):
         if missing:
             raise HybridftError(f"{path}: adapter weights do not fit the model (e.g. {sorted(missing)[0]})")
         model.load_state_dict(load_file(str(path / ADAPTERS_FILE)), strict=False)
+    tokenizer = load_tokenizer(str(path))
+    if meta["task"] in GENERATIVE_TASKS:
+        from .generative.data import ensure_pad_token
+
+        ensure_pad_token(tokenizer)
+        return model.eval(), tokenizer, meta, []
     labels = [config.id2label[i] for i in range(len(config.id2label))]
-    return model.eval(), load_tokenizer(str(path)), meta, labels
+    return model.eval(), tokenizer, meta, labels
 
 
 def read_state_dict(folder: str | Path) -> dict:

@@ -11,6 +11,8 @@ HEAD_CLASSES = {
     "classification": "AutoModelForSequenceClassification",
     "pair_classification": "AutoModelForSequenceClassification",
     "token_classification": "AutoModelForTokenClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
 }
 
 
@@ -87,3 +89,14 @@ def load_model(source: str, task: str, label_names: list[str], trust_remote_code
         )
     except (OSError, ValueError, KeyError) as e:
         raise HybridftError(f"cannot load model {source}: {str(e).splitlines()[0]}") from None
+
+
+def load_recipe_model(recipe, source: str, base_dir: Path, tokenizer, label_names: list[str]):
+    """The recipe's model as its task needs it: a classification or tagging head, a causal LM, or a
+    seq2seq model (possibly an encoder-decoder built from two pretrained models)."""
+    if recipe.task in ("causal_lm", "seq2seq"):
+        from .generative.models import decoder_source, load_generative_model
+
+        return load_generative_model(source, recipe.task, tokenizer, decoder_source(recipe.model.decoder, base_dir),
+                                     recipe.model.trust_remote_code)
+    return load_model(source, recipe.task, label_names, recipe.model.trust_remote_code)

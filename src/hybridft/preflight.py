@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .data.readers import LANG, parallel_files
 from .errors import HybridftError
 from .models import HEAD_CLASSES, resolve_model
 from .registry import SELECTORS
@@ -30,9 +31,16 @@ def check_paths(recipe, base_dir: Path) -> list[str]:
              for split in ("train", "validation", "test")}
     if recipe.data is not None and recipe.data.unlabeled is not None:
         named["data.unlabeled.path"] = recipe.data.unlabeled.path
+    languages = recipe.data.languages if recipe.data is not None else None
     for key, value in named.items():
-        if value and not resolve(value).exists():
-            problems.append(f"{key}: not found: {value}")
+        if not value:
+            continue
+        try:  # parallel text names two files, one per language
+            files = parallel_files(resolve(value), languages) if LANG in value else (resolve(value),)
+        except HybridftError as e:
+            problems.append(f"{key}: {e}")
+            continue
+        problems += [f"{key}: not found: {f if LANG in value else value}" for f in files if not f.exists()]
     for i, stage in enumerate(recipe.stages):
         for j, objective in enumerate(getattr(stage, "objectives", [])):
             teacher = getattr(objective, "teacher", None)
@@ -58,7 +66,13 @@ def check_selection(recipe, base_dir: Path) -> list[str]:
     try:
         source = resolve_model(recipe.model.name, base_dir)
         task = recipe.tasks[0].task if recipe.task == "multi_task" else recipe.task  # layers live in the encoder
-        model = model_skeleton(source, task, trust_remote_code=recipe.model.trust_remote_code)
+        if task in ("causal_lm", "seq2seq"):
+            from .generative.models import decoder_source, generative_skeleton
+
+            model = generative_skeleton(source, task, decoder_source(recipe.model.decoder, base_dir),
+                                        recipe.model.trust_remote_code)
+        else:
+            model = model_skeleton(source, task, trust_remote_code=recipe.model.trust_remote_code)
     except HybridftError as e:
         return [f"model.name: {e}"]
     except (OSError, ValueError) as e:

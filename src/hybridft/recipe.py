@@ -22,7 +22,9 @@ from .selectors.full import FullConfig
 from .spec import Spec
 
 TaskType = Literal["classification", "pair_classification", "token_classification"]
-RecipeTask = Literal["classification", "pair_classification", "token_classification", "multi_task"]
+RecipeTask = Literal["classification", "pair_classification", "token_classification", "multi_task", "causal_lm",
+                     "seq2seq"]
+GENERATIVE_TASKS = ("causal_lm", "seq2seq")
 SelectorSpec = Annotated[Union[SELECTORS.configs()], Field(discriminator="name")]  # noqa: UP007
 ObjectiveSpec = Annotated[Union[OBJECTIVES.configs()], Field(discriminator="name")]  # noqa: UP007
 
@@ -32,12 +34,29 @@ def _uses_unlabeled(objective) -> bool:
 
 CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
 TAGGING_METRICS = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy", "loss")
+CAUSAL_LM_METRICS = ("perplexity", "loss", "token_accuracy")
+SEQ2SEQ_METRICS = ("bleu", "chrf", "perplexity", "loss", "token_accuracy")
+TASK_METRICS = {"token_classification": TAGGING_METRICS, "causal_lm": CAUSAL_LM_METRICS, "seq2seq": SEQ2SEQ_METRICS}
+DEFAULT_METRIC = {"token_classification": "entity_f1", "causal_lm": "perplexity", "seq2seq": "bleu"}
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER
+
+
+# objectives that make sense for text generation (the others read a class head or an unlabeled pool)
+GENERATIVE_OBJECTIVES = ("task", "distill", "regularize")
 
 
 class ModelSpec(Spec):
     name: str | None = Field(None, description="local HF folder or hub name; empty = embedded MiniLM")
     max_length: int = Field(128, gt=1, le=8192, description="tokens per example (longer inputs truncated)")
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off by default)")
+    decoder: str | None = Field(None, description="seq2seq: build an encoder-decoder with model.name as encoder and "
+                                                  "this as decoder (a folder, a hub name or 'embedded'); the "
+                                                  "cross-attention is new")
+    max_target_length: int = Field(128, gt=1, le=8192, description="seq2seq: target tokens (longer ones truncated)")
 
 
 class Columns(Spec):
@@ -46,6 +65,10 @@ class Columns(Spec):
     label: str = "label"
     tokens: str = "tokens"
     tags: str = "tags"
+    prompt: str | None = Field(None, description="causal_lm: the prompt column; the loss then covers the response only")
+    response: str = "response"
+    source: str = "source"
+    target: str = "target"
 
 
 class CleanSpec(Spec):
@@ -62,11 +85,16 @@ class UnlabeledSpec(Spec):
     drop_overlap: bool = Field(True, description="drop texts that also occur in train, validation or test")
 
 
+class LanguagePair(Spec):
+    source: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    target: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+
+
 class DataSpec(Spec):
     train: str = Field(description="file (csv/tsv/json/jsonl/parquet/CoNLL) or load_from_disk folder")
     validation: str | None = Field(None, description="if absent, a seeded split of train")
     test: str | None = None
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll", "disk"] = "auto"
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll", "disk", "txt", "parallel"] = "auto"
     columns: Columns = Field(default_factory=Columns)
     labels: list[str] | None = Field(None, description="label names in id order; inferred if absent")
     validation_fraction: float = Field(0.1, gt=0, lt=1)
@@ -77,6 +105,10 @@ class DataSpec(Spec):
                                                                     "an error naming the line, or skip and count")
     unlabeled: UnlabeledSpec | None = Field(None, description="text without labels for mlm, pseudo_label, "
                                                                "distill, contrastive and adversarial")
+    languages: LanguagePair | None = Field(None, description="parallel text: files named with {lang} in their path, "
+                                                              "e.g. train.{lang}.gz with source de, target en")
+    packing: bool = Field(False, description="causal_lm: concatenate examples and cut them into blocks of "
+                                             "model.max_length tokens (no padding)")
 
     @model_validator(mode="after")
     def _labels_unique(self):
@@ -183,6 +215,20 @@ class MixSpec(Spec):
         return self
 
 
+class GenerationSpec(Spec):
+    """How text is generated, for evaluation (seq2seq BLEU/chrF) and for ``hybridft predict``."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    num_beams: int = Field(1, ge=1, description="1: greedy (or sampling); more: beam search")
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    evaluate: bool = Field(True, description="seq2seq: generate during evaluation (BLEU, chrF); off: loss only")
+    uncased: bool | None = Field(None, description="compare lower-cased, accent-stripped text (default: when the "
+                                                   "tokenizer is uncased, which cannot produce case or accents)")
+
+
 class MixStageSpec(Spec):
     """A stage that trains nothing: it mixes the current model with the pretrained one."""
 
@@ -252,6 +298,7 @@ class Recipe(Spec):
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="multi_task: batch sampling")
     stages: list[AnyStage] = Field(min_length=1)
     metric: str | None = Field(None, description="validation metric for keep-best/early stopping")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="causal_lm and seq2seq")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="before")
@@ -271,7 +318,11 @@ class Recipe(Spec):
             raise ValueError("data: Field required")
         if self.tasks is not None:
             raise ValueError("tasks: only for task multi_task")
-        valid = TAGGING_METRICS if self.task == "token_classification" else CLASSIFICATION_METRICS
+        if self.task in GENERATIVE_TASKS:
+            self._generative_checks()
+        elif self.model.decoder or self.data.packing:
+            raise ValueError(f"{'model.decoder' if self.model.decoder else 'data.packing'}: only for generative tasks")
+        valid = TASK_METRICS.get(self.task, CLASSIFICATION_METRICS)
         if self.metric is not None and self.metric not in valid:
             raise ValueError(f"metric {self.metric!r} is not reported for {self.task}; valid: {', '.join(valid)}")
         if self.task == "pair_classification" and not self.data.columns.text_pair:
@@ -282,13 +333,21 @@ class Recipe(Spec):
             if stage.per_task:
                 raise ValueError(f"stage {stage.name or i}: per_task is for multi_task recipes")
         for i, stage in enumerate(self.stages):
-            if isinstance(stage, MixStageSpec) and stage.mix.rule == "one_se" and self.selection_metric == "loss":
-                raise ValueError(f"stages.{i}.mix.rule: one_se needs a proportion-like metric, not loss")
+            if isinstance(stage, MixStageSpec) and stage.mix.rule == "one_se" and \
+                    self.selection_metric in ("loss", "perplexity", "bleu", "chrf"):
+                raise ValueError(f"stages.{i}.mix.rule: one_se needs a proportion-like metric, not "
+                                 f"{self.selection_metric}")
         for i, stage in enumerate(self.stages):
             if not isinstance(stage, StageSpec):
                 continue
             for o in stage.objectives:
                 teacher = getattr(o, "teacher", None)
+                if o.name == "distill" and teacher == "pretrained" and o.kind == "logits" and \
+                        self.task not in GENERATIVE_TASKS:
+                    raise ValueError(f"stages.{i}: the pretrained model has no trained task head: distill from it "
+                                     "with kind: hidden")
+                if o.name == "distill" and o.kind == "hidden" and self.task == "seq2seq":
+                    raise ValueError(f"stages.{i}: distill kind hidden is not supported for seq2seq; use kind: logits")
                 if teacher == "fine_tuned" and not any(isinstance(s, MixStageSpec) for s in self.stages[:i]):
                     raise ValueError(f"stages.{i}: objective {o.name} with teacher fine_tuned needs a mix stage "
                                      "before it")
@@ -300,6 +359,31 @@ class Recipe(Spec):
                     what = f"objective {users[0]!r}" if users else "data: unlabeled"
                     raise ValueError(f"stage {stage.name or i}: {what} needs data.unlabeled")
         return self
+
+    def _generative_checks(self):
+        if self.data.packing and self.task != "causal_lm":
+            raise ValueError("data.packing: only for causal_lm")
+        if self.model.decoder and self.task != "seq2seq":
+            raise ValueError("model.decoder: only for seq2seq")
+        if self.metric in ("bleu", "chrf") and not self.generation.evaluate:
+            raise ValueError(f"metric {self.metric} needs generation.evaluate: true")
+        if self.data.unlabeled is not None:
+            raise ValueError(f"data.unlabeled: not used by {self.task} (its objectives read the batch)")
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, MixStageSpec):
+                if stage.mix.ensemble or stage.mix.learn:
+                    raise ValueError(f"stages.{i}.mix: ensemble and learn are for classification and tagging; "
+                                     f"{self.task} mixes by alpha sweep (and per_layer)")
+                continue
+            if stage.data == "unlabeled":
+                raise ValueError(f"stages.{i}.data: {self.task} trains on its text; data: unlabeled is not used")
+            for o in stage.objectives:
+                if o.name not in GENERATIVE_OBJECTIVES or getattr(o, "source", "batch") != "batch":
+                    raise ValueError(f"stages.{i}: objective {o.name} is not supported for {self.task}; use "
+                                     f"{', '.join(GENERATIVE_OBJECTIVES)} (on the batch)")
+            if any(getattr(c, "choose_by", None) for c in stage.select):
+                raise ValueError(f"stages.{i}: choosing an importance value on held-out data is for classification "
+                                 "and tagging; give one value")
 
     def _multi_task_checks(self):
         if not self.tasks or len(self.tasks) < 2:
@@ -351,7 +435,9 @@ class Recipe(Spec):
             return "score"
         if self.metric:
             return self.metric
-        return "entity_f1" if self.task == "token_classification" else "accuracy"
+        if self.task == "seq2seq" and not self.generation.evaluate:
+            return "perplexity"  # BLEU needs generated text
+        return DEFAULT_METRIC.get(self.task, "accuracy")
 
 
 def format_validation_error(err: ValidationError) -> list[str]:
@@ -427,7 +513,7 @@ def validate_recipe(data: dict, path: str | Path = "recipe") -> Recipe:
         ) from None
 
 
-PATH_KEYS = ("data.train", "data.validation", "data.test", "model.name")
+PATH_KEYS = ("data.train", "data.validation", "data.test", "model.name", "model.decoder")
 
 
 def apply_cwd_paths(overrides: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ class TaskData:
     stats: dict = field(default_factory=dict)
     unlabeled: list[dict] | None = None  # encoded text without labels
     unlabeled_gold: list[int | None] | None = None  # gold label ids where the pool has them (checks only)
+    texts: dict = field(default_factory=dict)  # seq2seq: split -> [(source, target)] for BLEU and samples
 
     @property
     def label2id(self) -> dict[str, int]:

@@ -7,6 +7,7 @@ per format (GLUE TSVs are unquoted), report the exact malformed line, and avoid 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import warnings
 from pathlib import Path
@@ -17,29 +18,42 @@ from ..errors import HybridftError
 from .conll import read_conll
 
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
-                  ".conll": "conll", ".iob": "conll", ".bio": "conll"}
+                  ".conll": "conll", ".iob": "conll", ".bio": "conll", ".txt": "txt"}
+LANG = "{lang}"  # in a parallel-text path: replaced by the source and the target language
 
 
 def detect_format(path: Path, fmt: str, task: str) -> str:
     if fmt != "auto":
         return fmt
+    if LANG in str(path):
+        return "parallel"
     if path.is_dir():
         return "disk"
-    if path.suffix.lower() in SUFFIX_FORMATS:
-        return SUFFIX_FORMATS[path.suffix.lower()]
+    suffix = Path(path.stem).suffix if path.suffix.lower() == ".gz" else path.suffix  # x.txt.gz reads as x.txt
+    if suffix.lower() in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[suffix.lower()]
     if task == "token_classification":
         return "conll"  # CoNLL files often have names like eng.train
     raise HybridftError(f"cannot tell the format of {path} from its name; set data.format")
 
 
-def read_table(path: Path, fmt: str, task: str, split: str, bad_rows: str = "error") -> pd.DataFrame:
+def read_table(path: Path, fmt: str, task: str, split: str, bad_rows: str = "error", languages=None,
+               columns=None) -> pd.DataFrame:
     """The rows of one split. ``split`` picks the split of a saved DatasetDict. With
     ``bad_rows="skip"``, malformed csv/tsv/jsonl lines are dropped and counted in
-    ``frame.attrs["malformed_rows_skipped"]``; otherwise the first one is an error naming its line."""
-    if not path.exists():
-        raise HybridftError(f"data file not found: {path}")
+    ``frame.attrs["malformed_rows_skipped"]``; otherwise the first one is an error naming its line.
+    Parallel text (a path with ``{lang}``) reads ``languages.source`` and ``.target`` into the
+    ``columns.source`` and ``.target`` columns."""
     fmt = detect_format(path, fmt, task)
+    files = parallel_files(path, languages) if fmt == "parallel" else (path,)
+    for file in files:
+        if not file.exists():
+            raise HybridftError(f"data file not found: {file}")
     try:
+        if fmt == "parallel":
+            return _read_parallel(files, (columns.source, columns.target))
+        if fmt == "txt":
+            return pd.DataFrame({"text": [line for line in _text_of(path).splitlines() if line.strip()]})
         if fmt == "disk":
             return _read_disk(path, split)
         if fmt == "conll":
@@ -51,7 +65,7 @@ def read_table(path: Path, fmt: str, task: str, split: str, bad_rows: str = "err
         if fmt == "parquet":
             return pd.read_parquet(path)
     except UnicodeDecodeError as e:
-        raise HybridftError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+        raise HybridftError(f"{e.__dict__.get('path', path)} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     except pd.errors.ParserError as e:
         raise HybridftError(f"{path} is malformed: {str(e).strip().splitlines()[-1]}; "
                             "set data.bad_rows: skip to drop such rows") from None
@@ -60,6 +74,34 @@ def read_table(path: Path, fmt: str, task: str, split: str, bad_rows: str = "err
     except (ValueError, OSError) as e:
         raise HybridftError(f"cannot read {path} as {fmt}: {str(e).strip().splitlines()[0]}") from None
     raise HybridftError(f"unsupported data format {fmt!r}")
+
+
+def parallel_files(path: Path, languages) -> tuple[Path, Path]:
+    if LANG not in str(path):
+        raise HybridftError(f"parallel text: the path {path} needs {LANG} where the language goes (train.{LANG}.gz)")
+    if languages is None:
+        raise HybridftError("parallel text needs data.languages (source and target, e.g. de and en)")
+    return tuple(Path(str(path).replace(LANG, lang)) for lang in (languages.source, languages.target))
+
+
+def _text_of(path: Path) -> str:
+    raw = path.read_bytes()
+    if path.suffix.lower() == ".gz":
+        raw = gzip.decompress(raw)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        e.path = path  # which of two parallel files, for the error message
+        raise
+
+
+def _read_parallel(files: tuple[Path, Path], names: tuple[str, str]) -> pd.DataFrame:
+    """Line i of the source file translates line i of the target file (blank lines kept: they align)."""
+    sides = [_text_of(f).splitlines() for f in files]
+    if len(sides[0]) != len(sides[1]):
+        raise HybridftError(f"parallel files do not align: {files[0].name} has {len(sides[0])} lines, "
+                            f"{files[1].name} has {len(sides[1])}")
+    return pd.DataFrame(dict(zip(names, sides, strict=True)))
 
 
 def _read_csv(path: Path, fmt: str, bad_rows: str) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from ..errors import HybridftError
 from ..registry import OBJECTIVES
 from ..spec import Spec
 from .base import Objective, model_inputs
+from .task import IGNORE_INDEX, token_positions
 from .teachers import KEYWORDS, build_teacher, teacher_outputs
 
 
@@ -30,7 +31,9 @@ class DistillSpec(Spec):
     name: Literal["distill"] = "distill"
     weight: float = Field(1.0, ge=0)
     teacher: str = Field("fine_tuned", description="pretrained | previous | fine_tuned | a model folder")
-    kind: Literal["logits", "hidden"] | None = Field(None, description="default: hidden for pretrained, else logits")
+    kind: Literal["logits", "hidden"] | None = Field(None, description="default: hidden for pretrained, else logits "
+                                                                         "(a pretrained LM's logits are fine for causal_lm "
+                                                                         "and seq2seq)")
     temperature: float = Field(2.0, gt=0, description="logits only")
     loss: Literal["mse", "cosine"] = Field("mse", description="hidden only")
     layers: list[int] = Field(default_factory=lambda: [-1], min_length=1,
@@ -43,8 +46,6 @@ class DistillSpec(Spec):
     def _kind(self):
         if self.kind is None:
             self.kind = "hidden" if self.teacher == "pretrained" else "logits"
-        if self.teacher == "pretrained" and self.kind == "logits":
-            raise ValueError("the pretrained model has no trained task head: distill from it with kind: hidden")
         return self
 
     @property
@@ -88,7 +89,10 @@ class Distill(Objective):
 
     def on_stage_start(self, run) -> None:
         self.teacher = build_teacher(run, self.config.teacher, need_head=self.config.kind == "logits")
-        self.token_level = run.recipe.task == "token_classification"
+        self.token_level = run.recipe.task in ("token_classification", "causal_lm", "seq2seq")
+        # over a vocabulary, per-token teacher logits are too large to keep (30k floats per token)
+        self.generative = run.recipe.task in ("causal_lm", "seq2seq")
+        self.causal = run.recipe.task == "causal_lm"
         self.cache: dict[tuple[str, int], torch.Tensor] = {}
 
     def on_stage_end(self, run) -> None:
@@ -113,6 +117,11 @@ class Distill(Objective):
                                     f"the model {student.hidden_states[-1].shape[-1]}")
             return sum(hidden_distillation(student.hidden_states[i], teacher[i], mask, self.config.loss)
                        for i in self.config.layers) / len(self.config.layers)
+        if self.generative:  # the positions that predict a labeled token (the response, the target)
+            student_logits, labels = token_positions(student.logits, batch["labels"], self.causal)
+            teacher = teacher_outputs(self.teacher, model_inputs(batch), hidden_states=False).logits
+            teacher_logits, _ = token_positions(teacher, batch["labels"], self.causal)
+            return logit_distillation(student_logits, teacher_logits, self.config.temperature, labels != IGNORE_INDEX)
         teacher_logits = self.teacher_logits(batch, where)
         return logit_distillation(student.logits, teacher_logits, self.config.temperature,
                                   mask if self.token_level else None)

@@ -17,7 +17,6 @@ import torch
 from pydantic import Field
 
 from ..errors import HybridftError
-from ..evaluate import predict
 from ..registry import OBJECTIVES
 from ..spec import Spec
 from .base import Objective, model_inputs
@@ -73,6 +72,8 @@ class PseudoLabel(Objective):
     def label_pool(self, epoch: int) -> None:
         run = self.run
         model = self.teacher if self.teacher is not None else unwrap(run.model)
+        from ..evaluate import predict  # here: evaluate imports the objectives package
+
         logits, _ = predict(model, run.data.unlabeled, run.collator, 2 * (self.config.batch_size or 32),
                             run.device, "pseudo-labeling", run.progress)
         logits = np.stack(logits)

@@ -32,12 +32,24 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
     )
 
 
+def token_positions(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the labels they predict: a causal LM's position t predicts token t + 1."""
+    if causal:
+        return logits[:, :-1], labels[:, 1:]
+    return logits, labels
+
+
+def is_causal(run) -> bool:
+    return getattr(run.data, "task", None) == "causal_lm"
+
+
 @OBJECTIVES.register(TaskConfig)
 class Task(Objective):
     """Cross-entropy of the task head on the labeled batch (with optional label smoothing)."""
 
     def loss(self, model, batch, outputs, ctx):
-        loss = task_loss(outputs.logits, batch["labels"], self.config.label_smoothing)
+        logits, labels = token_positions(outputs.logits, batch["labels"], is_causal(ctx.run))
+        loss = task_loss(logits, labels, self.config.label_smoothing)
         if "task_index" in batch:  # multi-task: each task's loss has its weight
             loss = loss * ctx.run.data.weights[int(batch["task_index"][0])]
         return loss

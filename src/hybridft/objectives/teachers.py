@@ -20,11 +20,11 @@ def unwrap(model):
 
 def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
     if teacher == "pretrained":
-        from ..models import load_model
+        from ..models import load_recipe_model
 
         with torch.random.fork_rng(devices=[]):  # its unused new head must not move the run's RNG
-            model = load_model(run.artifacts["model_source"], run.recipe.task, run.data.label_names,
-                               run.recipe.model.trust_remote_code)
+            model = load_recipe_model(run.recipe, run.artifacts["model_source"], run.artifacts.get("base_dir", Path(".")),
+                                      run.tokenizer, run.data.label_names)
     elif teacher == "previous":
         model = copy.deepcopy(unwrap(run.model))
     elif teacher == "fine_tuned":

@@ -34,6 +34,7 @@ def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_
         "data": run.data.stats,
         "stages": run.stage_reports,
         "mix": run.artifacts.get("mix"),
+        "samples": {split: m["samples"] for split, m in final.items() if m.get("samples")},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "device": str(run.device),
                         "threads": torch.get_num_threads(), "processes": run.accelerator.num_processes},
@@ -59,6 +60,7 @@ def render_markdown(r: dict) -> str:
     if r["test_metrics"]:
         lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in r["test_metrics"].items()]
+    lines += generative_sections(r)
     if r["per_class"]:
         lines += ["", "## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
         lines += [f"| {c} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |"
@@ -124,6 +126,24 @@ def render_markdown(r: dict) -> str:
         lines += models_compared(r)
     lines += ["", "## Data", "", "```json", json.dumps(r["data"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def generative_sections(r: dict) -> list[str]:
+    """Language models: the metrics before training, and generated examples beside the references."""
+    lines = []
+    start = next((s["start_metrics"] for s in r["stages"] if s.get("start_metrics")), None)
+    if start:
+        shown = ", ".join(f"{k} {_fmt(start[k])} -> {_fmt(r['metrics'].get(k))}" for k in start)
+        lines += ["", f"Validation before training -> after: {shown}."]
+    for split, samples in r.get("samples", {}).items():
+        lines += ["", f"## Generated ({split}, first {len(samples)})", "", "| source | reference | generated |",
+                  "|---|---|---|"]
+        lines += [f"| {_cell(x['source'])} | {_cell(x['reference'])} | {_cell(x['generated'])} |" for x in samples]
+    return lines
 
 
 def models_compared(r: dict) -> list[str]:

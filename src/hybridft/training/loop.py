@@ -21,6 +21,7 @@ from ..errors import HybridftError
 from ..evaluate import evaluate_data, scalar_metrics
 from ..multitask.sampling import multitask_batches
 from ..objectives.base import StepContext, model_inputs
+from ..recipe import GENERATIVE_TASKS, lower_is_better
 from ..registry import OBJECTIVES, SELECTORS
 from .checkpoint import (
     load_checkpoint,
@@ -66,7 +67,7 @@ def select_parameters(model, selectors) -> tuple[int, dict]:
 def is_better(value: float, best: float | None, metric: str, min_delta: float = 0.0) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
-    return value < best - min_delta if metric == "loss" else value > best + min_delta
+    return value < best - min_delta if lower_is_better(metric) else value > best + min_delta
 
 
 @dataclass
@@ -171,6 +172,12 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
                             extra_tensors={**selector_state(selectors), **objective_state(objectives), **tensors})
         acc.wait_for_everyone()
 
+    if index == 0 and resume_from is None and run.data.task in GENERATIVE_TASKS:
+        # where a language model starts (its new LM head or cross-attention is untrained): the report
+        # shows perplexity before and after
+        st["start"] = scalar_metrics(evaluate_data(run, model, "validation", spec.eval_batch, f"eval {name} (start)",
+                                                   run.progress))
+        run.log.write(run.global_step, {"stage": name, **{f"eval/{k}": v for k, v in st["start"].items()}})
     bar = tqdm(total=total_steps, initial=st["step"], desc=f"train {name}", disable=not run.progress,
                mininterval=1.0, dynamic_ncols=True)
     model.train()
@@ -295,4 +302,5 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         "stopped_early": st["stopped_early"],
         "skipped_nonfinite_steps": st.get("bad_steps", 0),
         "evaluations": st["history"],
+        "start_metrics": st.get("start"),
     }

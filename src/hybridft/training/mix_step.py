@@ -18,8 +18,9 @@ from dataclasses import replace
 import numpy as np
 
 from ..architecture import num_layers
-from ..evaluate import evaluate, metrics_from_scores, predict, scalar_metrics
+from ..evaluate import evaluate_data, metrics_from_scores, predict, scalar_metrics
 from ..mixing import PART_ORDER, interpolate, per_part_alpha
+from ..recipe import lower_is_better
 from .learned_mix import learn_mixing, mix_groups
 
 GOLDEN = (math.sqrt(5) - 1) / 2
@@ -46,7 +47,7 @@ class MixSearch:
     def __init__(self, run, model, pre: dict, fine: dict, eval_batch: int):
         self.run, self.model, self.pre, self.fine = run, model, pre, fine
         self.metric = run.recipe.selection_metric
-        self.sign = -1.0 if self.metric == "loss" else 1.0
+        self.sign = -1.0 if lower_is_better(self.metric) else 1.0
         self.batch = eval_batch
         self.curve: dict[float, dict] = {}
         self.tolerance = 0.0  # set by the one-standard-error rule
@@ -54,8 +55,7 @@ class MixSearch:
     def evaluate_mix(self, alpha, label: str) -> dict:
         self.model.load_state_dict(interpolate(self.pre, self.fine, alpha))
         run = self.run
-        m = scalar_metrics(evaluate(self.model, run.data.validation, run.data.task, run.data.label_names,
-                                    run.collator, self.batch, run.device, desc=f"mix {label}", progress=run.progress))
+        m = scalar_metrics(evaluate_data(run, self.model, "validation", self.batch, f"mix {label}", run.progress))
         run.log.write(run.global_step, {"stage": "mix", "mix": label, **{f"mix/{k}": v for k, v in m.items()}})
         return m
 
@@ -95,7 +95,7 @@ def per_layer_search(search: MixSearch, start: float, grid: list[float]) -> dict
 
 def tolerant_choice(points: list[dict], metric: str, tolerance: float) -> dict:
     """The point of smallest alpha whose metric is within ``tolerance`` of the best."""
-    sign = -1.0 if metric == "loss" else 1.0
+    sign = -1.0 if lower_is_better(metric) else 1.0
     best = max(sign * p[metric] for p in points)
     return min((p for p in points if sign * p[metric] >= best - tolerance - 1e-12), key=lambda p: p["alpha"])
 
@@ -202,6 +202,4 @@ def run_mix_step(run, spec, train_spec) -> dict:
 
 def _test_metrics(run, model, state: dict, train_spec) -> dict:
     model.load_state_dict(state)
-    data = run.data
-    return scalar_metrics(evaluate(model, data.test, data.task, data.label_names, run.collator, train_spec.eval_batch,
-                                   run.device, desc="mix test", progress=run.progress))
+    return scalar_metrics(evaluate_data(run, model, "test", train_spec.eval_batch, "mix test", run.progress))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..recipe import lower_is_better
 from ..report.metrics_log import MetricsLog
 from .checkpoint import rng_state, set_rng_state
 from .loop import run_stage
@@ -53,5 +54,5 @@ def choose_value(spec, model, run, stage) -> tuple[float, dict[float, float]]:
                 results.append(report["evaluations"][-1][metric])
         scores[value] = float(np.mean(results))
     set_rng_state(saved_rng)
-    pick = min if metric == "loss" else max
+    pick = min if lower_is_better(metric) else max
     return pick(scores, key=lambda v: scores[v]), scores

@@ -15,9 +15,10 @@ import yaml
 from ..data import load_task_data
 from ..errors import HybridftError
 from ..evaluate import evaluate_data
+from ..generative.data import load_generative_data
 from ..model_io import save_model_folder
-from ..models import load_model, load_tokenizer, resolve_model
-from ..recipe import MixStageSpec
+from ..models import load_model, load_recipe_model, load_tokenizer, resolve_model
+from ..recipe import GENERATIVE_TASKS, MixStageSpec
 from ..registry import SELECTORS
 from ..report.metrics_log import MetricsLog
 from ..report.summary import write_report
@@ -58,9 +59,16 @@ def check_model_fits(recipe, base_dir: Path) -> None:
         raise HybridftError("; ".join(problems))
 
 
-def collator_for(task: str, tokenizer):
-    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+def collator_for(task: str, tokenizer, model=None):
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorForTokenClassification,
+        DataCollatorWithPadding,
+    )
 
+    if task in GENERATIVE_TASKS:  # labels padded with -100; an encoder-decoder also gets its decoder inputs
+        encoder_decoder = model is not None and model.config.is_encoder_decoder
+        return DataCollatorForSeq2Seq(tokenizer, model=model if encoder_decoder else None, return_tensors="pt")
     if task == "token_classification":
         return DataCollatorForTokenClassification(tokenizer, return_tensors="pt")
     return DataCollatorWithPadding(tokenizer, return_tensors="pt")
@@ -70,6 +78,10 @@ def resolved_recipe_text(recipe, base_dir: Path, source: str) -> str:
     """The recipe as run: every default filled in, model and data paths absolute."""
     data = recipe.model_dump(mode="json")
     data["model"]["name"] = source
+    if recipe.model.decoder:
+        from ..generative.models import decoder_source
+
+        data["model"]["decoder"] = decoder_source(recipe.model.decoder, base_dir)
     for section in [data["data"]] if data["data"] else [t["data"] for t in data["tasks"]]:
         for split in ("train", "validation", "test"):
             if section[split]:
@@ -97,9 +109,10 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     if recipe.task == "multi_task":
         data, model, collator = load_multitask(recipe, base_dir, source, tokenizer)
     else:
-        data = load_task_data(recipe, base_dir, tokenizer)
-        model = load_model(source, recipe.task, data.label_names, recipe.model.trust_remote_code)
-        collator = collator_for(recipe.task, tokenizer)
+        data = load_generative_data(recipe, base_dir, tokenizer) if recipe.task in GENERATIVE_TASKS \
+            else load_task_data(recipe, base_dir, tokenizer)
+        model = load_recipe_model(recipe, source, base_dir, tokenizer, data.label_names)
+        collator = collator_for(recipe.task, tokenizer, model)
     check_model_fits(recipe, base_dir)
 
     recipe_text = resolved_recipe_text(recipe, base_dir, source)

@@ -1,0 +1,1 @@
+"""Causal language models and sequence-to-sequence models: data, models, generation, metrics."""

@@ -1,0 +1,63 @@
+"""Evaluation of a generative model on a split: teacher-forced loss, perplexity and token accuracy;
+for seq2seq also BLEU and chrF of generated text against the reference text."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..objectives.task import IGNORE_INDEX, token_positions
+from .generate import generate_texts
+from .metrics import is_uncased, translation_metrics
+
+SAMPLES = 5  # generated examples kept for the report
+
+
+@torch.no_grad()
+def teacher_forced_metrics(model, examples: list[dict], collator, batch_size: int, device, causal: bool,
+                           desc: str = "eval", progress: bool = False) -> dict:
+    """Mean token loss (nats), its exponential (perplexity) and next-token accuracy over the
+    positions that carry a label."""
+    from ..evaluate import length_sorted_batches
+
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, tokens = 0.0, 0, 0
+    for idx in tqdm(length_sorted_batches(examples, batch_size), desc=desc, leave=False, disable=not progress,
+                    mininterval=1.0):
+        batch = {k: v.to(device) for k, v in collator([examples[i] for i in idx]).items()}
+        labels = batch.pop("labels")
+        logits, labels = token_positions(model(**batch).logits.float(), labels, causal)
+        keep = labels != IGNORE_INDEX
+        logits, labels = logits[keep], labels[keep]
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(-1) == labels).sum())
+        tokens += int(keep.sum())
+    model.train(was_training)
+    loss = loss_sum / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
+            "token_accuracy": correct / max(tokens, 1)}
+
+
+def evaluate_generative(run, model, split: str, batch_size: int, desc: str, progress: bool) -> dict | None:
+    data = run.data
+    examples = getattr(data, split)
+    if examples is None:
+        return None
+    metrics = teacher_forced_metrics(model, examples, run.collator, batch_size, run.device, data.task == "causal_lm",
+                                     desc, progress)
+    spec = run.recipe.generation
+    if data.task == "seq2seq" and spec.evaluate:
+        sources = [ex["input_ids"] for ex in examples]
+        hypotheses = generate_texts(model, run.tokenizer, sources, spec, batch_size, run.device, run.recipe.seed,
+                                    f"{desc} generate", progress)
+        uncased = spec.uncased if spec.uncased is not None else is_uncased(run.tokenizer)
+        references = [target for _, target in data.texts[split]]
+        metrics.update(translation_metrics(hypotheses, references, uncased))
+        metrics["uncased"] = uncased
+        metrics["samples"] = [{"source": s, "reference": r, "generated": h}
+                              for (s, r), h in zip(data.texts[split][:SAMPLES], hypotheses[:SAMPLES], strict=True)]
+    return metrics
