@@ -38,11 +38,19 @@ def peft_config(spec: LoraSpec, model):
     head_modules = sorted({n.rpartition(".")[0].replace(".base_layer", "") for n in architecture.head_param_names(model)
                            if ".lora_" not in n})
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules,
+                      target_modules=spec.target_modules, fan_in_fan_out=targets_conv1d(spec, model),
                       layers_to_transform=architecture.checked_layer_indices(spec.layers, model, "lora.layers")
                       if spec.layers is not None else None,
                       layers_pattern=architecture.main_layer_stack(model)[0].split(".")[-1] if spec.layers else None,
                       exclude_modules=head_modules or None, modules_to_save=head_modules or None)
+
+
+def targets_conv1d(spec: LoraSpec, model) -> bool:
+    """GPT-2 stores its projections as Conv1D (weight transposed), which LoRA must be told about."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) and name.rsplit(".", 1)[-1] in spec.target_modules
+               for name, m in model.named_modules())
 
 
 def lora_layers(model):
