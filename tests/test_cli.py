@@ -188,7 +188,7 @@ def test_more_bad_recipes_are_caught_by_validate(tiny_model, sentiment_csv, tmp_
 
 def test_predict_and_eval_refuse_bad_inputs(tiny_model, tmp_path, capsys):
     assert run_cli("predict", tiny_model, "--text", "good") == 2  # a base model: no task head
-    assert "no classification or tagging head" in capsys.readouterr().err
+    assert "no classification, tagging or language-model head" in capsys.readouterr().err
     assert run_cli("validate", tmp_path) == 2
     assert "is a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
