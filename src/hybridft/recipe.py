@@ -148,6 +148,10 @@ class EarlyStoppingSpec(Spec):
     min_delta: float = Field(0.0, ge=0)
 
 
+class PrefixCacheSpec(Spec):
+    max_mb: float = Field(1024, ge=0, description="memory for cached outputs; examples beyond it are recomputed")
+
+
 class StageSpec(Spec):
     name: str | None = None
     select: list[SelectorSpec] = Field(default_factory=lambda: [FullConfig()], min_length=1)
@@ -170,6 +174,8 @@ class StageSpec(Spec):
                                                 "its data alone (MT-DNN's task-specific stage)")
     data: Literal["labeled", "unlabeled"] = Field("labeled", description="the examples epochs run over; "
                                                   "unlabeled: e.g. MLM alone, no task evaluation")
+    prefix_cache: PrefixCacheSpec | None = Field(None, description="compute the frozen embeddings and bottom "
+                                                 "layers once per example (no dropout there) and reuse them")
 
     @property
     def eval_batch(self) -> int:
@@ -384,6 +390,8 @@ class Recipe(Spec):
             if any(getattr(c, "choose_by", None) for c in stage.select):
                 raise ValueError(f"stages.{i}: choosing an importance value on held-out data is for classification "
                                  "and tagging; give one value")
+            if stage.prefix_cache is not None:
+                raise ValueError(f"stages.{i}.prefix_cache: for classification and tagging encoders")
 
     def _multi_task_checks(self):
         if not self.tasks or len(self.tasks) < 2:
@@ -404,6 +412,8 @@ class Recipe(Spec):
             if any(getattr(c, "choose_by", None) for c in stage.select):
                 raise ValueError(f"stages.{i}: choosing an importance value on held-out data is for single-task "
                                  "recipes; give one value")
+            if stage.prefix_cache is not None:
+                raise ValueError(f"stages.{i}.prefix_cache: not supported in multi-task recipes yet")
             if i > 0 and self.stages[i - 1].per_task and not stage.per_task:
                 raise ValueError(f"stages.{i}: after a per_task stage the tasks no longer share an encoder; "
                                  "later stages must be per_task too")

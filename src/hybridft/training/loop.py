@@ -34,6 +34,7 @@ from .checkpoint import (
 )
 from .masking import EntryMasks, union_selection
 from .optim import build_optimizer, build_scheduler
+from .prefix_cache import prefix_cache_for_stage
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False) -> list[list[int]]:
@@ -110,6 +111,15 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         o.on_stage_start(run)
     shared_forward = any(o.uses_outputs for o in active)
     hidden_states = any(o.needs_hidden_states for o in active)
+    cache, cache_note = None, None
+    if spec.prefix_cache is not None:
+        if acc.num_processes > 1:
+            raise HybridftError(f"stage {name}: prefix_cache runs on one process for now; remove it for several")
+        if hidden_states:  # layer indices of hidden states would shift with the prefix left out
+            cache_note = "off: an objective reads every layer's hidden states"
+        else:
+            cache = prefix_cache_for_stage(run, model, spec.prefix_cache.max_mb)
+            cache_note = None if cache else "off: nothing below the trained layers is frozen"
     labeled = spec.data == "labeled"
     stage_seed = run.recipe.seed * 1_000_003 + index * 1009
 
@@ -148,6 +158,8 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         scalars = scalar_metrics(m)
         run.log.write(run.global_step, {"stage": name, **{f"eval/{k}": v for k, v in scalars.items()}})
         st["history"].append({"step": st["step"], **scalars})
+        if cache:
+            cache.eval_prefix()  # evaluation put the whole model back in train mode
         # min_delta decides what counts as progress for early stopping; any improvement is kept as best
         min_delta = spec.early_stopping.min_delta if spec.early_stopping else 0.0
         progress = is_better(scalars[metric], st["best"], metric, min_delta)
@@ -181,6 +193,8 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
     bar = tqdm(total=total_steps, initial=st["step"], desc=f"train {name}", disable=not run.progress,
                mininterval=1.0, dynamic_ncols=True)
     model.train()
+    if cache:
+        cache.eval_prefix()
     done = st["step"] >= total_steps
     while not done:
         batches = epoch_batches(lengths, bs, stage_seed + st["epoch"], spec.group_by_length) if single_task \
@@ -202,8 +216,14 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             ctx.batch_ids = mine
             batch = ctx.collate([train[i] for i in mine])
             with nullcontext() if is_update else acc.no_sync(ddp_model):
-                outputs = ddp_model(**model_inputs(batch), output_hidden_states=hidden_states) \
-                    if shared_forward else None
+                if not shared_forward:
+                    outputs = None
+                elif cache:
+                    where = "labeled" if labeled else "unlabeled"
+                    outputs = cache.forward(model, batch, [train[i] for i in mine], [(where, i) for i in mine],
+                                            ctx.collate)
+                else:
+                    outputs = ddp_model(**model_inputs(batch), output_hidden_states=hidden_states)
                 losses = {o.name: o.loss(ddp_model, batch, outputs, ctx) for o in active}
                 loss = sum(o.weight * losses[o.name] for o in active)
                 acc.backward(loss * share)
@@ -303,4 +323,5 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         "skipped_nonfinite_steps": st.get("bad_steps", 0),
         "evaluations": st["history"],
         "start_metrics": st.get("start"),
+        "prefix_cache": cache.summary() if cache else cache_note,
     }
