@@ -43,3 +43,15 @@ def test_compare_refuses_unknown_strategies_and_foreign_folders(tiny_model, sent
     (precious / "notes.txt").write_text("mine")
     assert main(["compare", str(base), "--strategies", "full", "--out", str(precious)]) == 2
     assert "holds no hybridft comparison" in capsys.readouterr().err
+
+
+def test_a_compare_section_in_the_recipe_gives_strategies_and_seeds(tiny_model, sentiment_csv, tmp_path, capsys):
+    other = base_recipe(tiny_model, sentiment_csv, max_steps=1, select=[{"name": "layers", "top_k": 1}])
+    write_recipe(tmp_path / "top1.yaml", other)  # named relative to the base recipe's folder
+    base = write_recipe(tmp_path / "base.yaml", {**base_recipe(tiny_model, sentiment_csv, max_steps=1),
+                                                 "compare": {"strategies": ["head", "top1.yaml"], "seeds": 2}})
+    assert main(["compare", str(base), "--out", str(tmp_path / "c")]) == 0
+    board = json.loads((tmp_path / "c" / "leaderboard.json").read_text())
+    assert board["seeds"] == [42, 43] and {r["strategy"] for r in board["rows"]} == {"head", "top1"}
+    assert main(["compare", str(tmp_path / "top1.yaml"), "--out", str(tmp_path / "d")]) == 2  # no section, no flag
+    assert "give --strategies or a compare: section" in capsys.readouterr().err

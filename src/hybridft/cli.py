@@ -63,9 +63,10 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="run several strategies on the same data, budget and seeds; a leaderboard")
     cmp.add_argument("recipe", help="the base recipe")
-    cmp.add_argument("--strategies", required=True,
+    cmp.add_argument("--strategies", default=None,
                      help="comma-separated presets (full, layers, lora, adapter, importance, head) or recipe files")
-    cmp.add_argument("--seeds", type=_positive_int, default=1, help="seeds per strategy (the recipe's seed, +1, ...)")
+    cmp.add_argument("--seeds", type=_positive_int, default=None,
+                     help="seeds per strategy (the recipe's seed, +1, ...); default: the recipe's compare.seeds, or 1")
     cmp.add_argument("--out", required=True, help="the comparison folder")
     cmp.add_argument("overrides", nargs="*", help="key.path=value applied to every strategy's recipe")
     sub.add_parser("list", help="registered selectors and objectives")
@@ -122,14 +123,20 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import run_comparison
+    from .compare import PRESETS, run_comparison
     from .recipe import apply_cwd_paths, load_recipe
 
-    recipe, _ = load_recipe(args.recipe, apply_cwd_paths(args.overrides))
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    recipe, base_dir = load_recipe(args.recipe, apply_cwd_paths(args.overrides))
+    if args.strategies is not None:
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    elif recipe.compare is not None:  # recipe files named there are relative to the recipe
+        strategies = [s if s in PRESETS or Path(s).is_absolute() else str(base_dir / s) for s in recipe.compare.strategies]
+    else:
+        raise HybridftError("give --strategies or a compare: section in the recipe")
     if not strategies:
         raise HybridftError("--strategies names no strategy")
-    seeds = [recipe.seed + i for i in range(args.seeds)]
+    n_seeds = args.seeds or (recipe.compare.seeds if recipe.compare else 1)
+    seeds = [recipe.seed + i for i in range(n_seeds)]
     board = run_comparison(Path(args.recipe), strategies, seeds, Path(args.out), apply_cwd_paths(args.overrides))
     for r in board["rows"]:
         print(f"{r['strategy']:<16} {board['metric']}={r['metric_mean']:.4f}±{r['metric_std']:.4f} "

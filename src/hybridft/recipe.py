@@ -294,6 +294,14 @@ class SamplingSpec(Spec):
 MULTI_TASK_OBJECTIVES = ("task", "regularize", "mlm", "contrastive", "adversarial")
 
 
+class CompareSpec(Spec):
+    """Defaults for ``hybridft compare`` on this recipe (its command-line options win)."""
+
+    strategies: list[str] = Field(min_length=1, description="presets (full, layers, lora, adapter, importance, "
+                                                            "head) or recipe files, relative to this recipe")
+    seeds: int = Field(1, ge=1, description="seeds per strategy: the recipe's seed, +1, ...")
+
+
 class Recipe(Spec):
     name: str = "run"
     seed: int = 42
@@ -306,6 +314,7 @@ class Recipe(Spec):
     metric: str | None = Field(None, description="validation metric for keep-best/early stopping")
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="causal_lm and seq2seq")
     output: OutputSpec = Field(default_factory=OutputSpec)
+    compare: CompareSpec | None = Field(None, description="hybridft compare: strategies and seeds (ignored by run)")
 
     @model_validator(mode="before")
     @classmethod
