@@ -264,6 +264,11 @@ def test_encoder_decoder_from_two_pretrained_encoders_learns_to_translate(tiny_b
     assert main(["predict", str(folder), *[x for s in sources for x in ("--text", s)]]) == 0
     ours = [json.loads(line)["generated"] for line in capsys.readouterr().out.splitlines()]
     assert ours == [p.strip() for p in plain]
+    # hybridft eval on the validation file gives the numbers the run reported for it
+    assert main(["eval", str(folder), str(translation_jsonl["validation"])]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["bleu"] == pytest.approx(report["metrics"]["bleu"]) and metrics["examples"] == 24
+    assert metrics["perplexity"] == pytest.approx(report["metrics"]["perplexity"], rel=1e-5)
 
 
 def test_new_cross_attention_with_one_selector_pretrained_parts_with_another(tiny_bert_words, translation_jsonl,

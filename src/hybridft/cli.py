@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("recipe")
     val.add_argument("overrides", nargs="*")
 
-    ev = sub.add_parser("eval", help="evaluate a saved model on a labeled file")
+    ev = sub.add_parser("eval", help="evaluate a saved model on a labeled file (or text / pairs for a language model)")
     ev.add_argument("model_dir")
     ev.add_argument("data")
     ev.add_argument("--format", default="auto")

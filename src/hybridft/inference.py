@@ -20,6 +20,8 @@ def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, col
     model, tokenizer, meta, labels = load_saved(model_dir)
     cols = Columns(**{**meta.get("columns", {}), **{k: v for k, v in columns.items() if v}})
     task = meta["task"]
+    if task in ("causal_lm", "seq2seq"):
+        return evaluate_generative_file(model, tokenizer, meta, data_path, fmt, batch_size, cols, progress)
     if task == "classification" and columns.get("text_pair"):
         task = "pair_classification"
     path = str(Path(data_path).resolve())
@@ -31,6 +33,39 @@ def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, col
     metrics = evaluate(model, examples, task, labels, collator_for(task, tokenizer), batch_size,
                        torch.device("cpu"), progress=progress)
     return metrics
+
+
+def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: str, batch_size: int, cols,
+                             progress: bool) -> dict:
+    """Perplexity and token accuracy; for seq2seq also BLEU and chrF with the saved generation
+    settings. Parallel text (a path with {lang}) uses the languages the model was trained on."""
+    from .generative.data import encode_causal, encode_seq2seq, read_generative_rows
+    from .generative.evaluate import teacher_forced_metrics
+    from .generative.generate import generate_texts
+    from .generative.metrics import is_uncased, translation_metrics
+    from .recipe import DataSpec, GenerationSpec, LanguagePair
+    from .training.stages import collator_for
+
+    task = meta["task"]
+    path = str(Path(data_path).resolve())
+    languages = LanguagePair(**meta["languages"]) if meta.get("languages") else None
+    data = DataSpec(train=path, test=path, format=fmt, columns=cols, languages=languages)
+    rows, counts = read_generative_rows(data, task, Path.cwd(), "test", deduplicate=False)
+    max_length = meta.get("max_length", 128)
+    if task == "seq2seq":
+        examples, _ = encode_seq2seq(rows, tokenizer, cols, max_length, meta.get("max_target_length", 128))
+    else:
+        examples, _ = encode_causal(rows, tokenizer, cols, max_length, packing=False)
+    device = torch.device("cpu")
+    metrics = teacher_forced_metrics(model, examples, collator_for(task, tokenizer, model), batch_size, device,
+                                     task == "causal_lm", progress=progress)
+    if task == "seq2seq":
+        spec = GenerationSpec(**meta.get("generation", {}))
+        hypotheses = generate_texts(model, tokenizer, [ex["input_ids"] for ex in examples], spec, batch_size, device,
+                                    progress=progress)
+        uncased = spec.uncased if spec.uncased is not None else is_uncased(tokenizer)
+        metrics.update(translation_metrics(hypotheses, [r[cols.target] for r in rows], uncased), uncased=uncased)
+    return {**metrics, "examples": len(examples), "data": counts}
 
 
 def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: int, generation: dict,
