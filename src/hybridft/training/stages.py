@@ -102,6 +102,12 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     # Accelerate only sets up CPU processes (gloo) when told to use the CPU
     several_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(log_with="tensorboard", project_dir=str(run_dir), cpu=several_on_cpu)
+    sharded = accelerator.distributed_type.name
+    if sharded in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        # the loop builds its optimizer on whole parameters, restores masked entries in place and
+        # saves full state dicts: correct under DDP, not under sharding
+        raise HybridftError(f"accelerate launched with {sharded}: hybridft trains with data parallelism (DDP) only "
+                            "so far; launch with --multi_gpu (see configs/accelerate/)")
     check_run_dir(run_dir, resume, overwrite)
     set_seed(recipe.seed)
     source = resolve_model(recipe.model.name, base_dir)
