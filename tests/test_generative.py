@@ -351,3 +351,19 @@ def test_seq2seq_on_an_encoder_only_model_asks_for_a_decoder(tiny_bert_words, tr
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "set model.decoder" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_mix_stage_importance_and_adapters_work_on_language_models(tiny_gpt2, tiny_bert_words, text_file, tmp_path):
+    recipe = causal_recipe(tiny_gpt2, text_file)
+    recipe["stages"][0]["select"] = [{"name": "importance", "density": 0.2, "batches": 2}]
+    recipe["mix"] = {"alphas": [0.0, 0.5, 1.0]}
+    report, _ = train_and_load(recipe, tmp_path / "gpt2")
+    curve = {p["alpha"]: p["perplexity"] for p in report["mix"]["curve"]}
+    assert curve[0.0] < curve[1.0]  # the fine-tuned end beats the pretrained (random) one
+    assert report["mix"]["chosen_alpha"] == min(curve, key=curve.get)  # lower perplexity is better
+    assert report["stages"][0]["trainable_params"] < 0.5 * report["params"]["total"]
+
+    bert_lm = causal_recipe(tiny_bert_words, text_file)  # an encoder turned decoder, with adapters
+    bert_lm["stages"][0]["select"] = [{"name": "adapter", "reduction_factor": 4}]
+    report, _ = train_and_load(bert_lm, tmp_path / "bert")
+    assert report["metrics"]["perplexity"] < report["stages"][0]["start_metrics"]["perplexity"]

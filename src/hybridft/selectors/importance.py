@@ -57,9 +57,11 @@ class ImportanceSpec(Spec):
         return list(value) if isinstance(value, list) else [value]
 
 
-def importance_scores(model, examples, collator, batches: int, batch_size: int, kind: str, seed: int) -> dict:
-    """Mean |g| or mean g² per entry over ``batches`` seeded batches, in eval mode (no dropout)."""
-    from ..objectives.task import task_loss
+def importance_scores(model, examples, collator, batches: int, batch_size: int, kind: str, seed: int,
+                      causal: bool = False) -> dict:
+    """Mean |g| or mean g² per entry over ``batches`` seeded batches, in eval mode (no dropout), of
+    the task loss (a causal LM's next-token loss when ``causal``)."""
+    from ..objectives.task import task_loss, token_positions
 
     was_training = model.training
     model.eval()
@@ -77,7 +79,7 @@ def importance_scores(model, examples, collator, batches: int, batch_size: int, 
         chunk = [i for i in chunk if examples[i].get("task_index") == task]
         batch = {k: v.to(device) for k, v in collator([examples[i] for i in chunk]).items()}
         labels = batch.pop("labels")
-        task_loss(model(**batch).logits, labels).backward()
+        task_loss(*token_positions(model(**batch).logits, labels, causal)).backward()
         for name, p in model.named_parameters():
             if p.grad is not None:
                 scores[name] += p.grad.abs() if kind == "gradient" else p.grad.square()
@@ -136,7 +138,7 @@ class Importance(Selector):
             self.value, self.candidate_scores = choose_value(self.config, model, run, stage)
         head = set(architecture.head_param_names(model)) if self.config.head else set()
         scores = importance_scores(model, run.data.train, run.collator, self.config.batches, stage.batch_size,
-                                   self.config.score, run.recipe.seed)
+                                   self.config.score, run.recipe.seed, causal=run.data.task == "causal_lm")
         scores = {n: s for n, s in scores.items() if n not in head}
         by_density = self.config.density is not None
         self._masks = select_entries(scores, self.config.granularity, density=self.value if by_density else None,
