@@ -24,6 +24,7 @@ def test_compare_runs_every_strategy_and_seed_and_writes_the_leaderboard(tiny_mo
     full, head = (yaml.safe_load((out / "recipes" / f"{label}.yaml").read_text()) for label in ("full", "head"))
     assert full["data"] == head["data"] and full["stages"][0]["max_steps"] == head["stages"][0]["max_steps"] == 3
     assert head["stages"][0]["select"] == [{"name": "layers", "top_k": 0, "head": True}]
+    assert head["stages"][0]["prefix_cache"] == {} and full["stages"][0]["prefix_cache"] is None
     assert head["stages"][0]["optimizer"]["lr"] == pytest.approx(1e-3 * 10)
     assert "★" in (out / "leaderboard.md").read_text() and (out / "report.html").read_text().count("<svg") == 1
     err = capsys.readouterr().err

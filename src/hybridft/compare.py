@@ -30,6 +30,8 @@ PRESETS = {
     "importance": ([{"name": "importance", "density": 0.1}], 2.0),
     "head": ([{"name": "layers", "top_k": 0, "head": True}], 10.0),
 }
+# presets that leave the embeddings and bottom layers frozen compute them once per example
+CACHED = ("layers", "head")
 MARKER = ".hybridft-compare"
 
 
@@ -47,6 +49,9 @@ def strategy_recipe(base: Path, overrides: list[str], strategy: str) -> tuple[st
             if "mix" not in stage:
                 stage["select"] = select
                 stage["optimizer"]["lr"] *= scale
+                if strategy in CACHED and data["task"] in ("classification", "pair_classification",
+                                                           "token_classification"):
+                    stage["prefix_cache"] = stage.get("prefix_cache") or {}
         return strategy, data
     path = Path(strategy)
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
