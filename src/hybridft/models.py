@@ -63,6 +63,7 @@ def quiet_transformers() -> None:
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    quiet_transformers()  # e.g. "sequence longer than the maximum": hybridft truncates, packs and counts itself
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
