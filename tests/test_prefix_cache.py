@@ -32,6 +32,7 @@ def test_cached_and_recomputed_prefix_give_identical_weights(tiny_model, sentime
     n = cached["data"]["rows_used"]["train"]
     assert summary["frozen_layers"] == 1 and summary["computed"] == n  # once per example...
     assert summary["hits"] == 2 * n  # ...then read in the two later epochs
+    assert f"computed for {n:,} examples and read back {2 * n:,} times" in (tmp_path / "cached" / "report.md").read_text()
 
 
 def test_cache_replays_the_real_prefix(no_dropout_model, sentiment_csv, tmp_path):

@@ -84,6 +84,13 @@ def render_markdown(r: dict) -> str:
         lines += ["", f"### Stage {s['name']}: where the {s['trainable_params']:,} trainable entries are", "",
                   "| module | trainable |", "|---|---|"]
         lines += [f"| {module} | {count:,} |" for module, count in s["trainable_by_module"].items()]
+        cache = s.get("prefix_cache")
+        if isinstance(cache, dict):
+            lines += ["", f"Prefix cache: embeddings + {cache['frozen_layers']} frozen layers computed for "
+                      f"{cache['computed']:,} examples and read back {cache['hits']:,} times "
+                      f"({cache['cached_examples']:,} kept, {cache['cached_mb']:.0f} MB)."]
+        elif cache:
+            lines += ["", f"Prefix cache {cache}."]
         for round_ in s.get("objective_details", {}).get("pseudo_label", {}).get("rounds", []):
             if round_ is s["objective_details"]["pseudo_label"]["rounds"][0]:
                 lines += ["", "Pseudo-labels:", "", "| epoch | pool | kept | per class | accuracy vs gold (checked) |",
