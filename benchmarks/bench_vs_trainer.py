@@ -8,6 +8,11 @@ Strategies (``--strategies``, default all three):
            requires_grad off (autograd then skips the frozen layers' backward, as in hybridft);
            hybridft with ``prefix_cache``: the frozen embeddings and bottom 4 layers run once per
            example in epoch 1 and are read from memory in epochs 2 and 3 (no dropout there)
+    top2-grouped
+           top2 with length-grouped batches on both sides (hybridft ``group_by_length``, the
+           Trainer's ``group_by_length=True``); the summary also gives its ratio against the
+           plain top2 Trainer, i.e. what a user gets from hybridft's cache + grouping over a
+           Trainer as it comes
 
 What it measures
     Training samples per second of each strategy on the embedded
@@ -76,6 +81,10 @@ STRATEGIES = {  # name -> (hybridft selection, stage extras, epochs)
     "full": ([{"name": "full"}], {}, 1),
     "lora": ([{"name": "lora", **LORA}], {}, 1),
     "top2": ([{"name": "layers", "top_k": 2, "head": True}], {"prefix_cache": {}}, 3),
+    # the same, with examples of similar length batched together on both sides (Trainer's
+    # group_by_length): like against like, so the ratio is still the cache's doing
+    "top2-grouped": ([{"name": "layers", "top_k": 2, "head": True}],
+                     {"prefix_cache": {}, "group_by_length": True}, 3),
 }
 
 
@@ -83,7 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=1024, help="training samples; default 1024")
-    p.add_argument("--strategies", default="full,lora,top2", help="comma-separated: full, lora, top2")
+    p.add_argument("--strategies", default="full,lora,top2,top2-grouped",
+                   help="comma-separated: full, lora, top2, top2-grouped")
     p.add_argument("--repeats", type=int, default=3, help="runs per side, alternating; default 3")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
@@ -205,7 +215,7 @@ def trainer_model(strategy: str, model_dir: Path):
         return get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"],
                                                 target_modules=LORA["target_modules"],
                                                 modules_to_save=["classifier", "pooler"]))
-    if strategy == "top2":
+    if strategy.startswith("top2"):
         n = model.config.num_hidden_layers
         trained = tuple(f"bert.encoder.layer.{i}." for i in (n - 2, n - 1)) + ("bert.pooler.", "classifier.")
         for name, p in model.named_parameters():
@@ -227,6 +237,11 @@ def run_trainer(args, model_dir: Path, dataset, tokenizer, workdir: Path, strate
     set_seed(SEED)  # the same seed before loading as hybridft, so the new head starts alike
     model = trainer_model(strategy, model_dir)
     extra = {"optim": args.trainer_optim} if args.trainer_optim else {}
+    if STRATEGIES[strategy][1].get("group_by_length"):
+        # transformers 5 names the sampler; 4.x had a boolean
+        fields = TrainingArguments.__dataclass_fields__
+        extra.update({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields
+                     else {"group_by_length": True})
     training_args = TrainingArguments(
         output_dir=str(workdir / "trainer"), per_device_train_batch_size=args.batch_size,
         num_train_epochs=STRATEGIES[strategy][2],
@@ -336,13 +351,13 @@ def main(argv=None) -> int:
                     if out["threads"] != threads:
                         print(f"warning: {side} ran with {out['threads']} threads, not {threads}", flush=True)
                     results[strategy][side].append(out)
-                    print(f"  run {r + 1} {strategy:<5} {side:<8}: {out['samples_per_s']:8.1f} samples/s "
+                    print(f"  run {r + 1} {strategy:<12} {side:<8}: {out['samples_per_s']:8.1f} samples/s "
                           f"({out['trainable']:,} trainable, {out['steps']} steps)", flush=True)
     peak = matmul_peak_flops()
     params = non_embedding_params(model_dir)
 
     print()
-    header = (f"{'strategy':<8} | {'epochs':>6} | {'trainable':>10} | {'hybridft samples/s':>18} | "
+    header = (f"{'strategy':<12} | {'epochs':>6} | {'trainable':>10} | {'hybridft samples/s':>18} | "
               f"{'baseline samples/s':>18} | {'ratio':>6}")
     print(header)
     print("-" * len(header))
@@ -352,9 +367,14 @@ def main(argv=None) -> int:
         ratio = med["hybridft"] / med["trainer"]
         baseline = "Trainer+peft" if strategy == "lora" else "Trainer"
         summary[strategy] = {"median_samples_per_s": med, "ratio": ratio, "baseline": baseline}
-        print(f"{strategy:<8} | {STRATEGIES[strategy][2]:>6} | {sides['hybridft'][0]['trainable']:>10,} | "
+        print(f"{strategy:<12} | {STRATEGIES[strategy][2]:>6} | {sides['hybridft'][0]['trainable']:>10,} | "
               f"{med['hybridft']:>18.1f} | {med['trainer']:>13.1f} {baseline if strategy == 'lora' else '':>4} | "
               f"{ratio:>5.2f}x")
+    if "top2" in results and "top2-grouped" in results:
+        plain = summary["top2"]["median_samples_per_s"]["trainer"]
+        ratio = summary["top2-grouped"]["median_samples_per_s"]["hybridft"] / plain
+        summary["top2-grouped"]["ratio_vs_plain_trainer"] = ratio
+        print(f"top2-grouped hybridft against the plain top2 Trainer (no length grouping): {ratio:.2f}x")
     if "full" in results:
         tokens = statistics.median(o["tokens_per_s"] for o in results["full"]["hybridft"])
         achieved = 6 * params * tokens
