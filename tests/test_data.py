@@ -125,3 +125,18 @@ def test_malformed_csv_is_a_one_line_error(tmp_path):
     path.write_text('text,label\n"a,b,c\nd,e,f,g\n')
     with pytest.raises(HybridftError, match="malformed|cannot read"):
         load_rows(recipe_for(path), tmp_path)
+
+
+def test_unlabeled_pool_can_keep_only_texts_of_a_minimum_length(tiny_model, sentiment_csv, tmp_path):
+    from hybridft.data.prepare import load_unlabeled_rows
+
+    from .conftest import base_recipe
+
+    pool = tmp_path / "pool.csv"
+    texts = ["good", "not good", "a fine and moving film", "dull", "the plot never quite comes together"]
+    pd.DataFrame({"text": texts}).to_csv(pool, index=False)
+    recipe = base_recipe(tiny_model, sentiment_csv)
+    recipe["data"]["unlabeled"] = {"path": str(pool), "min_words": 3}
+    rows, counts = load_unlabeled_rows(validate_recipe(recipe), tmp_path, {})
+    assert sorted(r["text"] for r in rows) == sorted(t for t in texts if len(t.split()) >= 3)
+    assert counts["dropped_short"] == 3 and counts["rows_used"] == 2

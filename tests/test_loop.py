@@ -117,3 +117,22 @@ def test_length_grouped_batches_cover_every_example_once_with_less_padding():
         return sum(max(lengths[i] for i in b) * len(b) for b in batches)
 
     assert padded(grouped) < 0.7 * padded(plain)
+
+
+def test_bf16_autocast_trains_fp32_weights_and_is_recorded(tiny_model, sentiment_csv, tmp_path):
+    def run(precision, out):
+        recipe = base_recipe(tiny_model, sentiment_csv, max_steps=3, keep_best=False)
+        recipe["model"]["precision"] = precision
+        report, weights = train_and_load(recipe, tmp_path / out)
+        first = next(json.loads(x)["loss"] for x in (tmp_path / out / "metrics.jsonl").read_text().splitlines()
+                     if "loss" in json.loads(x))
+        return report, weights, first
+
+    fp32, w32, loss32 = run("fp32", "fp32")
+    bf16, w16, loss16 = run("bf16", "bf16")
+    assert (fp32["environment"]["precision"], bf16["environment"]["precision"]) == ("fp32", "bf16 autocast")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w16.values())  # fp32 master weights
+    assert loss16 != loss32 and loss16 == pytest.approx(loss32, abs=0.05)  # the forward ran in bf16
+    # auto is fp32 without a GPU (a bf16 CPU forward is far slower here)
+    auto, *_ = run("auto", "auto")
+    assert auto["environment"]["precision"] == ("bf16 autocast" if torch.cuda.is_available() else "fp32")

@@ -53,6 +53,9 @@ class ModelSpec(Spec):
     name: str | None = Field(None, description="local HF folder or hub name; empty = embedded MiniLM")
     max_length: int = Field(128, gt=1, le=8192, description="tokens per example (longer inputs truncated)")
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off by default)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="training forward passes: bf16 autocast (weights, gradients and optimizer stay fp32) "
+                            "or fp32; auto = bf16 on a GPU that supports it, fp32 elsewhere")
     decoder: str | None = Field(None, description="seq2seq: build an encoder-decoder with model.name as encoder and "
                                                   "this as decoder (a folder, a hub name or 'embedded'); the "
                                                   "cross-attention is new")
@@ -83,6 +86,9 @@ class UnlabeledSpec(Spec):
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll", "disk"] = "auto"
     max_samples: int | None = Field(None, gt=0, description="seeded subset of the pool")
     drop_overlap: bool = Field(True, description="drop texts that also occur in train, validation or test")
+    min_words: int | None = Field(None, gt=0, description="keep only texts of at least this many words (a pool "
+                                                          "closer to the text the model will see, e.g. sentences "
+                                                          "rather than fragments)")
 
 
 class LanguagePair(Spec):

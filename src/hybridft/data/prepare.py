@@ -198,6 +198,10 @@ def load_unlabeled_rows(recipe, base_dir: Path, splits: dict[str, list[dict]]) -
         kept = [r for r in rows if input_key(r, task, cols) not in taken]
         counts["dropped_overlap"] = len(rows) - len(kept)
         rows = kept
+    if spec.min_words:
+        kept = [r for r in rows if sum(len(str(r[c]).split()) for c in text_cols) >= spec.min_words]
+        counts["dropped_short"] = len(rows) - len(kept)
+        rows = kept
     rows = seeded_subset(rows, spec.max_samples, recipe.seed)
     if not rows:
         raise HybridftError(f"unlabeled data {path.name} has no usable rows ({counts})")

@@ -37,7 +37,8 @@ def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_
         "samples": {split: m["samples"] for split, m in final.items() if m.get("samples")},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "device": str(run.device),
-                        "threads": torch.get_num_threads(), "processes": run.accelerator.num_processes},
+                        "threads": torch.get_num_threads(), "processes": run.accelerator.num_processes,
+                        "precision": "bf16 autocast" if run.bf16 else "fp32"},
     }
 
 

@@ -95,15 +95,31 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def process_rng_states(accelerator) -> list[dict]:
+    """Every process's RNG state, in process order (call it on all processes). Each process draws
+    its own dropout masks for its own share of the batch, so a resumed multi-process run is only
+    bit-identical if each one gets its own state back, not the main process's."""
+    if accelerator.num_processes == 1:
+        return [rng_state()]
+    from accelerate.utils import gather_object
+
+    return gather_object([rng_state()])
+
+
+def rng_file(process_index: int) -> str:
+    return "rng.pt" if process_index == 0 else f"rng-process{process_index}.pt"
+
+
 def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: dict, keep: int,
-                    extra_files: tuple[Path, ...] = (), extra_tensors: dict | None = None) -> Path:
+                    extra_files: tuple[Path, ...] = (), extra_tensors: dict | None = None,
+                    rng_states: list[dict] | None = None) -> Path:
     """``extra_files`` (e.g. the best weights so far) are copied in, so the checkpoint is self-contained.
     A failed write (a full disk) removes its partial folder and leaves the previous checkpoint as
     ``latest``."""
     tmp = root / f".tmp-{name}"
     try:
         return _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep, extra_files,
-                                 extra_tensors)
+                                 extra_tensors, rng_states or [rng_state()])
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(root)
@@ -111,7 +127,8 @@ def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: d
         raise HybridftError(f"cannot write checkpoint {name} in {root}: {e.strerror or e}{kept}") from None
 
 
-def _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep, extra_files, extra_tensors):
+def _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep, extra_files, extra_tensors,
+                      rng_states):
     root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -125,7 +142,8 @@ def _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep,
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if scheduler is not None:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    for index, rng in enumerate(rng_states):
+        torch.save(rng, tmp / rng_file(index))
     # state.json is written last: a folder without it is incomplete by construction
     write_atomic(tmp / "state.json", json.dumps(state))
     final = root / name
@@ -153,11 +171,13 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> dict:
+def load_checkpoint(path: Path, model, optimizer=None, scheduler=None, process_index: int = 0) -> dict:
     load_model(model, str(path / "model.safetensors"))
     if optimizer is not None and (path / "optimizer.pt").is_file():
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     if scheduler is not None and (path / "scheduler.pt").is_file():
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    # a checkpoint from a run with fewer processes has no state for this one: the main one's, then
+    mine = path / rng_file(process_index)
+    set_rng_state(torch.load(mine if mine.is_file() else path / "rng.pt", weights_only=True))
     return json.loads((path / "state.json").read_text(encoding="utf-8"))

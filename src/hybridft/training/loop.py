@@ -26,6 +26,7 @@ from ..registry import OBJECTIVES, SELECTORS
 from .checkpoint import (
     load_checkpoint,
     objective_state,
+    process_rng_states,
     restore_objective_state,
     restore_selector_state,
     save_checkpoint,
@@ -147,7 +148,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         if resume_from is not None and (resume_from / best_path.name).is_file():
             shutil.copy2(resume_from / best_path.name, best_path)
     if resume_from is not None:
-        st = load_checkpoint(resume_from, model, optimizer, scheduler)["stage_state"]
+        st = load_checkpoint(resume_from, model, optimizer, scheduler, process_index=rank)["stage_state"]
     acc.wait_for_everyone()
     entry_masks = EntryMasks(model, masks) if masks else None  # after loading: originals are stage-start values
     # one process: no wrapper needed (and prepare_model would keep a reference to every trial model)
@@ -176,12 +177,14 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         if not run.checkpointing:
             return
         reports, tensors = saved_artifacts(run)
+        rng_states = process_rng_states(acc)
         if main:
             save_checkpoint(run.checkpoint_dir, f"step-{run.global_step}", model, optimizer, scheduler,
                             {"stage_state": st, "global_step": run.global_step, "log_lines": run.log.lines,
                              "stage_reports": run.stage_reports, "artifacts": reports},
                             run.recipe.output.keep_checkpoints, extra_files=(best_path,),
-                            extra_tensors={**selector_state(selectors), **objective_state(objectives), **tensors})
+                            extra_tensors={**selector_state(selectors), **objective_state(objectives), **tensors},
+                            rng_states=rng_states)
         acc.wait_for_everyone()
 
     if index == 0 and resume_from is None and run.data.task in GENERATIVE_TASKS:
@@ -216,16 +219,17 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             ctx.batch_ids = mine
             batch = ctx.collate([train[i] for i in mine])
             with nullcontext() if is_update else acc.no_sync(ddp_model):
-                if not shared_forward:
-                    outputs = None
-                elif cache:
-                    where = "labeled" if labeled else "unlabeled"
-                    outputs = cache.forward(model, batch, [train[i] for i in mine], [(where, i) for i in mine],
-                                            ctx.collate)
-                else:
-                    outputs = ddp_model(**model_inputs(batch), output_hidden_states=hidden_states)
-                losses = {o.name: o.loss(ddp_model, batch, outputs, ctx) for o in active}
-                loss = sum(o.weight * losses[o.name] for o in active)
+                with run.autocast():  # bf16 forward where the recipe's precision asks for it
+                    if not shared_forward:
+                        outputs = None
+                    elif cache:
+                        where = "labeled" if labeled else "unlabeled"
+                        outputs = cache.forward(model, batch, [train[i] for i in mine], [(where, i) for i in mine],
+                                                ctx.collate)
+                    else:
+                        outputs = ddp_model(**model_inputs(batch), output_hidden_states=hidden_states)
+                    losses = {o.name: o.loss(ddp_model, batch, outputs, ctx) for o in active}
+                    loss = sum(o.weight * losses[o.name] for o in active)
                 acc.backward(loss * share)
             for k, v in {"loss": loss, **{f"loss/{n}": v for n, v in losses.items()}}.items():
                 running[k] = running.get(k, 0.0) + float(v.detach()) * share

@@ -33,5 +33,18 @@ class Run:
         return self.accelerator.device
 
     @property
+    def bf16(self) -> bool:
+        """bf16 autocast for training forwards. auto means bf16 only where it pays: a CUDA GPU with
+        bf16 support (CPUs without bf16 matrix units run it far slower than fp32)."""
+        precision = self.recipe.model.precision
+        if precision == "auto":
+            return self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return precision == "bf16"
+
+    def autocast(self):
+        """Weights, gradients and optimizer state stay fp32; only the forward runs in bf16."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"

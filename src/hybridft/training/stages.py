@@ -25,6 +25,7 @@ from ..report.summary import write_report
 from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    process_rng_states,
     restore_artifacts,
     save_checkpoint,
     saved_artifacts,
@@ -188,7 +189,7 @@ def resume_point(run: Run) -> tuple[int, Path | None]:
     run.global_step, run.stage_reports = state["global_step"], state.get("stage_reports", [])
     if state["stage_state"] is None:  # written between stages
         restore_structure(run, run.recipe.stages[: state["completed_stages"]])
-        load_checkpoint(checkpoint, run.model)
+        load_checkpoint(checkpoint, run.model, process_index=run.accelerator.process_index)
         restore_artifacts(run, checkpoint, state)
         return state["completed_stages"], None
     restore_structure(run, run.recipe.stages[: state["stage_state"]["stage"]])
@@ -214,11 +215,12 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
             resume_from = stage_resume if index == first_stage else None
             run.stage_reports.append(run_stage(run, index, spec, resume_from=resume_from))
         reports, tensors = saved_artifacts(run)
+        rng_states = process_rng_states(run.accelerator)
         if run.accelerator.is_main_process:
             save_checkpoint(run.checkpoint_dir, f"stage-{index}-done", run.model, None, None,
                             {"stage_state": None, "completed_stages": index + 1, "global_step": run.global_step,
                              "log_lines": run.log.lines, "stage_reports": run.stage_reports, "artifacts": reports},
-                            recipe.output.keep_checkpoints, extra_tensors=tensors)
+                            recipe.output.keep_checkpoints, extra_tensors=tensors, rng_states=rng_states)
         run.accelerator.wait_for_everyone()
 
     batch = recipe.last_training_stage().eval_batch
