@@ -166,3 +166,60 @@ def test_empty_or_missing_unlabeled_data_is_a_clear_error(tiny_model, sentiment_
     # a pool made only of the training sentences is empty once they are dropped as overlap
     with pytest.raises(HybridftError, match="no usable rows"):
         load_task_data(validate_recipe(with_unlabeled(recipe, sentiment_csv)), tmp_path, tokenizer)
+
+
+def test_a_stage_restarted_from_pretrained_learns_from_the_previous_model(tiny_model, sentiment_csv, unlabeled_csv,
+                                                                          tmp_path):
+    """Noisy Student: stage 2 starts again from the pretrained weights, its pseudo-labels come from
+    the model stage 1 trained (the same labels a `current` teacher gives when the stage continues)."""
+    from transformers import AutoModelForSequenceClassification
+
+    def run(init, teacher, out):
+        recipe = base_recipe(tiny_model, sentiment_csv, max_steps=60, optimizer={"lr": 2e-3})
+        recipe["stages"].append({"name": "student", "init": init, "max_steps": 2, "keep_best": False,
+                                 "optimizer": {"name": "sgd", "lr": 1e-12},  # no visible update: compare starts
+                                 "objectives": [{"name": "task"},
+                                                {"name": "pseudo_label", "teacher": teacher, "threshold": 0.0}]})
+        return train_and_load(with_unlabeled(recipe, unlabeled_csv), tmp_path / out)
+
+    restarted, fresh = run("pretrained", "previous", "restarted")
+    continued, trained = run("continue", "current", "continued")
+    rounds = [r["stages"][1]["objective_details"]["pseudo_label"]["rounds"][0] for r in (restarted, continued)]
+    assert rounds[0] == rounds[1] and rounds[0]["accuracy_vs_gold"] > 0.6  # the trained model's labels
+    pretrained = AutoModelForSequenceClassification.from_pretrained(str(tiny_model)).state_dict()
+    encoder = [k for k in fresh if k.startswith("bert.encoder.")]
+    assert all(torch.allclose(fresh[k], pretrained[k], atol=1e-6) for k in encoder)  # back to pretrained
+    assert not all(torch.allclose(trained[k], pretrained[k], atol=1e-6) for k in encoder)
+    assert not torch.equal(fresh["classifier.weight"], trained["classifier.weight"])  # a new head
+    assert restarted["stages"][1]["init"] == "pretrained"
+    assert "started again from the pretrained weights" in (tmp_path / "restarted" / "report.md").read_text()
+
+
+def test_resume_inside_a_restarted_stage_keeps_the_previous_teacher(tiny_model, sentiment_csv, unlabeled_csv,
+                                                                    tmp_path):
+    # without the teacher's weights in the checkpoint, a resumed run would distill from the
+    # pretrained model (all that is left of "previous" once the stage's weights are loaded)
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=10, optimizer={"lr": 3e-3})
+    recipe["stages"].append({"name": "student", "init": "pretrained", "max_steps": 8, "eval_every": 4,
+                             "keep_best": False, "objectives": [
+                                 {"name": "task"}, {"name": "distill", "teacher": "previous", "source": "unlabeled"}]})
+    recipe["output"] = {"keep_checkpoints": 20, "keep_checkpoints_after_run": True}
+    with_unlabeled(recipe, unlabeled_csv)
+    _, final = train_and_load(recipe, tmp_path / "full")
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "full", crashed)
+    (crashed / "checkpoints" / "latest").write_text("step-14")
+    shutil.rmtree(crashed / "model")
+    run_recipe(validate_recipe(recipe), tmp_path, crashed, resume=True, progress=False)
+    again = load_file(crashed / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], again[k]) for k in final)
+
+
+def test_restarting_the_first_stage_or_a_pretrained_pseudo_label_teacher_is_refused(tiny_model, sentiment_csv,
+                                                                                      unlabeled_csv):
+    with pytest.raises(HybridftError, match="stages.0.init"):
+        validate_recipe(base_recipe(tiny_model, sentiment_csv, init="pretrained"))
+    recipe = with_unlabeled(base_recipe(tiny_model, sentiment_csv), unlabeled_csv)
+    recipe["stages"].append({"objectives": [{"name": "task"}, {"name": "pseudo_label", "teacher": "pretrained"}]})
+    with pytest.raises(HybridftError, match="trained head"):
+        validate_recipe(recipe)

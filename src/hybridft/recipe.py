@@ -182,6 +182,10 @@ class StageSpec(Spec):
                                                   "unlabeled: e.g. MLM alone, no task evaluation")
     prefix_cache: PrefixCacheSpec | None = Field(None, description="compute the frozen embeddings and bottom "
                                                  "layers once per example (no dropout there) and reuse them")
+    init: Literal["continue", "pretrained"] = Field(
+        "continue", description="pretrained: start this stage again from the pretrained weights and a new head; "
+                                "teachers named previous still see the model as the last stage left it (Noisy "
+                                "Student: a fresh student learns from the last stage's model as teacher)")
 
     @property
     def eval_batch(self) -> int:
@@ -374,6 +378,11 @@ class Recipe(Spec):
                                      "before it")
                 if teacher == "previous" and i == 0:
                     raise ValueError(f"stages.0: objective {o.name} with teacher previous needs a stage before it")
+                if o.name == "pseudo_label" and teacher == "pretrained":
+                    raise ValueError(f"stages.{i}: pseudo_label needs a teacher with a trained head; the pretrained "
+                                     "model's is new")
+            if stage.init == "pretrained" and i == 0:
+                raise ValueError("stages.0.init: the first stage starts from the pretrained weights anyway")
             if self.data.unlabeled is None:
                 users = [o.name for o in stage.objectives if o.weight > 0 and _uses_unlabeled(o)]
                 if stage.data == "unlabeled" or users:
@@ -429,6 +438,8 @@ class Recipe(Spec):
                                  "recipes; give one value")
             if stage.prefix_cache is not None:
                 raise ValueError(f"stages.{i}.prefix_cache: not supported in multi-task recipes yet")
+            if stage.init != "continue":
+                raise ValueError(f"stages.{i}.init: restarting from pretrained is for single-task recipes")
             if i > 0 and self.stages[i - 1].per_task and not stage.per_task:
                 raise ValueError(f"stages.{i}: after a per_task stage the tasks no longer share an encoder; "
                                  "later stages must be per_task too")

@@ -24,7 +24,7 @@ from ..registry import OBJECTIVES
 from ..spec import Spec
 from .base import Objective, model_inputs
 from .task import IGNORE_INDEX, token_positions
-from .teachers import KEYWORDS, build_teacher, teacher_outputs
+from .teachers import KEYWORDS, build_teacher, restore_teacher, teacher_outputs, teacher_state
 
 
 class DistillSpec(Spec):
@@ -89,6 +89,7 @@ class Distill(Objective):
 
     def on_stage_start(self, run) -> None:
         self.teacher = build_teacher(run, self.config.teacher, need_head=self.config.kind == "logits")
+        restore_teacher(self.teacher, getattr(self, "restored", None))  # resumed mid-stage
         self.token_level = run.recipe.task in ("token_classification", "causal_lm", "seq2seq")
         # over a vocabulary, per-token teacher logits are too large to keep (30k floats per token)
         self.generative = run.recipe.task in ("causal_lm", "seq2seq")
@@ -97,6 +98,12 @@ class Distill(Objective):
 
     def on_stage_end(self, run) -> None:
         self.teacher, self.cache = None, {}
+
+    def state_dict(self):
+        return teacher_state(self.config.teacher, self.teacher)
+
+    def load_state_dict(self, state):
+        self.restored = state
 
     def loss(self, model, batch, outputs, ctx):
         terms = []

@@ -27,7 +27,9 @@ from .teachers import build_teacher, unwrap
 class PseudoLabelSpec(Spec):
     name: Literal["pseudo_label"] = "pseudo_label"
     weight: float = Field(1.0, ge=0)
-    teacher: str = Field("current", description="current (the model being trained) or a model folder")
+    teacher: str = Field("current", description="current (the model being trained), previous (the model as the "
+                                                "stage found it), fine_tuned (M_fine of a mix stage) or a model "
+                                                "folder")
     threshold: float = Field(0.9, ge=0, le=1, description="minimum softmax confidence of a kept prediction")
     top_k_per_class: int | None = Field(None, gt=0, description="keep at most this many per class (most confident)")
     relabel_every: int | None = Field(None, gt=0, description="epochs between re-labelings (current teacher)")

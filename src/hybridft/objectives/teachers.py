@@ -12,6 +12,9 @@ import torch
 from ..errors import HybridftError
 
 KEYWORDS = ("pretrained", "previous", "fine_tuned")
+# run.artifacts key: the model as the last stage left it, kept while a stage that restarts from the
+# pretrained weights builds its teachers
+STAGE_START = "stage_start_model"
 
 
 def unwrap(model):
@@ -26,7 +29,7 @@ def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
             model = load_recipe_model(run.recipe, run.artifacts["model_source"], run.artifacts.get("base_dir", Path(".")),
                                       run.tokenizer, run.data.label_names)
     elif teacher == "previous":
-        model = copy.deepcopy(unwrap(run.model))
+        model = copy.deepcopy(run.artifacts.get(STAGE_START) or unwrap(run.model))
     elif teacher == "fine_tuned":
         if "fine_tuned_state" not in run.artifacts:
             raise HybridftError("teacher fine_tuned needs a mix stage before this stage")
@@ -40,6 +43,21 @@ def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model.to(run.device)
+
+
+def teacher_state(name: str, teacher) -> dict[str, torch.Tensor]:
+    """The weights of a ``previous`` teacher, for the checkpoint: a run resumed mid-stage no
+    longer has the model as the stage found it (its weights are the checkpoint's)."""
+    if name != "previous" or teacher is None:
+        return {}
+    # cloned: safetensors refuses tensors that share memory (tied embeddings)
+    return {f"teacher/{k}": v.detach().clone() for k, v in teacher.state_dict().items()}
+
+
+def restore_teacher(teacher, state: dict | None) -> None:
+    weights = {k[len("teacher/"):]: v for k, v in (state or {}).items() if k.startswith("teacher/")}
+    if weights:
+        teacher.load_state_dict(weights)
 
 
 def folder_teacher(run, folder: str, need_head: bool) -> torch.nn.Module:

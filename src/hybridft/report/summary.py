@@ -85,6 +85,9 @@ def render_markdown(r: dict) -> str:
         lines += ["", f"### Stage {s['name']}: where the {s['trainable_params']:,} trainable entries are", "",
                   "| module | trainable |", "|---|---|"]
         lines += [f"| {module} | {count:,} |" for module, count in s["trainable_by_module"].items()]
+        if s.get("init") == "pretrained":
+            lines += ["", "This stage started again from the pretrained weights and a new head; teachers named "
+                      "previous were the model as the stage before left it."]
         cache = s.get("prefix_cache")
         if isinstance(cache, dict):
             lines += ["", f"Prefix cache: embeddings + {cache['frozen_layers']} frozen layers computed for "
