@@ -14,6 +14,7 @@
 Each run is a fresh `hybridft run` process; the tables are built from the runs' report.json.
 
     python benchmarks/sst2_seeds.py semi --runs-dir runs/semi             # run + table
+    python benchmarks/sst2_seeds.py semi --recipes sst2-500-noisy-student  # one row's runs, whole table
     python benchmarks/sst2_seeds.py mix --runs-dir runs/mix --table-only  # table of finished runs
 """
 
@@ -36,7 +37,10 @@ SEMI = [  # (label, recipe, overrides)
     ("+ MLM on unlabeled text", "sst2-500-mlm", []),
     ("+ adversarial smoothness on unlabeled text", "sst2-500-adversarial", []),
     ("+ pseudo-labels + adversarial smoothness", "sst2-500-pseudo-smart", []),
+    ("+ pseudo-labels + MLM (the two that helped alone)", "sst2-500-pseudo-mlm", []),
     ("+ longer self-training (16,000 pseudo-labeled sentences seen)", "sst2-500-self-train-long", []),
+    ("Noisy Student: a fresh student on gold + the teacher's labels for 20,000 full sentences",
+     "sst2-500-noisy-student", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
@@ -83,18 +87,26 @@ def report(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def semi(base: Path, table_only: bool) -> list[str]:
-    rows = ["| recipe | dev accuracy, mean ± std over seeds (%) | per seed |", "|---|---|---|"]
+def semi(base: Path, table_only: bool, only: set[str] | None = None) -> list[str]:
+    """One row per recipe; the last column is the mean of per-seed differences to labels only (the
+    same seed draws the same 500 labels, so the difference is paired)."""
+    rows = ["| recipe | dev accuracy, mean ± std over seeds (%) | per seed | Δ vs labels only, paired (points) |",
+            "|---|---|---|---|"]
+    baseline: dict[int, float] = {}
     for label, recipe, overrides in SEMI:
-        name = recipe
-        values = []
+        values = {}
         for seed in SEEDS:
-            out = base / f"{name}-seed{seed}"
-            if not table_only:
+            out = base / f"{recipe}-seed{seed}"
+            if not table_only and (only is None or recipe in only):
                 run(recipe, out, [f"seed={seed}", *overrides])
             if (r := report(out / "report.json")) is not None:
-                values.append(r["metrics"]["accuracy"])
-        rows.append(f"| {label} | {mean_spread(values)} | {', '.join(f'{100 * v:.2f}' for v in values)} |")
+                values[seed] = r["metrics"]["accuracy"]
+        if recipe == SEMI[0][1]:
+            baseline = values
+        paired = [100 * (v - baseline[s]) for s, v in values.items() if s in baseline]
+        delta = f"{statistics.mean(paired):+.2f}" if paired and recipe != SEMI[0][1] else ""
+        rows.append(f"| {label} | {mean_spread(list(values.values()))} | "
+                    f"{', '.join(f'{100 * v:.2f}' for v in values.values())} | {delta} |")
     return rows
 
 
@@ -129,12 +141,18 @@ def main() -> int:
     p.add_argument("study", choices=["semi", "mix"])
     p.add_argument("--runs-dir", default=None, help="default: runs/sst2-<study>")
     p.add_argument("--table-only", action="store_true", help="only read the report.json of finished runs")
+    p.add_argument("--recipes", default=None, help="semi: run only these recipes (comma-separated); the table "
+                                                   "still shows every finished run")
     args = p.parse_args()
     if not SST2.is_dir():
         print(f"error: {SST2} not found (../shared/data beside the checkout)", file=sys.stderr)
         return 2
     base = Path(args.runs_dir or f"runs/sst2-{args.study}")
-    print("\n".join((semi if args.study == "semi" else mix)(base, args.table_only)))
+    if args.study == "semi":
+        only = set(args.recipes.split(",")) if args.recipes else None
+        print("\n".join(semi(base, args.table_only, only)))
+    else:
+        print("\n".join(mix(base, args.table_only)))
     return 0
 
 
