@@ -36,6 +36,7 @@ from .checkpoint import (
 from .masking import EntryMasks, union_selection
 from .optim import build_optimizer, build_scheduler
 from .prefix_cache import prefix_cache_for_stage
+from .restart import forget_stage_start
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False) -> list[list[int]]:
@@ -110,6 +111,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         restore_objective_state(resume_from, objectives)  # e.g. the pseudo-labeled pool, not labeled again
     for o in objectives:
         o.on_stage_start(run)
+    forget_stage_start(run)  # teachers have their copies of the model the last stage left (init: pretrained)
     shared_forward = any(o.uses_outputs for o in active)
     hidden_states = any(o.needs_hidden_states for o in active)
     cache, cache_note = None, None

@@ -32,7 +32,7 @@ from .checkpoint import (
 )
 from .loop import run_stage
 from .mix_step import run_mix_step
-from .restart import forget_stage_start, restart_from_pretrained
+from .restart import restart_from_pretrained
 from .run_state import Run
 
 RUN_MARKER = ".hybridft-run"  # written into every run folder; the only folders --overwrite deletes
@@ -217,7 +217,6 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
             if spec.init == "pretrained" and resume_from is None:  # resumed: the checkpoint has the weights
                 restart_from_pretrained(run, spec.name or f"stage{index}")
             run.stage_reports.append(run_stage(run, index, spec, resume_from=resume_from))
-            forget_stage_start(run)
         reports, tensors = saved_artifacts(run)
         rng_states = process_rng_states(run.accelerator)
         if run.accelerator.is_main_process:
