@@ -41,6 +41,8 @@ SEMI = [  # (label, recipe, overrides)
     ("+ longer self-training (16,000 pseudo-labeled sentences seen)", "sst2-500-self-train-long", []),
     ("Noisy Student: a fresh student on gold + the teacher's labels for 20,000 full sentences",
      "sst2-500-noisy-student", []),
+    ("Noisy Student, soft labels: the teacher's distribution on 20,000 full sentences, then the gold labels",
+     "sst2-500-noisy-student-soft", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
