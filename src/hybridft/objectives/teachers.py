@@ -29,7 +29,8 @@ def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
             model = load_recipe_model(run.recipe, run.artifacts["model_source"], run.artifacts.get("base_dir", Path(".")),
                                       run.tokenizer, run.data.label_names)
     elif teacher == "previous":
-        model = copy.deepcopy(run.artifacts.get(STAGE_START) or unwrap(run.model))
+        start = run.artifacts.get(STAGE_START)
+        model = copy.deepcopy(start if start is not None else unwrap(run.model))
     elif teacher == "fine_tuned":
         if "fine_tuned_state" not in run.artifacts:
             raise HybridftError("teacher fine_tuned needs a mix stage before this stage")
