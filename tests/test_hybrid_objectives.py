@@ -4,6 +4,7 @@ the mix, resume with objective state, and their bad-input errors."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -223,3 +224,31 @@ def test_restarting_the_first_stage_or_a_pretrained_pseudo_label_teacher_is_refu
     recipe["stages"].append({"objectives": [{"name": "task"}, {"name": "pseudo_label", "teacher": "pretrained"}]})
     with pytest.raises(HybridftError, match="trained head"):
         validate_recipe(recipe)
+
+
+def test_a_relabeling_with_nothing_confident_keeps_the_last_labels(monkeypatch):
+    """At stage start nothing confident is an error; at a later re-labeling (e.g. after a smoothness
+    term made the model unsure) the previous round's pseudo-labels stay and training goes on."""
+    from types import SimpleNamespace
+
+    import hybridft.evaluate
+    from hybridft.objectives.pseudo_label import PseudoLabel, PseudoLabelSpec
+
+    rounds = iter([[[4.0, 0.0], [0.0, 4.0], [0.1, 0.0]], [[0.1, 0.0], [0.0, 0.1], [0.1, 0.0]]])
+    monkeypatch.setattr(hybridft.evaluate, "predict", lambda *a, **k: (list(map(np.array, next(rounds))), None))
+    written = []
+    run = SimpleNamespace(recipe=SimpleNamespace(task="classification"), data=SimpleNamespace(
+        unlabeled=[{}] * 3, unlabeled_gold=None, label_names=["neg", "pos"]), collator=None, device="cpu",
+        progress=False, model=None, global_step=0, log=SimpleNamespace(write=lambda step, row: written.append(row)))
+    objective = PseudoLabel(PseudoLabelSpec(threshold=0.9, relabel_every=1))
+    objective.on_stage_start(run)
+    assert objective.kept.tolist() == [0, 1] and objective.kept_labels.tolist() == [0, 1]
+    objective.on_epoch_start(run, 1)
+    assert objective.kept.tolist() == [0, 1] and objective.kept_labels.tolist() == [0, 1]
+    assert [r["kept"] for r in objective.summary()["rounds"]] == [2, 0]
+    assert written[-1]["pseudo/kept_previous"] == 1
+    with pytest.raises(HybridftError, match="reaches confidence"):  # at stage start: nothing to train on
+        fresh = PseudoLabel(PseudoLabelSpec(threshold=0.99))
+        rounds = iter([[[0.1, 0.0]] * 3])
+        monkeypatch.setattr(hybridft.evaluate, "predict", lambda *a, **k: (list(map(np.array, next(rounds))), None))
+        fresh.on_stage_start(run)

@@ -82,12 +82,16 @@ class PseudoLabel(Objective):
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         ids, labels = select_confident(probs, self.config.threshold, self.config.top_k_per_class)
-        if len(ids) == 0:
+        if len(ids) == 0 and epoch == 0:
             raise HybridftError(f"pseudo_label: no prediction on the unlabeled pool reaches confidence "
                                 f"{self.config.threshold}; lower the threshold")
+        if len(ids) == 0:  # e.g. a smoothness term made the model less sure: keep the last round's labels
+            self.rounds.append([epoch, len(probs), 0, 0, 0, *[0] * len(run.data.label_names)])
+            run.log.write(run.global_step, {"stage": "pseudo_label", "pseudo/kept": 0, "pseudo/kept_previous": 1})
+            return
         self.kept = torch.as_tensor(ids, dtype=torch.long)
         self.kept_labels = torch.as_tensor(labels, dtype=torch.long)
-        gold = [run.data.unlabeled_gold[i] for i in ids] if run.data.unlabeled_gold else []
+        gold = [run.data.unlabeled_gold[i] for i in ids] if run.data.unlabeled_gold else [None] * len(ids)
         checked = [(g, p) for g, p in zip(gold, labels.tolist(), strict=True) if g is not None]
         counts = np.bincount(labels, minlength=len(run.data.label_names)).tolist()
         # [epoch, pool, kept, correct, checked, per-class counts...]: plain numbers, so a checkpoint holds them

@@ -100,7 +100,8 @@ def render_markdown(r: dict) -> str:
                 lines += ["", "Pseudo-labels:", "", "| epoch | pool | kept | per class | accuracy vs gold (checked) |",
                           "|---|---|---|---|---|"]
             per_class = ", ".join(f"{k} {v}" for k, v in round_["per_class"].items())
-            lines.append(f"| {round_['epoch']} | {round_['pool']:,} | {round_['kept']:,} | {per_class} | "
+            kept = f"{round_['kept']:,}" if round_["kept"] else "none confident: the previous round's labels stay"
+            lines.append(f"| {round_['epoch']} | {round_['pool']:,} | {kept} | {per_class} | "
                          f"{_fmt(round_['accuracy_vs_gold'])} ({round_['checked_against_gold']:,}) |")
         for summary in s.get("selectors", []):
             if summary.get("name") == "importance":
