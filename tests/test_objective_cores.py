@@ -9,6 +9,7 @@ import torch
 from hybridft.objectives.adversarial import per_example_normalized, project, symmetric_kl
 from hybridft.objectives.contrastive import info_nce, sentence_embeddings, supervised_contrastive
 from hybridft.objectives.distill import hidden_distillation, logit_distillation
+from hybridft.objectives.input_noise import mask_random_tokens
 from hybridft.objectives.pseudo_label import select_confident
 
 
@@ -112,3 +113,22 @@ def test_perturbation_norms_per_example():
     projected = project(big, 2.0)
     assert torch.allclose(projected.flatten(1).norm(dim=1), torch.full((2,), 2.0))
     assert torch.equal(project(0.5 * unit, 2.0), 0.5 * unit)  # inside the ball: unchanged
+
+
+def test_mask_random_tokens_hides_the_asked_fraction_of_real_tokens_only():
+    torch.manual_seed(0)
+    ids = torch.randint(5, 100, (200, 50))
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+    attention = torch.ones_like(ids)
+    attention[:100, 30:] = 0  # half the rows padded after 30 tokens
+    inputs = {"input_ids": ids, "attention_mask": attention}
+    original = ids.clone()
+    noised = mask_random_tokens(inputs, 0.2, 103, torch.tensor([0, 101, 102, 103]))
+    hit = noised["input_ids"] != ids
+    assert torch.equal(inputs["input_ids"], original)  # the input is not changed
+    assert (noised["input_ids"][hit] == 103).all()
+    assert not hit[:, 0].any() and not hit[:, -1].any() and not hit[attention == 0].any()
+    real = (attention == 1).clone()
+    real[:, 0] = real[:, -1] = False
+    assert abs(hit.sum().item() / real.sum().item() - 0.2) < 0.02
+

@@ -24,6 +24,8 @@ EXAMPLES = {
     "contrastive": {"name": "contrastive", "source": "unlabeled"},
     "contrastive-supervised": {"name": "contrastive", "mode": "supervised", "pooling": "cls"},
     "pseudo_label": {"name": "pseudo_label", "threshold": 0.0},
+    "pseudo_label-noisy": {"name": "pseudo_label", "threshold": 0.0, "noise": 0.3},
+    "distill-previous-noisy": {"name": "distill", "teacher": "previous", "noise": 0.3},
     "adversarial-fgm": {"name": "adversarial", "method": "fgm", "epsilon": 0.5},
     "adversarial-pgd": {"name": "adversarial", "method": "pgd", "steps": 2},
     "adversarial-smart-unlabeled": {"name": "adversarial", "method": "smart", "source": "unlabeled"},
@@ -142,3 +144,28 @@ def test_l2_sp_keeps_the_weights_closer_to_the_pretrained_ones(tiny_model, senti
     plain = distance([{"name": "task"}], "plain")
     anchored = distance([{"name": "task"}, {"name": "regularize", "kind": "l2_sp", "weight": 0.5}], "l2sp")
     assert anchored < plain
+
+
+def test_a_noisy_student_is_taught_from_the_clean_text(tiny_model, sentiment_csv, unlabeled_csv, tmp_path):
+    """At stage start the student is its teacher: without noise the distillation loss is zero; with
+    noise the student reads masked text while the teacher's (cached) logits are those of the clean
+    text."""
+    losses = {}
+    for noise in (0.0, 0.5):
+        recipe = recipe_with(tiny_model, sentiment_csv, unlabeled_csv, {"name": "distill", "teacher": "previous",
+                                                                        "noise": noise})
+        run = make_run(recipe, tmp_path / f"run{noise}")
+        run.model.eval()  # no dropout: only the input noise may separate student from teacher
+        objective = OBJECTIVES.build(validate_recipe(recipe).stages[-1].objectives[-1])
+        objective.on_stage_start(run)
+        ids = torch.randint(5, 30, (4, 12))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 1, 0])}
+        outputs = run.model(input_ids=ids, attention_mask=batch["attention_mask"])
+        ctx = StepContext(run, seed=3, draw=0, batch_ids=[0, 1, 2, 3], labeled=True, batch_size=4)
+        torch.manual_seed(0)
+        losses[noise] = objective.loss(run.model, batch, outputs, ctx).item()
+        cached = torch.stack([objective.cache["batch", i] for i in range(4)])
+        with torch.no_grad():
+            assert torch.allclose(cached, objective.teacher(input_ids=ids, attention_mask=batch["attention_mask"]).logits)
+    assert losses[0.0] < 1e-9 < 1e-6 < losses[0.5]
+

@@ -411,6 +411,8 @@ class Recipe(Spec):
                 if o.name not in GENERATIVE_OBJECTIVES or getattr(o, "source", "batch") != "batch":
                     raise ValueError(f"stages.{i}: objective {o.name} is not supported for {self.task}; use "
                                      f"{', '.join(GENERATIVE_OBJECTIVES)} (on the batch)")
+                if getattr(o, "noise", 0):  # a masked prompt or source would change what the target answers
+                    raise ValueError(f"stages.{i}: {o.name} noise is for classification and tagging, not {self.task}")
             if any(getattr(c, "choose_by", None) for c in stage.select):
                 raise ValueError(f"stages.{i}: choosing an importance value on held-out data is for classification "
                                  "and tagging; give one value")

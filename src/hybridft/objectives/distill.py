@@ -23,6 +23,7 @@ from ..errors import HybridftError
 from ..registry import OBJECTIVES
 from ..spec import Spec
 from .base import Objective, model_inputs
+from .input_noise import mask_random_tokens, noise_token_id
 from .task import IGNORE_INDEX, token_positions
 from .teachers import KEYWORDS, build_teacher, restore_teacher, teacher_outputs, teacher_state
 
@@ -40,6 +41,8 @@ class DistillSpec(Spec):
                               description="hidden only: hidden-state indices (0 = embeddings, -1 = last layer)")
     source: Literal["batch", "unlabeled", "both"] = "batch"
     cache: bool = Field(True, description="keep teacher logits per example (logits only)")
+    noise: float = Field(0.0, ge=0, lt=1, description="fraction of the student's tokens replaced by the mask token; "
+                                                      "the teacher sees the clean text (Noisy Student)")
     needs_labels: ClassVar[bool] = False
 
     @model_validator(mode="after")
@@ -80,8 +83,8 @@ class Distill(Objective):
     """Distillation from a frozen teacher: logits KL with temperature, or hidden-state MSE/cosine."""
 
     @property
-    def uses_outputs(self) -> bool:
-        return self.config.source != "unlabeled"
+    def uses_outputs(self) -> bool:  # a noisy student reads its own forward pass of the masked text
+        return self.config.source != "unlabeled" and not self.config.noise
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -95,6 +98,9 @@ class Distill(Objective):
         self.generative = run.recipe.task in ("causal_lm", "seq2seq")
         self.causal = run.recipe.task == "causal_lm"
         self.cache: dict[tuple[str, int], torch.Tensor] = {}
+        if self.config.noise:
+            self.noise_id = noise_token_id(run.tokenizer)
+            self.special_ids = torch.tensor(run.tokenizer.all_special_ids, device=run.device)
 
     def on_stage_end(self, run) -> None:
         self.teacher, self.cache = None, {}
@@ -108,12 +114,18 @@ class Distill(Objective):
     def loss(self, model, batch, outputs, ctx):
         terms = []
         if self.config.source in ("batch", "both"):
-            terms.append(self.term(model, batch, outputs, ("batch", ctx.batch_ids)))
+            student = self.student(model, batch) if self.config.noise else outputs
+            terms.append(self.term(model, batch, student, ("batch", ctx.batch_ids)))
         if self.config.source in ("unlabeled", "both"):
             unlabeled = ctx.unlabeled
-            student = model(**model_inputs(unlabeled), output_hidden_states=self.needs_hidden_states)
-            terms.append(self.term(model, unlabeled, student, ("unlabeled", ctx.unlabeled_ids)))
+            terms.append(self.term(model, unlabeled, self.student(model, unlabeled), ("unlabeled", ctx.unlabeled_ids)))
         return sum(terms) / len(terms)
+
+    def student(self, model, batch: dict):
+        inputs = model_inputs(batch)
+        if self.config.noise:
+            inputs = mask_random_tokens(inputs, self.config.noise, self.noise_id, self.special_ids)
+        return model(**inputs, output_hidden_states=self.needs_hidden_states)
 
     def term(self, model, batch: dict, student, where: tuple[str, list[int]]) -> torch.Tensor:
         mask = batch["attention_mask"]

@@ -20,6 +20,7 @@ from ..errors import HybridftError
 from ..registry import OBJECTIVES
 from ..spec import Spec
 from .base import Objective, model_inputs
+from .input_noise import mask_random_tokens, noise_token_id
 from .task import task_loss
 from .teachers import build_teacher, unwrap
 
@@ -34,6 +35,8 @@ class PseudoLabelSpec(Spec):
     top_k_per_class: int | None = Field(None, gt=0, description="keep at most this many per class (most confident)")
     relabel_every: int | None = Field(None, gt=0, description="epochs between re-labelings (current teacher)")
     batch_size: int | None = Field(None, gt=0, description="pseudo-labeled examples per step; default: the stage's")
+    noise: float = Field(0.0, ge=0, lt=1, description="fraction of the student's tokens replaced by the mask token; "
+                                                      "labeling sees the clean text (Noisy Student)")
     needs_labels: ClassVar[bool] = False
     source: ClassVar[str] = "unlabeled"
 
@@ -63,6 +66,9 @@ class PseudoLabel(Objective):
             raise HybridftError("pseudo_label labels whole sentences; it does not support token_classification yet")
         self.run, self.rounds = run, getattr(self, "rounds", [])
         self.teacher = None if self.config.teacher == "current" else build_teacher(run, self.config.teacher, True)
+        if self.config.noise:
+            self.noise_id = noise_token_id(run.tokenizer)
+            self.special_ids = torch.tensor(run.tokenizer.all_special_ids, device=run.device)
         if getattr(self, "kept", None) is None:  # not restored from a checkpoint
             self.label_pool(epoch=0)
 
@@ -104,9 +110,11 @@ class PseudoLabel(Objective):
         size = self.config.batch_size or ctx.batch_size
         picks = ctx.stream_ids(len(self.kept), size, ctx.seed + 13 + 101 * len(self.rounds))
         examples = [self.run.data.unlabeled[int(self.kept[i])] for i in picks]
-        inputs = ctx.collate(examples)
+        inputs = model_inputs(ctx.collate(examples))
+        if self.config.noise:
+            inputs = mask_random_tokens(inputs, self.config.noise, self.noise_id, self.special_ids)
         labels = self.kept_labels[picks].to(ctx.run.device)
-        return task_loss(model(**model_inputs(inputs)).logits, labels)
+        return task_loss(model(**inputs).logits, labels)
 
     def on_stage_end(self, run) -> None:
         self.teacher = None
