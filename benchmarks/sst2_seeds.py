@@ -43,6 +43,8 @@ SEMI = [  # (label, recipe, overrides)
      "sst2-500-noisy-student", []),
     ("Noisy Student, soft labels: the teacher's distribution on 20,000 full sentences, then the gold labels",
      "sst2-500-noisy-student-soft", []),
+    ("Noisy Student, soft labels + input noise (15% of the student's tokens masked)",
+     "sst2-500-noisy-student-soft-noise", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),

@@ -23,7 +23,7 @@ from ..errors import HybridftError
 from ..registry import OBJECTIVES
 from ..spec import Spec
 from .base import Objective, model_inputs
-from .input_noise import mask_random_tokens, noise_token_id
+from .input_noise import student_noise
 from .task import IGNORE_INDEX, token_positions
 from .teachers import KEYWORDS, build_teacher, restore_teacher, teacher_outputs, teacher_state
 
@@ -98,9 +98,7 @@ class Distill(Objective):
         self.generative = run.recipe.task in ("causal_lm", "seq2seq")
         self.causal = run.recipe.task == "causal_lm"
         self.cache: dict[tuple[str, int], torch.Tensor] = {}
-        if self.config.noise:
-            self.noise_id = noise_token_id(run.tokenizer)
-            self.special_ids = torch.tensor(run.tokenizer.all_special_ids, device=run.device)
+        self.noise = student_noise(run, self.config.noise)
 
     def on_stage_end(self, run) -> None:
         self.teacher, self.cache = None, {}
@@ -122,10 +120,7 @@ class Distill(Objective):
         return sum(terms) / len(terms)
 
     def student(self, model, batch: dict):
-        inputs = model_inputs(batch)
-        if self.config.noise:
-            inputs = mask_random_tokens(inputs, self.config.noise, self.noise_id, self.special_ids)
-        return model(**inputs, output_hidden_states=self.needs_hidden_states)
+        return model(**self.noise(model_inputs(batch)), output_hidden_states=self.needs_hidden_states)
 
     def term(self, model, batch: dict, student, where: tuple[str, list[int]]) -> torch.Tensor:
         mask = batch["attention_mask"]

@@ -9,12 +9,17 @@ import torch
 from ..errors import HybridftError
 
 
-def noise_token_id(tokenizer) -> int:
-    """The token that stands in for a hidden one: the mask token, else the unknown token."""
+def student_noise(run, probability: float):
+    """``inputs -> noised copy`` for a run's tokenizer, or the identity when ``probability`` is 0. The
+    stand-in token is the mask token, else the unknown token."""
+    if not probability:
+        return lambda inputs: inputs
+    tokenizer = run.tokenizer
     token_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
     if token_id is None:
         raise HybridftError("noise needs a tokenizer with a mask or unknown token; this one has neither")
-    return token_id
+    special_ids = torch.tensor(tokenizer.all_special_ids, device=run.device)
+    return lambda inputs: mask_random_tokens(inputs, probability, token_id, special_ids)
 
 
 def mask_random_tokens(inputs: dict, probability: float, token_id: int, special_ids: torch.Tensor) -> dict:

@@ -20,7 +20,7 @@ from ..errors import HybridftError
 from ..registry import OBJECTIVES
 from ..spec import Spec
 from .base import Objective, model_inputs
-from .input_noise import mask_random_tokens, noise_token_id
+from .input_noise import student_noise
 from .task import task_loss
 from .teachers import build_teacher, unwrap
 
@@ -66,9 +66,7 @@ class PseudoLabel(Objective):
             raise HybridftError("pseudo_label labels whole sentences; it does not support token_classification yet")
         self.run, self.rounds = run, getattr(self, "rounds", [])
         self.teacher = None if self.config.teacher == "current" else build_teacher(run, self.config.teacher, True)
-        if self.config.noise:
-            self.noise_id = noise_token_id(run.tokenizer)
-            self.special_ids = torch.tensor(run.tokenizer.all_special_ids, device=run.device)
+        self.noise = student_noise(run, self.config.noise)
         if getattr(self, "kept", None) is None:  # not restored from a checkpoint
             self.label_pool(epoch=0)
 
@@ -110,9 +108,7 @@ class PseudoLabel(Objective):
         size = self.config.batch_size or ctx.batch_size
         picks = ctx.stream_ids(len(self.kept), size, ctx.seed + 13 + 101 * len(self.rounds))
         examples = [self.run.data.unlabeled[int(self.kept[i])] for i in picks]
-        inputs = model_inputs(ctx.collate(examples))
-        if self.config.noise:
-            inputs = mask_random_tokens(inputs, self.config.noise, self.noise_id, self.special_ids)
+        inputs = self.noise(model_inputs(ctx.collate(examples)))
         labels = self.kept_labels[picks].to(ctx.run.device)
         return task_loss(model(**inputs).logits, labels)
 
