@@ -45,6 +45,8 @@ SEMI = [  # (label, recipe, overrides)
      "sst2-500-noisy-student-soft", []),
     ("Noisy Student, soft labels + input noise (15% of the student's tokens masked)",
      "sst2-500-noisy-student-soft-noise", []),
+    ("Noisy Student, two rounds (soft labels + input noise; the first student teaches a second)",
+     "sst2-500-noisy-student-2-rounds", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
