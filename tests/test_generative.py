@@ -335,6 +335,8 @@ def test_token_distillation_of_a_model_from_itself_is_zero(tiny_gpt2, text_file,
 
 @pytest.mark.parametrize("change, message", [
     ({"stages": [{"objectives": [{"name": "pseudo_label"}]}]}, "not supported for causal_lm"),
+    ({"stages": [{"objectives": [{"name": "distill", "teacher": "previous", "noise": 0.1}]}]},
+     "noise is for classification and tagging"),
     ({"data": {"packing": True}, "task": "seq2seq"}, "only for causal_lm"),
     ({"metric": "bleu"}, "not reported for causal_lm"),
 ])
