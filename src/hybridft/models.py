@@ -101,3 +101,10 @@ def load_recipe_model(recipe, source: str, base_dir: Path, tokenizer, label_name
         return load_generative_model(source, recipe.task, tokenizer, decoder_source(recipe.model.decoder, base_dir),
                                      recipe.model.trust_remote_code)
     return load_model(source, recipe.task, label_names, recipe.model.trust_remote_code)
+
+
+def load_run_pretrained(run):
+    """The pretrained model a run started from, with a new head (drawn from the global RNG)."""
+    return load_recipe_model(run.recipe, run.artifacts["model_source"], run.artifacts.get("base_dir", Path(".")),
+                             run.tokenizer, run.data.label_names)
+

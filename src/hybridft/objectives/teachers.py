@@ -23,14 +23,14 @@ def unwrap(model):
 
 def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
     if teacher == "pretrained":
-        from ..models import load_recipe_model
+        from ..models import load_run_pretrained
 
         with torch.random.fork_rng(devices=[]):  # its unused new head must not move the run's RNG
-            model = load_recipe_model(run.recipe, run.artifacts["model_source"], run.artifacts.get("base_dir", Path(".")),
-                                      run.tokenizer, run.data.label_names)
+            model = load_run_pretrained(run)
     elif teacher == "previous":
         start = run.artifacts.get(STAGE_START)
-        model = copy.deepcopy(start if start is not None else unwrap(run.model))
+        # a restarted stage's snapshot is frozen already and never changes: its teachers share it
+        model = start if start is not None else copy.deepcopy(unwrap(run.model))
     elif teacher == "fine_tuned":
         if "fine_tuned_state" not in run.artifacts:
             raise HybridftError("teacher fine_tuned needs a mix stage before this stage")

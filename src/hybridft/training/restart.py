@@ -7,18 +7,16 @@ weights back and a new head, drawn from the run's random state like the first st
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 from ..errors import HybridftError
 from ..objectives.teachers import STAGE_START, unwrap
 
 
 def restart_from_pretrained(run, stage_name: str) -> None:
-    from ..models import load_recipe_model
+    from ..models import load_run_pretrained
 
     model = unwrap(run.model)
-    fresh = load_recipe_model(run.recipe, run.artifacts["model_source"], run.artifacts.get("base_dir", Path(".")),
-                              run.tokenizer, run.data.label_names).state_dict()
+    fresh = load_run_pretrained(run).state_dict()  # the new head from the run's RNG, like the first stage's
     added = sorted(set(model.state_dict()) - set(fresh))
     if added:  # adapters an earlier stage inserted have no pretrained weights to go back to
         raise HybridftError(f"stage {stage_name}: init pretrained cannot reset modules an earlier stage added "
