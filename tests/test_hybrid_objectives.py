@@ -34,6 +34,7 @@ def test_mlm_alone_on_unlabeled_text_lowers_the_mlm_loss(tiny_model, sentiment_c
     assert len(curve) == 12 * 8  # 60 sentences, batch 8: 8 steps per epoch
     assert sum(curve[-8:]) / 8 < 0.95 * sum(curve[:8]) / 8  # from ln(35) = 3.56 towards the unigram entropy
     assert report["stages"][0]["evaluations"] == []  # no task evaluation on an unlabeled stage
+    assert "| not evaluated |" in (tmp_path / "run" / "report.md").read_text()  # not an empty score
 
 
 def test_pseudo_labels_are_counted_checked_against_gold_and_relabeled(tiny_model, sentiment_csv, unlabeled_csv,

@@ -73,14 +73,15 @@ def render_markdown(r: dict) -> str:
         lines += [f"| **{labels[i]}** | " + " | ".join(str(x) for x in row) + " |"
                   for i, row in enumerate(r["confusion_matrix"])]
     lines += ["", "## Stages", "",
-              "| stage | selectors | objectives | trainable | steps | train time (s) | samples/s | best |",
+              "| stage | selectors | objectives | trainable | steps | train time (s) | samples/s | best evaluation |",
               "|---|---|---|---|---|---|---|---|"]
     for s in r["stages"]:
         sel = ", ".join(c["name"] for c in s["select"])
         obj = ", ".join(f"{c['name']}x{c['weight']:g}" for c in s["objectives"])
         (metric, best), = [(k, v) for k, v in s["best_metric"].items() if k != "step"]
+        best = "not evaluated" if best is None else f"{metric} {_fmt(best)}"  # e.g. a stage over unlabeled text
         lines.append(f"| {s['name']} | {sel} | {obj} | {s['trainable_params']:,} | {s['steps']} | "
-                     f"{s['train_time_s']:.1f} | {s['samples_per_s']:.1f} | {metric} {_fmt(best)} |")
+                     f"{s['train_time_s']:.1f} | {s['samples_per_s']:.1f} | {best} |")
     for s in r["stages"]:
         lines += ["", f"### Stage {s['name']}: where the {s['trainable_params']:,} trainable entries are", "",
                   "| module | trainable |", "|---|---|"]
