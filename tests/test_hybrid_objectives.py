@@ -145,6 +145,11 @@ def test_fgm_is_the_task_loss_one_normalised_gradient_step_away(tiny_model):
     ({"objectives": [{"name": "adversarial", "method": "fgm", "source": "unlabeled"}]}, "u", "method: smart"),
     ({"objectives": [{"name": "distill", "teacher": "pretrained"}, {"name": "distill", "teacher": "pretrained"}]},
      None, "listed twice"),
+    ({"objectives": [{"name": "distill", "teacher": "stage:teacher"}]}, None, "names no earlier stage"),
+    ({"objectives": [{"name": "distill", "teacher": ["previous"]}]}, None, "two or more different"),
+    ({"objectives": [{"name": "distill", "teacher": ["previous", "previous"]}]}, None, "two or more different"),
+    ({"objectives": [{"name": "distill", "teacher": ["previous", "fine_tuned"], "kind": "hidden"}]}, None,
+     "logits only"),
 ])
 def test_recipe_errors(tiny_model, sentiment_csv, unlabeled_csv, stage, unlabeled, expected):
     recipe = base_recipe(tiny_model, sentiment_csv, **stage)
@@ -215,6 +220,45 @@ def test_resume_inside_a_restarted_stage_keeps_the_previous_teacher(tiny_model, 
     run_recipe(validate_recipe(recipe), tmp_path, crashed, resume=True, progress=False)
     again = load_file(crashed / "model" / "model.safetensors")
     assert all(torch.equal(final[k], again[k]) for k in final)
+
+
+def test_a_teacher_named_by_stage_is_the_model_that_stage_left_also_after_a_resume(tiny_model, sentiment_csv,
+                                                                                    unlabeled_csv, tmp_path):
+    """teacher: stage:<name> (an ensemble teacher for Noisy Student): a stage restarted from the
+    pretrained weights in between does not change it, and a run resumed after that stage rebuilds it
+    from the checkpoint."""
+    def recipe(between: bool, teacher: str) -> dict:
+        r = with_unlabeled(base_recipe(tiny_model, sentiment_csv, name="first", max_steps=40,
+                                       optimizer={"lr": 2e-3}), unlabeled_csv)
+        if between:  # a second teacher, trained afresh: "previous" is now this one, not the first
+            r["stages"].append({"name": "second", "init": "pretrained", "max_steps": 3, "optimizer": {"lr": 2e-3}})
+        r["stages"].append({"name": "student", "init": "pretrained", "max_steps": 4, "keep_best": False,
+                            "objectives": [{"name": "task"},
+                                           {"name": "pseudo_label", "teacher": teacher, "threshold": 0.0},
+                                           {"name": "distill", "teacher": ["stage:first", "previous"],
+                                            "source": "unlabeled"}] if between else
+                            [{"name": "task"}, {"name": "pseudo_label", "teacher": teacher, "threshold": 0.0}]})
+        r["output"] = {"keep_checkpoints": 20, "keep_checkpoints_after_run": True}
+        return r
+
+    def first_round(report):
+        return report["stages"][-1]["objective_details"]["pseudo_label"]["rounds"][0]
+
+    named, final = train_and_load(recipe(True, "stage:first"), tmp_path / "named")
+    direct, _ = train_and_load(recipe(False, "previous"), tmp_path / "direct")
+    assert first_round(named) == first_round(direct) and first_round(named)["accuracy_vs_gold"] > 0.6
+    second, _ = train_and_load(recipe(True, "previous"), tmp_path / "second")  # "previous" is the second teacher
+    assert first_round(second) != first_round(named)
+    assert "loss/distill_stage:first+previous" in (tmp_path / "named" / "metrics.jsonl").read_text()
+
+    resumed = tmp_path / "resumed"  # as if killed right after the second teacher's stage
+    shutil.copytree(tmp_path / "named", resumed)
+    (resumed / "checkpoints" / "latest").write_text("stage-1-done")
+    shutil.rmtree(resumed / "model")
+    again = run_recipe(validate_recipe(recipe(True, "stage:first")), tmp_path, resumed, resume=True, progress=False)
+    assert first_round(again) == first_round(named)
+    weights = load_file(resumed / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], weights[k]) for k in final)
 
 
 def test_restarting_the_first_stage_or_a_pretrained_pseudo_label_teacher_is_refused(tiny_model, sentiment_csv,

@@ -8,7 +8,7 @@ import torch
 
 from hybridft.objectives.adversarial import per_example_normalized, project, symmetric_kl
 from hybridft.objectives.contrastive import info_nce, sentence_embeddings, supervised_contrastive
-from hybridft.objectives.distill import hidden_distillation, logit_distillation
+from hybridft.objectives.distill import ensemble_logits, hidden_distillation, logit_distillation
 from hybridft.objectives.input_noise import mask_random_tokens
 from hybridft.objectives.pseudo_label import select_confident
 
@@ -27,6 +27,19 @@ def test_logit_distillation_matches_kl_by_hand():
         by_hand += sum(b * math.log(b / a) for a, b in zip(ps, pt, strict=True))
     assert float(logit_distillation(s, t, temp)) == pytest.approx(by_hand / 4 * temp ** 2, rel=1e-5)
     assert float(logit_distillation(t, t, temp)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_an_ensemble_teacher_is_the_mean_of_its_members_distributions():
+    torch.manual_seed(0)
+    members = [torch.randn(4, 3) * 3 for _ in range(3)]
+    ensemble = ensemble_logits(members)
+    for row in range(4):
+        mean = [sum(softmax(m[row].tolist())[c] for m in members) / 3 for c in range(3)]
+        assert softmax(ensemble[row].tolist()) == pytest.approx(mean, rel=1e-5)
+        assert torch.exp(ensemble[row]).sum() == pytest.approx(1.0, rel=1e-5)  # log-probabilities already
+    # the student that matches the ensemble exactly has zero loss; one member alone does not
+    assert float(logit_distillation(ensemble, ensemble, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(logit_distillation(members[0], ensemble, 1.0)) > 0.01
 
 
 def test_logit_distillation_token_level_ignores_padding():

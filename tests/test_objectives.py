@@ -26,6 +26,7 @@ EXAMPLES = {
     "pseudo_label": {"name": "pseudo_label", "threshold": 0.0},
     "pseudo_label-noisy": {"name": "pseudo_label", "threshold": 0.0, "noise": 0.3},
     "distill-previous-noisy": {"name": "distill", "teacher": "previous", "noise": 0.3},
+    "distill-ensemble": {"name": "distill", "teacher": ["previous", "fine_tuned"], "temperature": 2.0},
     "adversarial-fgm": {"name": "adversarial", "method": "fgm", "epsilon": 0.5},
     "adversarial-pgd": {"name": "adversarial", "method": "pgd", "steps": 2},
     "adversarial-smart-unlabeled": {"name": "adversarial", "method": "smart", "source": "unlabeled"},
@@ -36,7 +37,7 @@ def recipe_with(tiny_model, train, unlabeled, objective: dict, **stage) -> dict:
     """Stage 0 trains the task; then (after a mix stage when the teacher is M_fine) the objective."""
     recipe = base_recipe(tiny_model, train, max_steps=2)
     recipe["data"]["unlabeled"] = {"path": str(unlabeled)}
-    if objective.get("teacher") == "fine_tuned":
+    if "fine_tuned" in str(objective.get("teacher")):  # alone or in an ensemble
         recipe["stages"].append({"mix": {"alphas": [0.0, 0.5]}})
     recipe["stages"].append({"name": "s1", "optimizer": {"lr": 1e-2}, "batch_size": 8, "max_steps": 3,
                              "objectives": [{"name": "task"}, objective] if objective["name"] != "task" else [objective],
@@ -166,6 +167,6 @@ def test_a_noisy_student_is_taught_from_the_clean_text(tiny_model, sentiment_csv
         losses[noise] = objective.loss(run.model, batch, outputs, ctx).item()
         cached = torch.stack([objective.cache["batch", i] for i in range(4)])
         with torch.no_grad():
-            assert torch.allclose(cached, objective.teacher(input_ids=ids, attention_mask=batch["attention_mask"]).logits)
+            assert torch.allclose(cached, objective.teachers[0](input_ids=ids, attention_mask=batch["attention_mask"]).logits)
     assert losses[0.0] < 1e-9 < 1e-6 < losses[0.5]
 

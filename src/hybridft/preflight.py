@@ -19,7 +19,7 @@ def check_paths(recipe, base_dir: Path) -> list[str]:
     """Data files, the unlabeled pool and teacher model folders exist (a missing teacher would
     otherwise only be found when its stage starts, after the earlier stages have trained)."""
     from .models import check_model_dir
-    from .objectives.teachers import KEYWORDS
+    from .objectives.teachers import KEYWORDS, STAGE_REF, teacher_names
 
     def resolve(value: str) -> Path:
         return Path(value) if Path(value).is_absolute() else base_dir / value
@@ -43,13 +43,13 @@ def check_paths(recipe, base_dir: Path) -> list[str]:
         problems += [f"{key}: not found: {f if LANG in value else value}" for f in files if not f.exists()]
     for i, stage in enumerate(recipe.stages):
         for j, objective in enumerate(getattr(stage, "objectives", [])):
-            teacher = getattr(objective, "teacher", None)
-            if teacher is None or teacher in (*KEYWORDS, "current"):
-                continue
-            try:
-                check_model_dir(resolve(teacher))
-            except HybridftError as e:
-                problems.append(f"stages.{i}.objectives.{j}.teacher: {e}")
+            for teacher in teacher_names(objective):
+                if teacher in (*KEYWORDS, "current") or teacher.startswith(STAGE_REF):
+                    continue
+                try:
+                    check_model_dir(resolve(teacher))
+                except HybridftError as e:
+                    problems.append(f"stages.{i}.objectives.{j}.teacher: {e}")
     return problems
 
 

@@ -17,6 +17,7 @@ from . import objectives as _objectives  # noqa: F401  (registers objectives)
 from . import selectors as _selectors  # noqa: F401  (registers selectors)
 from .errors import HybridftError
 from .objectives.task import TaskConfig
+from .objectives.teachers import STAGE_REF, teacher_names
 from .registry import OBJECTIVES, SELECTORS
 from .selectors.full import FullConfig
 from .spec import Spec
@@ -366,19 +367,19 @@ class Recipe(Spec):
             if not isinstance(stage, StageSpec):
                 continue
             for o in stage.objectives:
-                teacher = getattr(o, "teacher", None)
-                if o.name == "distill" and teacher == "pretrained" and o.kind == "logits" and \
+                self._check_stage_teachers(i, o)
+                if o.name == "distill" and "pretrained" in teacher_names(o) and o.kind == "logits" and \
                         self.task not in GENERATIVE_TASKS:
                     raise ValueError(f"stages.{i}: the pretrained model has no trained task head: distill from it "
                                      "with kind: hidden")
                 if o.name == "distill" and o.kind == "hidden" and self.task == "seq2seq":
                     raise ValueError(f"stages.{i}: distill kind hidden is not supported for seq2seq; use kind: logits")
-                if teacher == "fine_tuned" and not any(isinstance(s, MixStageSpec) for s in self.stages[:i]):
+                if "fine_tuned" in teacher_names(o) and not any(isinstance(s, MixStageSpec) for s in self.stages[:i]):
                     raise ValueError(f"stages.{i}: objective {o.name} with teacher fine_tuned needs a mix stage "
                                      "before it")
-                if teacher == "previous" and i == 0:
+                if "previous" in teacher_names(o) and i == 0:
                     raise ValueError(f"stages.0: objective {o.name} with teacher previous needs a stage before it")
-                if o.name == "pseudo_label" and teacher == "pretrained":
+                if o.name == "pseudo_label" and "pretrained" in teacher_names(o):
                     raise ValueError(f"stages.{i}: pseudo_label needs a teacher with a trained head; the pretrained "
                                      "model's is new")
             if stage.init == "pretrained" and i == 0:
@@ -451,6 +452,29 @@ class Recipe(Spec):
                     raise ValueError(f"stages.{i}: objective {o.name} (as configured) is not supported in "
                                      f"multi-task recipes; use {', '.join(MULTI_TASK_OBJECTIVES)} on the batch")
         return self
+
+    def _check_stage_teachers(self, i: int, objective) -> None:
+        for teacher in teacher_names(objective):
+            if not teacher.startswith(STAGE_REF):
+                continue
+            name = teacher[len(STAGE_REF):]
+            earlier = [self.stage_name(j) for j in range(i)]
+            if earlier.count(name) != 1:
+                why = "names two earlier stages" if earlier.count(name) > 1 else "names no earlier stage"
+                raise ValueError(f"stages.{i}: teacher {teacher} {why}; the stages before it are "
+                                 f"{', '.join(earlier) or 'none'}")
+
+    def stage_name(self, index: int) -> str:
+        return self.stages[index].name or f"stage{index}"
+
+    def stage_index(self, name: str) -> int:
+        return [self.stage_name(i) for i in range(len(self.stages))].index(name)
+
+    @property
+    def teacher_stages(self) -> set[str]:
+        """The stages whose final weights a later teacher (``stage:<name>``) needs."""
+        return {t[len(STAGE_REF):] for s in self.training_stages for o in s.objectives
+                for t in teacher_names(o) if t.startswith(STAGE_REF)}
 
     @property
     def training_stages(self) -> list[StageSpec]:

@@ -6,12 +6,15 @@ task head, such as the pretrained model): MSE or 1 - cosine between the student'
 token representations of chosen layers, averaged over real (non-padding) tokens.
 
 Teachers: ``pretrained``, ``previous`` (the model as this stage started), ``fine_tuned`` (M_fine,
-kept by a mix stage: "distill the mix") or a model folder. Teacher logits are cached per example,
-since a frozen teacher in eval mode gives the same answer every epoch.
+kept by a mix stage: "distill the mix"), ``stage:<name>`` (the model as that earlier stage left it)
+or a model folder. A list of teachers is an ensemble: the student learns the mean of their output
+distributions (logits only). Teacher logits are cached per example, since a frozen teacher in eval
+mode gives the same answer every epoch.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -25,13 +28,22 @@ from ..spec import Spec
 from .base import Objective, model_inputs
 from .input_noise import student_noise
 from .task import IGNORE_INDEX, token_positions
-from .teachers import KEYWORDS, build_teacher, restore_teacher, teacher_outputs, teacher_state
+from .teachers import (
+    KEYWORDS,
+    STAGE_REF,
+    build_teacher,
+    restore_teacher,
+    teacher_names,
+    teacher_outputs,
+    teacher_state,
+)
 
 
 class DistillSpec(Spec):
     name: Literal["distill"] = "distill"
     weight: float = Field(1.0, ge=0)
-    teacher: str = Field("fine_tuned", description="pretrained | previous | fine_tuned | a model folder")
+    teacher: str | list[str] = Field("fine_tuned", description="pretrained | previous | fine_tuned | stage:<name> | "
+                                                             "a model folder; a list: their ensemble (logits only)")
     kind: Literal["logits", "hidden"] | None = Field(None, description="default: hidden for pretrained, else logits "
                                                                          "(a pretrained LM's logits are fine for causal_lm "
                                                                          "and seq2seq)")
@@ -49,12 +61,18 @@ class DistillSpec(Spec):
     def _kind(self):
         if self.kind is None:
             self.kind = "hidden" if self.teacher == "pretrained" else "logits"
+        if isinstance(self.teacher, list):
+            if len(self.teacher) < 2 or len(set(self.teacher)) < len(self.teacher):
+                raise ValueError("teacher: an ensemble lists two or more different teachers")
+            if self.kind == "hidden":
+                raise ValueError("teacher: an ensemble of teachers distils logits only (kind: logits)")
         return self
 
     @property
     def key(self) -> str:
-        """Log and uniqueness name: one distill term per teacher may share a stage."""
-        return f"distill_{self.teacher if self.teacher in KEYWORDS else Path(self.teacher).name}"
+        """Log and uniqueness name: one distill term per teacher (or ensemble) may share a stage."""
+        names = [t if t in KEYWORDS or t.startswith(STAGE_REF) else Path(t).name for t in teacher_names(self)]
+        return "distill_" + "+".join(names)
 
 
 def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
@@ -66,6 +84,14 @@ def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature
     if mask is not None:
         kl = kl[mask.bool()]
     return kl.mean() * temperature ** 2
+
+
+def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Logits whose softmax is the mean of the members' distributions (log of the mean), so that the
+    student learns the ensemble's averaged prediction; a temperature then applies to them as to one
+    teacher's logits."""
+    log_probs = torch.stack([F.log_softmax(x.float(), dim=-1) for x in logits])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
 
 
 def hidden_distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, loss: str) -> torch.Tensor:
@@ -91,8 +117,10 @@ class Distill(Objective):
         return self.config.kind == "hidden"
 
     def on_stage_start(self, run) -> None:
-        self.teacher = build_teacher(run, self.config.teacher, need_head=self.config.kind == "logits")
-        restore_teacher(self.teacher, getattr(self, "restored", None))  # resumed mid-stage
+        self.names = teacher_names(self.config)
+        self.teachers = [build_teacher(run, t, need_head=self.config.kind == "logits") for t in self.names]
+        if "previous" in self.names:  # resumed mid-stage
+            restore_teacher(self.teachers[self.names.index("previous")], getattr(self, "restored", None))
         self.token_level = run.recipe.task in ("token_classification", "causal_lm", "seq2seq")
         # over a vocabulary, per-token teacher logits are too large to keep (30k floats per token)
         self.generative = run.recipe.task in ("causal_lm", "seq2seq")
@@ -101,10 +129,12 @@ class Distill(Objective):
         self.noise = student_noise(run, self.config.noise)
 
     def on_stage_end(self, run) -> None:
-        self.teacher, self.cache = None, {}
+        self.teachers, self.cache = [], {}
 
     def state_dict(self):
-        return teacher_state(self.config.teacher, self.teacher)
+        if "previous" not in getattr(self, "names", []) or not self.teachers:
+            return {}
+        return teacher_state("previous", self.teachers[self.names.index("previous")])
 
     def load_state_dict(self, state):
         self.restored = state
@@ -125,7 +155,7 @@ class Distill(Objective):
     def term(self, model, batch: dict, student, where: tuple[str, list[int]]) -> torch.Tensor:
         mask = batch["attention_mask"]
         if self.config.kind == "hidden":
-            teacher = teacher_outputs(self.teacher, model_inputs(batch), hidden_states=True).hidden_states
+            teacher = teacher_outputs(self.teachers[0], model_inputs(batch), hidden_states=True).hidden_states
             if teacher[-1].shape[-1] != student.hidden_states[-1].shape[-1]:
                 raise HybridftError(f"teacher {self.config.teacher} has hidden size {teacher[-1].shape[-1]}, "
                                     f"the model {student.hidden_states[-1].shape[-1]}")
@@ -133,7 +163,7 @@ class Distill(Objective):
                        for i in self.config.layers) / len(self.config.layers)
         if self.generative:  # the positions that predict a labeled token (the response, the target)
             student_logits, labels = token_positions(student.logits, batch["labels"], self.causal)
-            teacher = teacher_outputs(self.teacher, model_inputs(batch), hidden_states=False).logits
+            teacher = self.teacher_forward(batch)
             teacher_logits, _ = token_positions(teacher, batch["labels"], self.causal)
             return logit_distillation(student_logits, teacher_logits, self.config.temperature, labels != IGNORE_INDEX)
         teacher_logits = self.teacher_logits(batch, where)
@@ -143,10 +173,10 @@ class Distill(Objective):
     def teacher_logits(self, batch: dict, where: tuple[str, list[int]]) -> torch.Tensor:
         source, ids = where
         if not self.config.cache:
-            return teacher_outputs(self.teacher, model_inputs(batch), hidden_states=False).logits
+            return self.teacher_forward(batch)
         missing = [i for i in ids if (source, i) not in self.cache]
         if missing:
-            logits = teacher_outputs(self.teacher, model_inputs(batch), hidden_states=False).logits
+            logits = self.teacher_forward(batch)
             lengths = batch["attention_mask"].sum(-1).tolist()
             for row, i in enumerate(ids):
                 self.cache[source, i] = logits[row, : lengths[row]] if self.token_level else logits[row]
@@ -158,3 +188,9 @@ class Distill(Objective):
         for r, x in enumerate(rows):
             padded[r, : len(x)] = x
         return padded
+
+    def teacher_forward(self, batch: dict) -> torch.Tensor:
+        """The teacher's logits, or its ensemble's (``ensemble_logits``)."""
+        inputs = model_inputs(batch)
+        logits = [teacher_outputs(t, inputs, hidden_states=False).logits for t in self.teachers]
+        return logits[0] if len(logits) == 1 else ensemble_logits(logits)

@@ -1,6 +1,7 @@
 """Frozen teachers for distillation and pseudo-labeling: the pretrained model, the model as the
-stage found it, M_fine before the mix step, or a saved model folder. Teachers run in eval mode,
-without gradients, and never change."""
+stage found it, M_fine before the mix step, the model as a named earlier stage left it
+(``stage:<name>``), or a saved model folder. Teachers run in eval mode, without gradients, and
+never change."""
 
 from __future__ import annotations
 
@@ -12,9 +13,18 @@ import torch
 from ..errors import HybridftError
 
 KEYWORDS = ("pretrained", "previous", "fine_tuned")
+STAGE_REF = "stage:"  # teacher: stage:<name>, the model as that earlier stage left it
 # run.artifacts key: the model as the last stage left it, kept while a stage that restarts from the
 # pretrained weights builds its teachers
 STAGE_START = "stage_start_model"
+# run.artifacts key: {stage name: its final weights} for the stages a later teacher names
+STAGE_WEIGHTS = "stage_weights"
+
+
+def teacher_names(objective) -> list[str]:
+    """The teachers an objective names (a distill ensemble names several; most objectives none)."""
+    teacher = getattr(objective, "teacher", None)
+    return [] if teacher is None else [teacher] if isinstance(teacher, str) else list(teacher)
 
 
 def unwrap(model):
@@ -39,11 +49,40 @@ def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
         unexpected = model.load_state_dict(run.artifacts["fine_tuned_state"], strict=False).unexpected_keys
         if unexpected:
             raise HybridftError(f"the fine-tuned weights do not fit this stage's model (e.g. {unexpected[0]})")
+    elif teacher.startswith(STAGE_REF):
+        model = stage_teacher(run, teacher[len(STAGE_REF):])
     else:
         model = folder_teacher(run, teacher, need_head)
     model.eval()
     model.requires_grad_(False)
     return model.to(run.device)
+
+
+def keep_stage_weights(run, name: str) -> None:
+    """After stage ``name``: keep its weights if a later teacher names it (a copy on the CPU side of
+    the model's size; the teacher is only built, once, when the stage that uses it starts)."""
+    if name in run.recipe.teacher_stages:
+        weights = {k: v.detach().clone() for k, v in unwrap(run.model).state_dict().items()}
+        run.artifacts.setdefault(STAGE_WEIGHTS, {})[name] = weights
+
+
+def stage_teacher(run, name: str) -> torch.nn.Module:
+    """The model as stage ``name`` left it: the pretrained skeleton, the modules that stage and the
+    ones before it inserted (adapters, LoRA), then its kept weights."""
+    from ..models import load_run_pretrained
+    from ..registry import SELECTORS
+
+    weights = run.artifacts.get(STAGE_WEIGHTS, {}).get(name)
+    if weights is None:  # validate checks the name; this is a run whose stages changed under it
+        raise HybridftError(f"teacher {STAGE_REF}{name}: no finished stage of that name kept its weights")
+    with torch.random.fork_rng(devices=[]):  # the skeleton's new head must not move the run's RNG
+        model = load_run_pretrained(run)
+    stages = run.recipe.stages
+    for spec in stages[: run.recipe.stage_index(name) + 1]:
+        for config in getattr(spec, "select", ()):  # mix stages change no structure
+            model = SELECTORS.build(config).restore_structure(model)
+    model.load_state_dict(weights)
+    return model
 
 
 def teacher_state(name: str, teacher) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..errors import HybridftError
+from ..objectives.teachers import STAGE_WEIGHTS
 
 LATEST = "latest"
 SELECTOR_STATE = "selectors.safetensors"
@@ -50,22 +51,34 @@ def restore_objective_state(path: Path, objectives) -> None:
 
 
 FINE_TUNED = "fine_tuned/"
+KEPT_STAGE = "stage_weights/"  # + "<stage index>/<tensor name>": the weights a stage:<name> teacher needs
 
 
 def saved_artifacts(run) -> tuple[dict, dict]:
-    """What later stages need from a mix stage: its report (JSON) and M_fine's weights (tensors)."""
+    """What later stages need from earlier ones: a mix stage's report (JSON) and M_fine's weights,
+    and the final weights of stages that a later teacher names (tensors)."""
     reports = {k: run.artifacts[k] for k in ("mix",) if k in run.artifacts}
     tensors = {FINE_TUNED + k: v for k, v in run.artifacts.get("fine_tuned_state", {}).items()}
+    for name, weights in run.artifacts.get(STAGE_WEIGHTS, {}).items():
+        index = run.recipe.stage_index(name)  # stage names may hold "/"; indices cannot
+        tensors.update({f"{KEPT_STAGE}{index}/{k}": v for k, v in weights.items()})
     return reports, tensors
 
 
 def restore_artifacts(run, checkpoint: Path, state: dict) -> None:
     run.artifacts.update(state.get("artifacts", {}))
     extra = checkpoint / SELECTOR_STATE
-    if extra.is_file():
-        fine = {k[len(FINE_TUNED):]: v for k, v in load_file(str(extra)).items() if k.startswith(FINE_TUNED)}
-        if fine:
-            run.artifacts["fine_tuned_state"] = fine
+    if not extra.is_file():
+        return
+    tensors = load_file(str(extra))
+    fine = {k[len(FINE_TUNED):]: v for k, v in tensors.items() if k.startswith(FINE_TUNED)}
+    if fine:
+        run.artifacts["fine_tuned_state"] = fine
+    for key, value in tensors.items():
+        if key.startswith(KEPT_STAGE):
+            index, name = key[len(KEPT_STAGE):].split("/", 1)
+            kept = run.artifacts.setdefault(STAGE_WEIGHTS, {})
+            kept.setdefault(run.recipe.stage_name(int(index)), {})[name] = value
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -18,6 +18,7 @@ from ..evaluate import evaluate_data
 from ..generative.data import load_generative_data
 from ..model_io import save_model_folder
 from ..models import load_model, load_recipe_model, load_tokenizer, resolve_model
+from ..objectives.teachers import keep_stage_weights
 from ..recipe import GENERATIVE_TASKS, MixStageSpec
 from ..registry import SELECTORS
 from ..report.metrics_log import MetricsLog
@@ -217,6 +218,7 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
             if spec.init == "pretrained" and resume_from is None:  # resumed: the checkpoint has the weights
                 restart_from_pretrained(run, spec.name or f"stage{index}")
             run.stage_reports.append(run_stage(run, index, spec, resume_from=resume_from))
+        keep_stage_weights(run, recipe.stage_name(index))
         reports, tensors = saved_artifacts(run)
         rng_states = process_rng_states(run.accelerator)
         if run.accelerator.is_main_process:
