@@ -47,6 +47,10 @@ SEMI = [  # (label, recipe, overrides)
      "sst2-500-noisy-student-soft-noise", []),
     ("Noisy Student, two rounds (soft labels + input noise; the first student teaches a second)",
      "sst2-500-noisy-student-2-rounds", []),
+    ("Noisy Student taught by an ensemble of three teachers (soft labels + input noise)",
+     "sst2-500-noisy-student-ensemble", []),
+    ("Noisy Student, two rounds, the first taught by an ensemble of three teachers",
+     "sst2-500-noisy-student-ensemble-2-rounds", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
