@@ -136,3 +136,13 @@ def test_bf16_autocast_trains_fp32_weights_and_is_recorded(tiny_model, sentiment
     # auto is fp32 without a GPU (a bf16 CPU forward is far slower here)
     auto, *_ = run("auto", "auto")
     assert auto["environment"]["precision"] == ("bf16 autocast" if torch.cuda.is_available() else "fp32")
+
+
+def test_the_stages_table_scores_the_weights_each_stage_kept():
+    from hybridft.report.summary import kept_evaluation
+
+    stage = {"best_metric": {"accuracy": 0.9, "step": 10},
+             "evaluations": [{"step": 10, "accuracy": 0.9}, {"step": 20, "accuracy": 0.7}]}
+    assert kept_evaluation({**stage, "keep_best": True}) == "accuracy 0.9000 (best)"
+    assert kept_evaluation({**stage, "keep_best": False}) == "accuracy 0.7000 (last)"  # the weights handed on
+    assert kept_evaluation({"best_metric": {"accuracy": None, "step": None}, "evaluations": []}) == "not evaluated"

@@ -48,6 +48,17 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+def kept_evaluation(stage: dict) -> str:
+    """The score of the weights a stage handed on: its best evaluation when it restored the best
+    weights (keep_best), else its last one; a stage over unlabeled text is not evaluated."""
+    (metric, best), = [(k, v) for k, v in stage["best_metric"].items() if k != "step"]
+    if best is None:
+        return "not evaluated"
+    if stage.get("keep_best", True):
+        return f"{metric} {_fmt(best)} (best)"
+    return f"{metric} {_fmt(stage['evaluations'][-1][metric])} (last)"
+
+
 def render_markdown(r: dict) -> str:
     lines = [f"# {r['name']}: {r['task']}", "",
              f"Model `{r['model']}`, seed {r['seed']}, wall time {r['wall_time_s']:.1f} s, "
@@ -73,15 +84,14 @@ def render_markdown(r: dict) -> str:
         lines += [f"| **{labels[i]}** | " + " | ".join(str(x) for x in row) + " |"
                   for i, row in enumerate(r["confusion_matrix"])]
     lines += ["", "## Stages", "",
-              "| stage | selectors | objectives | trainable | steps | train time (s) | samples/s | best evaluation |",
+              "| stage | selectors | objectives | trainable | steps | train time (s) | samples/s | "
+              "evaluation of the weights it kept |",
               "|---|---|---|---|---|---|---|---|"]
     for s in r["stages"]:
         sel = ", ".join(c["name"] for c in s["select"])
         obj = ", ".join(f"{c['name']}x{c['weight']:g}" for c in s["objectives"])
-        (metric, best), = [(k, v) for k, v in s["best_metric"].items() if k != "step"]
-        best = "not evaluated" if best is None else f"{metric} {_fmt(best)}"  # e.g. a stage over unlabeled text
         lines.append(f"| {s['name']} | {sel} | {obj} | {s['trainable_params']:,} | {s['steps']} | "
-                     f"{s['train_time_s']:.1f} | {s['samples_per_s']:.1f} | {best} |")
+                     f"{s['train_time_s']:.1f} | {s['samples_per_s']:.1f} | {kept_evaluation(s)} |")
     for s in r["stages"]:
         lines += ["", f"### Stage {s['name']}: where the {s['trainable_params']:,} trainable entries are", "",
                   "| module | trainable |", "|---|---|"]

@@ -326,6 +326,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
         "samples_per_s": st["samples"] / max(st["train_time_s"], 1e-9),
         "tokens_per_s": st["tokens"] / max(st["train_time_s"], 1e-9),
         "best_metric": {metric: st["best"], "step": st["best_step"]},
+        "keep_best": spec.keep_best,
         "stopped_early": st["stopped_early"],
         "skipped_nonfinite_steps": st.get("bad_steps", 0),
         "evaluations": st["history"],
