@@ -251,6 +251,12 @@ def test_a_teacher_named_by_stage_is_the_model_that_stage_left_also_after_a_resu
     assert first_round(second) != first_round(named)
     assert "loss/distill_stage:first+previous" in (tmp_path / "named" / "metrics.jsonl").read_text()
 
+    def kept(checkpoint):  # the stages whose weights a checkpoint carries for later teachers
+        path = tmp_path / "named" / "checkpoints" / checkpoint / "selectors.safetensors"
+        return {k.split("/")[1] for k in load_file(path) if k.startswith("stage_weights/")} if path.exists() else set()
+
+    assert kept("stage-1-done") == {"0"} and kept("stage-2-done") == set()  # let go once no stage needs them
+
     resumed = tmp_path / "resumed"  # as if killed right after the second teacher's stage
     shutil.copytree(tmp_path / "named", resumed)
     (resumed / "checkpoints" / "latest").write_text("stage-1-done")

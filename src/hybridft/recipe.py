@@ -470,10 +470,9 @@ class Recipe(Spec):
     def stage_index(self, name: str) -> int:
         return [self.stage_name(i) for i in range(len(self.stages))].index(name)
 
-    @property
-    def teacher_stages(self) -> set[str]:
-        """The stages whose final weights a later teacher (``stage:<name>``) needs."""
-        return {t[len(STAGE_REF):] for s in self.training_stages for o in s.objectives
+    def teacher_stages(self, after: int = -1) -> set[str]:
+        """The stages whose final weights a teacher (``stage:<name>``) of a stage after ``after`` needs."""
+        return {t[len(STAGE_REF):] for s in self.stages[after + 1:] for o in getattr(s, "objectives", ())
                 for t in teacher_names(o) if t.startswith(STAGE_REF)}
 
     @property

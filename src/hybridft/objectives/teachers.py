@@ -58,12 +58,16 @@ def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
     return model.to(run.device)
 
 
-def keep_stage_weights(run, name: str) -> None:
-    """After stage ``name``: keep its weights if a later teacher names it (a copy on the CPU side of
-    the model's size; the teacher is only built, once, when the stage that uses it starts)."""
-    if name in run.recipe.teacher_stages:
-        weights = {k: v.detach().clone() for k, v in unwrap(run.model).state_dict().items()}
-        run.artifacts.setdefault(STAGE_WEIGHTS, {})[name] = weights
+def keep_stage_weights(run, index: int) -> None:
+    """After stage ``index``: keep its weights if a later teacher names it (a copy of the model's
+    size, also written into checkpoints), and let go of those no later stage needs any more."""
+    needed = run.recipe.teacher_stages(after=index)
+    kept = run.artifacts.setdefault(STAGE_WEIGHTS, {})
+    for name in set(kept) - needed:
+        del kept[name]
+    name = run.recipe.stage_name(index)
+    if name in needed:
+        kept[name] = {k: v.detach().clone() for k, v in unwrap(run.model).state_dict().items()}
 
 
 def stage_teacher(run, name: str) -> torch.nn.Module:

@@ -218,7 +218,7 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
             if spec.init == "pretrained" and resume_from is None:  # resumed: the checkpoint has the weights
                 restart_from_pretrained(run, spec.name or f"stage{index}")
             run.stage_reports.append(run_stage(run, index, spec, resume_from=resume_from))
-        keep_stage_weights(run, recipe.stage_name(index))
+        keep_stage_weights(run, index)
         reports, tensors = saved_artifacts(run)
         rng_states = process_rng_states(run.accelerator)
         if run.accelerator.is_main_process:
