@@ -303,3 +303,26 @@ def test_a_relabeling_with_nothing_confident_keeps_the_last_labels(monkeypatch):
         rounds = iter([[[0.1, 0.0]] * 3])
         monkeypatch.setattr(hybridft.evaluate, "predict", lambda *a, **k: (list(map(np.array, next(rounds))), None))
         fresh.on_stage_start(run)
+
+
+def test_an_ensemble_of_teachers_labels_the_pool_with_their_mean_probabilities(monkeypatch):
+    from types import SimpleNamespace
+
+    import hybridft.evaluate
+    import hybridft.objectives.pseudo_label as pl
+
+    # two teachers that disagree: the first sure of class 0, the second leaning to class 1
+    sure, leaning = np.log([[0.9, 0.1], [0.9, 0.1]]), np.log([[0.3, 0.7], [0.6, 0.4]])
+    teachers = {"stage:a": "A", "stage:b": "B"}
+    monkeypatch.setattr(pl, "build_teacher", lambda run, name, need_head: teachers[name])
+    monkeypatch.setattr(hybridft.evaluate, "predict", lambda model, *a, **k: (
+        list({"A": sure, "B": leaning}[model]), None))
+    run = SimpleNamespace(recipe=SimpleNamespace(task="classification"), data=SimpleNamespace(
+        unlabeled=[{}] * 2, unlabeled_gold=None, label_names=["neg", "pos"]), collator=None, device="cpu",
+        progress=False, model=None, global_step=0, log=SimpleNamespace(write=lambda step, row: None))
+    objective = pl.PseudoLabel(pl.PseudoLabelSpec(threshold=0.7, teacher=["stage:a", "stage:b"]))
+    objective.on_stage_start(run)
+    # means: [0.6, 0.4] (below 0.7) and [0.75, 0.25]; the first alone keeps both rows, the second row 0 as pos
+    assert objective.kept.tolist() == [1] and objective.kept_labels.tolist() == [0]
+    with pytest.raises(ValueError, match="frozen teachers"):
+        pl.PseudoLabelSpec(teacher=["current", "previous"])

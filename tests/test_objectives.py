@@ -25,6 +25,7 @@ EXAMPLES = {
     "contrastive-supervised": {"name": "contrastive", "mode": "supervised", "pooling": "cls"},
     "pseudo_label": {"name": "pseudo_label", "threshold": 0.0},
     "pseudo_label-noisy": {"name": "pseudo_label", "threshold": 0.0, "noise": 0.3},
+    "pseudo_label-ensemble": {"name": "pseudo_label", "threshold": 0.0, "teacher": ["previous", "fine_tuned"]},
     "distill-previous-noisy": {"name": "distill", "teacher": "previous", "noise": 0.3},
     "distill-ensemble": {"name": "distill", "teacher": ["previous", "fine_tuned"], "temperature": 2.0},
     "adversarial-fgm": {"name": "adversarial", "method": "fgm", "epsilon": 0.5},

@@ -1,7 +1,8 @@
 """`pseudo_label`: self-training on the unlabeled pool (Lee, 2013; Yarowsky-style).
 
 At the start of the stage (and every ``relabel_every`` epochs) the pool is labeled by the current
-model or by a frozen teacher folder; predictions whose confidence reaches ``threshold`` are kept
+model or by frozen teachers (an ensemble's probabilities are averaged); predictions whose
+confidence reaches ``threshold`` are kept
 (optionally only the ``top_k_per_class`` most confident of each class, which keeps a confident
 majority class from drowning the others). Each step trains on a batch of kept examples with their
 pseudo-labels. The kept set is part of the checkpoint, and the report says how many pseudo-labels
@@ -14,7 +15,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import HybridftError
 from ..registry import OBJECTIVES
@@ -22,15 +23,16 @@ from ..spec import Spec
 from .base import Objective, model_inputs
 from .input_noise import student_noise
 from .task import task_loss
-from .teachers import build_teacher, unwrap
+from .teachers import build_teacher, teacher_names, unwrap
 
 
 class PseudoLabelSpec(Spec):
     name: Literal["pseudo_label"] = "pseudo_label"
     weight: float = Field(1.0, ge=0)
-    teacher: str = Field("current", description="current (the model being trained), previous (the model as the "
-                                                "stage found it), fine_tuned (M_fine of a mix stage) or a model "
-                                                "folder")
+    teacher: str | list[str] = Field("current", description="current (the model being trained), previous (the model "
+                                                           "as the stage found it), fine_tuned (M_fine of a mix "
+                                                           "stage), stage:<name> or a model folder; a list of frozen "
+                                                           "teachers: their mean probabilities label the pool")
     threshold: float = Field(0.9, ge=0, le=1, description="minimum softmax confidence of a kept prediction")
     top_k_per_class: int | None = Field(None, gt=0, description="keep at most this many per class (most confident)")
     relabel_every: int | None = Field(None, gt=0, description="epochs between re-labelings (current teacher)")
@@ -39,6 +41,13 @@ class PseudoLabelSpec(Spec):
                                                       "labeling sees the clean text (Noisy Student)")
     needs_labels: ClassVar[bool] = False
     source: ClassVar[str] = "unlabeled"
+
+    @model_validator(mode="after")
+    def _ensemble(self):
+        if isinstance(self.teacher, list) and (len(set(self.teacher)) < max(2, len(self.teacher))
+                                               or "current" in self.teacher):
+            raise ValueError("teacher: an ensemble lists two or more different frozen teachers (not current)")
+        return self
 
 
 def select_confident(probs: np.ndarray, threshold: float, top_k_per_class: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +74,7 @@ class PseudoLabel(Objective):
         if run.recipe.task == "token_classification":
             raise HybridftError("pseudo_label labels whole sentences; it does not support token_classification yet")
         self.run, self.rounds = run, getattr(self, "rounds", [])
-        self.teacher = None if self.config.teacher == "current" else build_teacher(run, self.config.teacher, True)
+        self.teachers = [build_teacher(run, t, True) for t in teacher_names(self.config) if t != "current"]
         self.noise = student_noise(run, self.config.noise)
         if getattr(self, "kept", None) is None:  # not restored from a checkpoint
             self.label_pool(epoch=0)
@@ -77,14 +86,16 @@ class PseudoLabel(Objective):
 
     def label_pool(self, epoch: int) -> None:
         run = self.run
-        model = self.teacher if self.teacher is not None else unwrap(run.model)
         from ..evaluate import predict  # here: evaluate imports the objectives package
 
-        logits, _ = predict(model, run.data.unlabeled, run.collator, 2 * (self.config.batch_size or 32),
-                            run.device, "pseudo-labeling", run.progress)
-        logits = np.stack(logits)
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
+        probs = 0
+        for model in self.teachers or [unwrap(run.model)]:
+            logits, _ = predict(model, run.data.unlabeled, run.collator, 2 * (self.config.batch_size or 32),
+                                run.device, "pseudo-labeling", run.progress)
+            logits = np.stack(logits)
+            member = np.exp(logits - logits.max(-1, keepdims=True))
+            probs = probs + member / member.sum(-1, keepdims=True)
+        probs = probs / max(len(self.teachers), 1)
         ids, labels = select_confident(probs, self.config.threshold, self.config.top_k_per_class)
         if len(ids) == 0 and epoch == 0:
             raise HybridftError(f"pseudo_label: no prediction on the unlabeled pool reaches confidence "
@@ -113,7 +124,7 @@ class PseudoLabel(Objective):
         return task_loss(model(**inputs).logits, labels)
 
     def on_stage_end(self, run) -> None:
-        self.teacher = None
+        self.teachers = []
 
     def state_dict(self):
         return {"kept": self.kept, "kept_labels": self.kept_labels, "rounds": torch.tensor(self.rounds)}
