@@ -324,5 +324,5 @@ def test_an_ensemble_of_teachers_labels_the_pool_with_their_mean_probabilities(m
     objective.on_stage_start(run)
     # means: [0.6, 0.4] (below 0.7) and [0.75, 0.25]; the first alone keeps both rows, the second row 0 as pos
     assert objective.kept.tolist() == [1] and objective.kept_labels.tolist() == [0]
-    with pytest.raises(ValueError, match="frozen teachers"):
+    with pytest.raises(ValueError, match="frozen teachers only"):
         pl.PseudoLabelSpec(teacher=["current", "previous"])

@@ -8,9 +8,10 @@ import torch
 
 from hybridft.objectives.adversarial import per_example_normalized, project, symmetric_kl
 from hybridft.objectives.contrastive import info_nce, sentence_embeddings, supervised_contrastive
-from hybridft.objectives.distill import ensemble_logits, hidden_distillation, logit_distillation
+from hybridft.objectives.distill import hidden_distillation, logit_distillation
 from hybridft.objectives.input_noise import mask_random_tokens
 from hybridft.objectives.pseudo_label import select_confident
+from hybridft.objectives.teachers import ensemble_logits
 
 
 def softmax(row, t=1.0):

@@ -14,7 +14,6 @@ mode gives the same answer every epoch.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -32,6 +31,8 @@ from .teachers import (
     KEYWORDS,
     STAGE_REF,
     build_teacher,
+    check_ensemble,
+    ensemble_logits,
     restore_teacher,
     teacher_names,
     teacher_outputs,
@@ -61,11 +62,9 @@ class DistillSpec(Spec):
     def _kind(self):
         if self.kind is None:
             self.kind = "hidden" if self.teacher == "pretrained" else "logits"
-        if isinstance(self.teacher, list):
-            if len(self.teacher) < 2 or len(set(self.teacher)) < len(self.teacher):
-                raise ValueError("teacher: an ensemble lists two or more different teachers")
-            if self.kind == "hidden":
-                raise ValueError("teacher: an ensemble of teachers distils logits only (kind: logits)")
+        check_ensemble(self.teacher)
+        if isinstance(self.teacher, list) and self.kind == "hidden":
+            raise ValueError("teacher: an ensemble of teachers distils logits only (kind: logits)")
         return self
 
     @property
@@ -84,14 +83,6 @@ def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature
     if mask is not None:
         kl = kl[mask.bool()]
     return kl.mean() * temperature ** 2
-
-
-def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
-    """Logits whose softmax is the mean of the members' distributions (log of the mean), so that the
-    student learns the ensemble's averaged prediction; a temperature then applies to them as to one
-    teacher's logits."""
-    log_probs = torch.stack([F.log_softmax(x.float(), dim=-1) for x in logits])
-    return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
 
 
 def hidden_distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, loss: str) -> torch.Tensor:

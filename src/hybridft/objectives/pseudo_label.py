@@ -23,7 +23,7 @@ from ..spec import Spec
 from .base import Objective, model_inputs
 from .input_noise import student_noise
 from .task import task_loss
-from .teachers import build_teacher, teacher_names, unwrap
+from .teachers import build_teacher, check_ensemble, ensemble_logits, teacher_names, unwrap
 
 
 class PseudoLabelSpec(Spec):
@@ -44,9 +44,7 @@ class PseudoLabelSpec(Spec):
 
     @model_validator(mode="after")
     def _ensemble(self):
-        if isinstance(self.teacher, list) and (len(set(self.teacher)) < max(2, len(self.teacher))
-                                               or "current" in self.teacher):
-            raise ValueError("teacher: an ensemble lists two or more different frozen teachers (not current)")
+        check_ensemble(self.teacher, frozen_only=True)
         return self
 
 
@@ -88,14 +86,11 @@ class PseudoLabel(Objective):
         run = self.run
         from ..evaluate import predict  # here: evaluate imports the objectives package
 
-        probs = 0
-        for model in self.teachers or [unwrap(run.model)]:
-            logits, _ = predict(model, run.data.unlabeled, run.collator, 2 * (self.config.batch_size or 32),
-                                run.device, "pseudo-labeling", run.progress)
-            logits = np.stack(logits)
-            member = np.exp(logits - logits.max(-1, keepdims=True))
-            probs = probs + member / member.sum(-1, keepdims=True)
-        probs = probs / max(len(self.teachers), 1)
+        members = [torch.from_numpy(np.stack(predict(model, run.data.unlabeled, run.collator,
+                                                      2 * (self.config.batch_size or 32), run.device,
+                                                      "pseudo-labeling", run.progress)[0]))
+                   for model in self.teachers or [unwrap(run.model)]]
+        probs = torch.softmax(ensemble_logits(members), dim=-1).numpy()  # one member: its own softmax
         ids, labels = select_confident(probs, self.config.threshold, self.config.top_k_per_class)
         if len(ids) == 0 and epoch == 0:
             raise HybridftError(f"pseudo_label: no prediction on the unlabeled pool reaches confidence "

@@ -6,6 +6,7 @@ never change."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -25,6 +26,25 @@ def teacher_names(objective) -> list[str]:
     """The teachers an objective names (a distill ensemble names several; most objectives none)."""
     teacher = getattr(objective, "teacher", None)
     return [] if teacher is None else [teacher] if isinstance(teacher, str) else list(teacher)
+
+
+def check_ensemble(teacher: str | list[str], frozen_only: bool = False) -> None:
+    """A list of teachers (an ensemble) names two or more different ones; ``frozen_only``: not the
+    model being trained (``current``)."""
+    if not isinstance(teacher, list):
+        return
+    if len(set(teacher)) < max(2, len(teacher)):
+        raise ValueError("teacher: an ensemble lists two or more different teachers")
+    if frozen_only and "current" in teacher:
+        raise ValueError("teacher: an ensemble lists frozen teachers only, not current")
+
+
+def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Logits whose softmax is the mean of the members' distributions (log of the mean), so that a
+    student learns the ensemble's averaged prediction; a temperature then applies to them as to one
+    teacher's logits."""
+    log_probs = torch.stack([torch.log_softmax(x.float(), dim=-1) for x in logits])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
 
 
 def unwrap(model):
@@ -74,17 +94,15 @@ def stage_teacher(run, name: str) -> torch.nn.Module:
     """The model as stage ``name`` left it: the pretrained skeleton, the modules that stage and the
     ones before it inserted (adapters, LoRA), then its kept weights."""
     from ..models import load_run_pretrained
-    from ..registry import SELECTORS
+    from ..selectors import stage_structure
 
     weights = run.artifacts.get(STAGE_WEIGHTS, {}).get(name)
     if weights is None:  # validate checks the name; this is a run whose stages changed under it
         raise HybridftError(f"teacher {STAGE_REF}{name}: no finished stage of that name kept its weights")
     with torch.random.fork_rng(devices=[]):  # the skeleton's new head must not move the run's RNG
         model = load_run_pretrained(run)
-    stages = run.recipe.stages
-    for spec in stages[: run.recipe.stage_index(name) + 1]:
-        for config in getattr(spec, "select", ()):  # mix stages change no structure
-            model = SELECTORS.build(config).restore_structure(model)
+    for spec in run.recipe.stages[: run.recipe.stage_index(name) + 1]:
+        model = stage_structure(model, spec)
     model.load_state_dict(weights)
     return model
 

@@ -74,11 +74,13 @@ def restore_artifacts(run, checkpoint: Path, state: dict) -> None:
     fine = {k[len(FINE_TUNED):]: v for k, v in tensors.items() if k.startswith(FINE_TUNED)}
     if fine:
         run.artifacts["fine_tuned_state"] = fine
+    kept = {}
     for key, value in tensors.items():
         if key.startswith(KEPT_STAGE):
             index, name = key[len(KEPT_STAGE):].split("/", 1)
-            kept = run.artifacts.setdefault(STAGE_WEIGHTS, {})
             kept.setdefault(run.recipe.stage_name(int(index)), {})[name] = value
+    if kept:
+        run.artifacts[STAGE_WEIGHTS] = kept
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -20,9 +20,9 @@ from ..model_io import save_model_folder
 from ..models import load_model, load_recipe_model, load_tokenizer, resolve_model
 from ..objectives.teachers import keep_stage_weights
 from ..recipe import GENERATIVE_TASKS, MixStageSpec
-from ..registry import SELECTORS
 from ..report.metrics_log import MetricsLog
 from ..report.summary import write_report
+from ..selectors import stage_structure
 from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -176,8 +176,7 @@ def restore_structure(run: Run, stages) -> None:
             from ..multitask.model import unshared
 
             run.model = unshared(run.model)  # each task has had its own encoder since this stage
-        for config in getattr(spec, "select", ()):  # mix stages change no structure
-            run.model = SELECTORS.build(config).restore_structure(run.model)
+        run.model = stage_structure(run.model, spec)
 
 
 def resume_point(run: Run) -> tuple[int, Path | None]:
