@@ -267,6 +267,36 @@ def test_a_teacher_named_by_stage_is_the_model_that_stage_left_also_after_a_resu
     assert all(torch.equal(final[k], weights[k]) for k in final)
 
 
+def test_an_adapter_teacher_teaches_a_fresh_student_also_after_a_resume(tiny_model, sentiment_csv, unlabeled_csv,
+                                                                         tmp_path):
+    """init: pretrained after an adapter stage: the student is a plain pretrained model again, its
+    teacher keeps the adapters (as "previous" or "stage:<name>"), and a run resumed inside the
+    student's stage rebuilds that teacher from the checkpoint."""
+    def recipe(teacher: str) -> dict:
+        r = with_unlabeled(base_recipe(tiny_model, sentiment_csv, name="first", max_steps=30, optimizer={"lr": 2e-3},
+                                       select=[{"name": "adapter", "reduction_factor": 4}]), unlabeled_csv)
+        r["stages"].append({"name": "student", "init": "pretrained", "max_steps": 8, "eval_every": 4,
+                            "keep_best": False, "objectives": [
+                                {"name": "task"}, {"name": "distill", "teacher": teacher, "source": "unlabeled"}]})
+        r["output"] = {"keep_checkpoints": 20, "keep_checkpoints_after_run": True}
+        return r
+
+    _, final = train_and_load(recipe("previous"), tmp_path / "previous")
+    assert not any("adapter" in k for k in final)  # the student has no adapters; the teacher had them
+    first = load_file(tmp_path / "previous" / "checkpoints" / "stage-0-done" / "model.safetensors")
+    assert any("adapter" in k for k in first)
+    _, named = train_and_load(recipe("stage:first"), tmp_path / "named")  # the same teacher, rebuilt
+    assert all(torch.equal(final[k], named[k]) for k in final)
+
+    crashed = tmp_path / "crashed"  # killed inside the student's stage
+    shutil.copytree(tmp_path / "previous", crashed)
+    (crashed / "checkpoints" / "latest").write_text("step-34")
+    shutil.rmtree(crashed / "model")
+    run_recipe(validate_recipe(recipe("previous")), tmp_path, crashed, resume=True, progress=False)
+    again = load_file(crashed / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], again[k]) for k in final)
+
+
 def test_restarting_the_first_stage_or_a_pretrained_pseudo_label_teacher_is_refused(tiny_model, sentiment_csv,
                                                                                       unlabeled_csv):
     with pytest.raises(HybridftError, match="stages.0.init"):

@@ -157,3 +157,22 @@ def test_peft_adapter_is_only_written_when_it_reproduces_the_model(tiny_model, s
     select = [{"name": "lora", "r": 2}, {"name": "layers", "top_k": 1}]
     train_and_load(base_recipe(tiny_model, sentiment_csv, select=select, max_steps=2), tmp_path / "run")
     assert not (tmp_path / "run" / "peft_adapter").exists()
+
+
+def test_a_later_lora_or_adapter_stage_does_not_change_what_earlier_stages_train(tiny_model, sentiment_csv, tmp_path):
+    # validation builds every stage's selection on a skeleton; LoRA and adapters draw their initial
+    # weights there, which once moved the run's RNG before the first step (other dropout masks)
+    from safetensors.torch import load_file
+
+    def first_stage(later: list[dict]) -> dict:
+        recipe = base_recipe(tiny_model, sentiment_csv, name="first", max_steps=4, optimizer={"lr": 1e-2})
+        recipe["stages"] += later
+        recipe["output"] = {"keep_checkpoints_after_run": True}
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        train_and_load(recipe, out)
+        return load_file(out / "checkpoints" / "stage-0-done" / "model.safetensors")
+
+    alone = first_stage([])
+    for select in ({"name": "lora", "r": 4}, {"name": "adapter", "reduction_factor": 4}):
+        followed = first_stage([{"max_steps": 1, "select": [select]}])
+        assert all(torch.equal(alone[k], followed[k]) for k in alone), select["name"]

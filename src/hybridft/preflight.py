@@ -77,6 +77,15 @@ def check_selection(recipe, base_dir: Path) -> list[str]:
         return [f"model.name: {e}"]
     except (OSError, ValueError) as e:
         return [f"model.name: cannot read the model config of {recipe.model.name}: {str(e).splitlines()[0]}"]
+    import torch
+
+    # the selectors' new modules (LoRA, adapters) draw their initial weights: a check must not move
+    # the run's RNG, or adding a LoRA stage would change what every earlier stage trains
+    with torch.random.fork_rng(devices=[]):
+        return selection_problems(recipe, model)
+
+
+def selection_problems(recipe, model) -> list[str]:
     problems = []
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and recipe.model.max_length > limit:

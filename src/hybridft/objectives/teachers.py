@@ -91,19 +91,25 @@ def keep_stage_weights(run, index: int) -> None:
 
 
 def stage_teacher(run, name: str) -> torch.nn.Module:
-    """The model as stage ``name`` left it: the pretrained skeleton, the modules that stage and the
-    ones before it inserted (adapters, LoRA), then its kept weights."""
-    from ..models import load_run_pretrained
-    from ..selectors import stage_structure
-
+    """The model as stage ``name`` left it: the model's skeleton after that stage, then its kept weights."""
     weights = run.artifacts.get(STAGE_WEIGHTS, {}).get(name)
     if weights is None:  # validate checks the name; this is a run whose stages changed under it
         raise HybridftError(f"teacher {STAGE_REF}{name}: no finished stage of that name kept its weights")
-    with torch.random.fork_rng(devices=[]):  # the skeleton's new head must not move the run's RNG
-        model = load_run_pretrained(run)
-    for spec in run.recipe.stages[: run.recipe.stage_index(name) + 1]:
-        model = stage_structure(model, spec)
+    model = skeleton_after(run, run.recipe.stage_index(name) + 1)
     model.load_state_dict(weights)
+    return model
+
+
+def skeleton_after(run, end: int) -> torch.nn.Module:
+    """A model shaped as the run's model is after ``stages[:end]``: the pretrained skeleton with the
+    modules (adapters, LoRA) those stages inserted since the last restart; its weights are to be loaded."""
+    from ..models import load_run_pretrained
+    from ..selectors import since_restart, stage_structure
+
+    with torch.random.fork_rng(devices=[]):  # its new head and modules must not move the run's RNG
+        model = load_run_pretrained(run)
+        for spec in since_restart(run.recipe.stages[:end]):
+            model = stage_structure(model, spec)
     return model
 
 

@@ -3,7 +3,7 @@
 from . import adapter, full, groups, importance, layers, lora  # noqa: F401  (importing registers them)
 from .base import Selector
 
-__all__ = ["Selector", "stage_structure"]
+__all__ = ["Selector", "since_restart", "stage_structure"]
 
 
 def stage_structure(model, spec):
@@ -13,3 +13,10 @@ def stage_structure(model, spec):
     for config in getattr(spec, "select", ()):  # mix stages change no structure
         model = SELECTORS.build(config).restore_structure(model)
     return model
+
+
+def since_restart(stages: list) -> list:
+    """The stages whose inserted modules a model still has after running them: none from before the
+    last stage that started again from the pretrained weights (``init: pretrained``)."""
+    restarts = [i for i, spec in enumerate(stages) if getattr(spec, "init", "continue") == "pretrained"]
+    return list(stages[restarts[-1]:]) if restarts else list(stages)

@@ -18,11 +18,11 @@ from ..evaluate import evaluate_data
 from ..generative.data import load_generative_data
 from ..model_io import save_model_folder
 from ..models import load_model, load_recipe_model, load_tokenizer, resolve_model
-from ..objectives.teachers import keep_stage_weights
+from ..objectives.teachers import STAGE_START, keep_stage_weights, skeleton_after
 from ..recipe import GENERATIVE_TASKS, MixStageSpec
 from ..report.metrics_log import MetricsLog
 from ..report.summary import write_report
-from ..selectors import stage_structure
+from ..selectors import since_restart, stage_structure
 from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -188,14 +188,21 @@ def resume_point(run: Run) -> tuple[int, Path | None]:
     state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
     run.log.truncate(state["log_lines"])
     run.global_step, run.stage_reports = state["global_step"], state.get("stage_reports", [])
+    stages = run.recipe.stages
     if state["stage_state"] is None:  # written between stages
-        restore_structure(run, run.recipe.stages[: state["completed_stages"]])
+        restore_structure(run, since_restart(stages[: state["completed_stages"]]))
         load_checkpoint(checkpoint, run.model, process_index=run.accelerator.process_index)
         restore_artifacts(run, checkpoint, state)
         return state["completed_stages"], None
-    restore_structure(run, run.recipe.stages[: state["stage_state"]["stage"]])
+    index = state["stage_state"]["stage"]
+    if getattr(stages[index], "init", "continue") == "pretrained":
+        # inside a restarted stage, the model has none of the earlier stages' modules; its frozen
+        # "previous" teacher is shaped as the last stage left the model (the checkpoint has its weights)
+        run.artifacts[STAGE_START] = skeleton_after(run, index).to(run.device).eval().requires_grad_(False)
+    else:
+        restore_structure(run, since_restart(stages[:index]))
     restore_artifacts(run, checkpoint, state)
-    return state["stage_state"]["stage"], checkpoint
+    return index, checkpoint
 
 
 def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
@@ -215,7 +222,7 @@ def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, over
         else:
             resume_from = stage_resume if index == first_stage else None
             if spec.init == "pretrained" and resume_from is None:  # resumed: the checkpoint has the weights
-                restart_from_pretrained(run, spec.name or f"stage{index}")
+                restart_from_pretrained(run)
             run.stage_reports.append(run_stage(run, index, spec, resume_from=resume_from))
         keep_stage_weights(run, index)
         reports, tensors = saved_artifacts(run)
