@@ -53,6 +53,8 @@ SEMI = [  # (label, recipe, overrides)
      "sst2-500-noisy-student-ensemble-2-rounds", []),
     ("Noisy Student taught by a mixed ensemble (three full fine-tunes + a LoRA teacher), two passes over the pool",
      "sst2-500-noisy-student-mixed-ensemble", []),
+    ("Noisy Student taught by an ensemble of three teachers trained with task + 0.1·MLM on the pool",
+     "sst2-500-noisy-student-mlm-ensemble", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
