@@ -55,6 +55,8 @@ SEMI = [  # (label, recipe, overrides)
      "sst2-500-noisy-student-mixed-ensemble", []),
     ("Noisy Student taught by an ensemble of three teachers trained with task + 0.1·MLM on the pool",
      "sst2-500-noisy-student-mlm-ensemble", []),
+    ("Noisy Student taught by an ensemble of three teachers, a patient student (three passes over the pool)",
+     "sst2-500-noisy-student-ensemble-patient", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),

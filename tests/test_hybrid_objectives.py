@@ -37,6 +37,23 @@ def test_mlm_alone_on_unlabeled_text_lowers_the_mlm_loss(tiny_model, sentiment_c
     assert "| not evaluated |" in (tmp_path / "run" / "report.md").read_text()  # not an empty score
 
 
+def test_a_student_distilled_on_unlabeled_text_is_evaluated(tiny_model, sentiment_csv, unlabeled_csv, tmp_path):
+    """Its head learns the teacher's answers, so unlike an MLM-only stage its score is worth reporting."""
+    recipe = with_unlabeled(base_recipe(tiny_model, sentiment_csv, max_steps=120, optimizer={"lr": 2e-3}),
+                            unlabeled_csv)
+    recipe["stages"].append({"name": "student", "init": "pretrained", "data": "unlabeled", "epochs": 12,
+                             "keep_best": False, "optimizer": {"lr": 5e-3},
+                             "objectives": [{"name": "distill", "teacher": "previous", "temperature": 1.0}]})
+    report, _ = train_and_load(recipe, tmp_path / "run")
+    teacher, student = report["stages"]
+    assert len(student["evaluations"]) == 12  # one per epoch, as a labeled stage
+    assert student["evaluations"][0]["accuracy"] == 0.5 and student["evaluations"][-1]["accuracy"] > 0.9  # learnt
+    assert student["evaluations"][-1]["accuracy"] == report["metrics"]["accuracy"]
+    assert "student | full | distillx1" in (tmp_path / "run" / "report.md").read_text()
+    assert "accuracy" in [line for line in (tmp_path / "run" / "report.md").read_text().splitlines()
+                          if line.startswith("| student |")][0]
+
+
 def test_pseudo_labels_are_counted_checked_against_gold_and_relabeled(tiny_model, sentiment_csv, unlabeled_csv,
                                                                        tmp_path):
     recipe = base_recipe(tiny_model, sentiment_csv, max_steps=40, optimizer={"lr": 5e-3})

@@ -70,6 +70,7 @@ class StepContext:
 class Objective:
     uses_outputs = True  # reads the loop's shared forward pass of the batch
     needs_hidden_states = False  # ... with every layer's hidden states
+    teaches_head = False  # trains the task head without gold labels, so an unlabeled stage is worth evaluating
 
     def __init__(self, config):
         self.config = config

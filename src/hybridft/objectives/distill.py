@@ -107,6 +107,10 @@ class Distill(Objective):
     def needs_hidden_states(self) -> bool:
         return self.config.kind == "hidden"
 
+    @property
+    def teaches_head(self) -> bool:  # the student's head learns the teacher's answers
+        return self.config.kind == "logits"
+
     def on_stage_start(self, run) -> None:
         self.names = teacher_names(self.config)
         self.teachers = [build_teacher(run, t, need_head=self.config.kind == "logits") for t in self.names]

@@ -67,6 +67,7 @@ class PseudoLabel(Objective):
     """Self-training: confident predictions on unlabeled text become training labels."""
 
     uses_outputs = False
+    teaches_head = True
 
     def on_stage_start(self, run) -> None:
         if run.recipe.task == "token_classification":

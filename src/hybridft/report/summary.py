@@ -50,7 +50,7 @@ def _fmt(v) -> str:
 
 def kept_evaluation(stage: dict) -> str:
     """The score of the weights a stage handed on: its best evaluation when it restored the best
-    weights (keep_best), else its last one; a stage over unlabeled text is not evaluated."""
+    weights (keep_best), else its last one; a stage over unlabeled text that trains no head is not evaluated."""
     (metric, best), = [(k, v) for k, v in stage["best_metric"].items() if k != "step"]
     if best is None:
         return "not evaluated"

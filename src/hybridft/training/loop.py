@@ -124,6 +124,9 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             cache = prefix_cache_for_stage(run, model, spec.prefix_cache.max_mb)
             cache_note = None if cache else "off: nothing below the trained layers is frozen"
     labeled = spec.data == "labeled"
+    # a stage over unlabeled text (e.g. MLM) has no task head worth evaluating, unless an objective
+    # teaches it (a distilled or pseudo-labeled student)
+    evaluated = labeled or any(o.teaches_head for o in active)
     stage_seed = run.recipe.seed * 1_000_003 + index * 1009
 
     train = run.data.train if labeled else run.data.unlabeled
@@ -289,7 +292,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
             done = st["step"] >= total_steps
             end_of_epoch = st["micro"] == len(batches)
             if (spec.eval_every and st["step"] % spec.eval_every == 0) or done or (end_of_epoch and not spec.eval_every):
-                if labeled:  # a stage over unlabeled text (e.g. MLM) has no task head worth evaluating yet
+                if evaluated:
                     evaluate_now()
                 if spec.early_stopping and st["bad_evals"] >= spec.early_stopping.patience:
                     st["stopped_early"] = done = True
