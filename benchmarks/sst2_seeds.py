@@ -57,6 +57,8 @@ SEMI = [  # (label, recipe, overrides)
      "sst2-500-noisy-student-mlm-ensemble", []),
     ("Noisy Student taught by an ensemble of three teachers, a patient student (three passes over the pool)",
      "sst2-500-noisy-student-ensemble-patient", []),
+    ("Noisy Student taught by an ensemble of three teachers, the pool grouped by length (one pass)",
+     "sst2-500-noisy-student-ensemble", ["stages.3.group_by_length=true"]),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
@@ -111,16 +113,17 @@ def semi(base: Path, table_only: bool, only: set[str] | None = None) -> list[str
     baseline: dict[int, float] = {}
     for label, recipe, overrides in SEMI:
         values = {}
+        variant = "".join(f"+{o.replace('=', '-')}" for o in overrides)  # a row of recipe + overrides
         for seed in SEEDS:
-            out = base / f"{recipe}-seed{seed}"
-            if not table_only and (only is None or recipe in only):
+            out = base / f"{recipe}{variant}-seed{seed}"
+            if not table_only and (only is None or recipe + variant in only):
                 run(recipe, out, [f"seed={seed}", *overrides])
             if (r := report(out / "report.json")) is not None:
                 values[seed] = r["metrics"]["accuracy"]
-        if recipe == SEMI[0][1]:
+        if (recipe, overrides) == SEMI[0][1:]:
             baseline = values
         paired = [100 * (v - baseline[s]) for s, v in values.items() if s in baseline]
-        delta = f"{statistics.mean(paired):+.2f}" if paired and recipe != SEMI[0][1] else ""
+        delta = f"{statistics.mean(paired):+.2f}" if paired and (recipe, overrides) != SEMI[0][1:] else ""
         rows.append(f"| {label} | {mean_spread(list(values.values()))} | "
                     f"{', '.join(f'{100 * v:.2f}' for v in values.values())} | {delta} |")
     return rows
@@ -157,8 +160,10 @@ def main() -> int:
     p.add_argument("study", choices=["semi", "mix"])
     p.add_argument("--runs-dir", default=None, help="default: runs/sst2-<study>")
     p.add_argument("--table-only", action="store_true", help="only read the report.json of finished runs")
-    p.add_argument("--recipes", default=None, help="semi: run only these recipes (comma-separated); the table "
-                                                   "still shows every finished run")
+    p.add_argument("--recipes", default=None, help="semi: run only these recipes (comma-separated; a row with "
+                                                   "overrides goes by its run folder's name, e.g. "
+                                                   "sst2-500-noisy-student-ensemble+stages.3.group_by_length-true); "
+                                                   "the table still shows every finished run")
     args = p.parse_args()
     if not SST2.is_dir():
         print(f"error: {SST2} not found (../shared/data beside the checkout)", file=sys.stderr)
