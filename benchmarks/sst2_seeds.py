@@ -120,10 +120,11 @@ def semi(base: Path, table_only: bool, only: set[str] | None = None) -> list[str
                 run(recipe, out, [f"seed={seed}", *overrides])
             if (r := report(out / "report.json")) is not None:
                 values[seed] = r["metrics"]["accuracy"]
-        if (recipe, overrides) == SEMI[0][1:]:
+        is_baseline = (recipe, overrides) == SEMI[0][1:]
+        if is_baseline:
             baseline = values
         paired = [100 * (v - baseline[s]) for s, v in values.items() if s in baseline]
-        delta = f"{statistics.mean(paired):+.2f}" if paired and (recipe, overrides) != SEMI[0][1:] else ""
+        delta = f"{statistics.mean(paired):+.2f}" if paired and not is_baseline else ""
         rows.append(f"| {label} | {mean_spread(list(values.values()))} | "
                     f"{', '.join(f'{100 * v:.2f}' for v in values.values())} | {delta} |")
     return rows
