@@ -9,7 +9,8 @@ Teachers: ``pretrained``, ``previous`` (the model as this stage started), ``fine
 kept by a mix stage: "distill the mix"), ``stage:<name>`` (the model as that earlier stage left it)
 or a model folder. A list of teachers is an ensemble: the student learns the mean of their output
 distributions (logits only). Teacher logits are cached per example, since a frozen teacher in eval
-mode gives the same answer every epoch.
+mode gives the same answer every epoch; those of the stage's own data are all computed at its first
+step, in length-sorted batches.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class Distill(Objective):
         self.generative = run.recipe.task in ("causal_lm", "seq2seq")
         self.causal = run.recipe.task == "causal_lm"
         self.cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.precomputed = False
         self.noise = student_noise(run, self.config.noise)
 
     def on_stage_end(self, run) -> None:
@@ -138,6 +140,8 @@ class Distill(Objective):
         terms = []
         if self.config.source in ("batch", "both"):
             student = self.student(model, batch) if self.config.noise else outputs
+            if self.config.cache and not self.precomputed:
+                self.precompute(ctx.run, ctx.run.data.train if ctx.labeled else ctx.run.data.unlabeled)
             terms.append(self.term(model, batch, student, ("batch", ctx.batch_ids)))
         if self.config.source in ("unlabeled", "both"):
             unlabeled = ctx.unlabeled
@@ -183,6 +187,22 @@ class Distill(Objective):
         for r, x in enumerate(rows):
             padded[r, : len(x)] = x
         return padded
+
+    def precompute(self, run, examples: list[dict]) -> None:
+        """The teacher's logits for every example the stage iterates, in length-sorted batches: an
+        epoch's shuffled batches pad to their longest example, which made the teacher's first pass
+        over a pool of mixed lengths about twice as slow. (The pool an objective samples beside
+        labeled batches is left to the lazy cache: a stage may touch only part of it.)"""
+        from ..evaluate import predict  # here: evaluate imports the objectives package
+
+        self.precomputed = True
+        if self.generative or run.data.task == "multi_task" or not examples:
+            return
+        members = [predict(t, examples, run.collator, 64, run.device, "teacher", run.progress)[0]
+                   for t in self.teachers]
+        for i in range(len(examples)):
+            logits = [torch.from_numpy(m[i]).to(run.device) for m in members]
+            self.cache["batch", i] = logits[0] if len(logits) == 1 else ensemble_logits(logits)
 
     def teacher_forward(self, batch: dict) -> torch.Tensor:
         """The teacher's logits, or its ensemble's (``ensemble_logits``)."""
