@@ -40,6 +40,9 @@ from .teachers import (
     teacher_state,
 )
 
+# Teacher inference keeps no activations for a backward pass, so it takes twice a usual training batch.
+TEACHER_BATCH_SIZE = 64
+
 
 class DistillSpec(Spec):
     name: Literal["distill"] = "distill"
@@ -198,7 +201,7 @@ class Distill(Objective):
         self.precomputed = True
         if self.generative or run.data.task == "multi_task" or not examples:
             return
-        members = [predict(t, examples, run.collator, 64, run.device, "teacher", run.progress)[0]
+        members = [predict(t, examples, run.collator, TEACHER_BATCH_SIZE, run.device, "teacher", run.progress)[0]
                    for t in self.teachers]
         for i in range(len(examples)):
             logits = [torch.from_numpy(m[i]).to(run.device) for m in members]
