@@ -12,6 +12,7 @@ from pathlib import Path
 from .data.readers import LANG, parallel_files
 from .errors import HybridftError
 from .models import HEAD_CLASSES, resolve_model
+from .pooling import supports_mean_pooling
 from .registry import SELECTORS
 
 
@@ -93,6 +94,9 @@ def selection_problems(recipe, model) -> list[str]:
     for i, stage in enumerate(recipe.stages):
         if not hasattr(stage, "select"):  # a mix stage selects nothing
             continue
+        if getattr(stage, "pooling", "first") == "mean" and not supports_mean_pooling(model):
+            problems.append(f"stages.{i}.pooling: mean needs a head that reads the first token (BERT, RoBERTa, "
+                            f"DistilBERT...); {model.config.model_type} models are not known to")
         try:
             selectors = [SELECTORS.build(c) for c in stage.select]
             for s in selectors:

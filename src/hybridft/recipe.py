@@ -187,6 +187,10 @@ class StageSpec(Spec):
         "continue", description="pretrained: start this stage again from the pretrained weights and a new head; "
                                 "teachers named previous still see the model as the last stage left it (Noisy "
                                 "Student: a fresh student learns from the last stage's model as teacher)")
+    pooling: Literal["first", "mean"] = Field(
+        "first", description="what the classification head reads: first, the first token ([CLS]) as transformers "
+                             "does; mean, the mean of the last layer's tokens (sentence-embedding models), for "
+                             "stages a later init: pretrained stage replaces (teachers)")
 
     @property
     def eval_batch(self) -> int:
@@ -384,12 +388,34 @@ class Recipe(Spec):
                                      "model's is new")
             if stage.init == "pretrained" and i == 0:
                 raise ValueError("stages.0.init: the first stage starts from the pretrained weights anyway")
+            self._check_pooling(i, stage)
             if self.data.unlabeled is None:
                 users = [o.name for o in stage.objectives if o.weight > 0 and _uses_unlabeled(o)]
                 if stage.data == "unlabeled" or users:
                     what = f"objective {users[0]!r}" if users else "data: unlabeled"
                     raise ValueError(f"stage {stage.name or i}: {what} needs data.unlabeled")
         return self
+
+    def _check_pooling(self, i: int, stage) -> None:
+        """Mean pooling is the same within a run of stages that continue one model, and never in the
+        last such run: the saved model must read as plain transformers reads it."""
+        if stage.pooling == "first":
+            return
+        if self.task not in ("classification", "pair_classification"):
+            raise ValueError(f"stages.{i}.pooling: mean is for classification and pair_classification")
+        later = self.stages[i + 1:]
+        restart = next((j for j, s in enumerate(later) if getattr(s, "init", "continue") == "pretrained"), None)
+        if restart is None:
+            raise ValueError(f"stages.{i}.pooling: plain transformers reads the first token, so the saved model "
+                             "cannot be mean-pooled; a later stage with init: pretrained must replace this one's "
+                             "model (mean pooling is for teachers)")
+        segment = later[:restart]
+        if stage.init == "continue" and i > 0 and getattr(self.stages[i - 1], "pooling", "first") != "mean":
+            raise ValueError(f"stages.{i}.pooling: mean starts with the model it is used on: the first stage or "
+                             "one with init: pretrained")
+        if any(getattr(s, "pooling", "mean") != "mean" or isinstance(s, MixStageSpec) for s in segment):
+            raise ValueError(f"stages.{i}.pooling: the stages that continue a mean-pooled model are mean-pooled "
+                             "too (and are not mix stages)")
 
     def _generative_checks(self):
         if self.data.packing and self.task != "causal_lm":
@@ -443,6 +469,8 @@ class Recipe(Spec):
                 raise ValueError(f"stages.{i}.prefix_cache: not supported in multi-task recipes yet")
             if stage.init != "continue":
                 raise ValueError(f"stages.{i}.init: restarting from pretrained is for single-task recipes")
+            if stage.pooling != "first":
+                raise ValueError(f"stages.{i}.pooling: mean is for single-task recipes")
             if i > 0 and self.stages[i - 1].per_task and not stage.per_task:
                 raise ValueError(f"stages.{i}: after a per_task stage the tasks no longer share an encoder; "
                                  "later stages must be per_task too")
