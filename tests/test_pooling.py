@@ -88,6 +88,8 @@ def test_a_mean_pooled_teacher_teaches_a_plain_student_also_after_a_resume(tiny_
     use_mean_pooling(teacher)
     assert report["stages"][0]["evaluations"][-1]["loss"] == pytest.approx(scores(teacher, data.validation)["loss"])
     assert abs(plain_reading - report["stages"][0]["evaluations"][-1]["loss"]) > 1e-3
+    assert [s["pooling"] for s in report["stages"]] == ["mean", "first"]
+    assert "Its head read the mean of the last layer's tokens" in (tmp_path / "run" / "report.md").read_text()
 
     # the pseudo-labels come from the mean-pooled teacher ("previous")
     pool = [{**x, "labels": gold} for x, gold in zip(data.unlabeled, data.unlabeled_gold, strict=True)]

@@ -99,6 +99,8 @@ def render_markdown(r: dict) -> str:
         if s.get("init") == "pretrained":
             lines += ["", "This stage started again from the pretrained weights and a new head; teachers named "
                       "previous were the model as the stage before left it."]
+        if s.get("pooling") == "mean":
+            lines += ["", "Its head read the mean of the last layer's tokens (pooling: mean), not the first token."]
         cache = s.get("prefix_cache")
         if isinstance(cache, dict):
             lines += ["", f"Prefix cache: embeddings + {cache['frozen_layers']} frozen layers computed for "

@@ -318,6 +318,7 @@ def run_stage(run, index: int, spec, resume_from=None, selection: Selection | No
     return {
         "name": name,
         "init": spec.init,
+        "pooling": spec.pooling,
         "select": [c.model_dump() for c in spec.select],
         "objectives": [c.model_dump() for c in spec.objectives],
         "trainable_params": selection.n_trainable,
