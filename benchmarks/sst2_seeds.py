@@ -63,6 +63,8 @@ SEMI = [  # (label, recipe, overrides)
      "sst2-500-noisy-student-ensemble-5", []),
     ("Noisy Student taught by an ensemble of three mean-pooled teachers (the student reads [CLS])",
      "sst2-500-noisy-student-mean-ensemble", []),
+    ("Noisy Student, two rounds, the first taught by an ensemble of three mean-pooled teachers",
+     "sst2-500-noisy-student-mean-ensemble-2-rounds", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
