@@ -34,6 +34,20 @@ def train_and_load(recipe_dict: dict, run_dir: Path, base_dir: Path | None = Non
     return report, load_file(run_dir / "model" / "model.safetensors")
 
 
+def resume_at(recipe_dict: dict, finished: Path, checkpoint: str, out: Path):
+    """A copy of a finished run as if killed at ``checkpoint`` (its model folder gone), resumed;
+    returns (report, final model state dict)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(finished, out)
+    (out / "checkpoints" / "latest").write_text(checkpoint)
+    shutil.rmtree(out / "model")
+    report = run_recipe(validate_recipe(recipe_dict), out.parent, out, resume=True, progress=False)
+    return report, load_file(out / "model" / "model.safetensors")
+
+
 def tokenized(model_dir: Path, recipe_dict: dict):
     recipe = validate_recipe(recipe_dict)
     tok = load_tokenizer(str(model_dir))

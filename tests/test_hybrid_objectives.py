@@ -2,7 +2,6 @@
 the mix, resume with objective state, and their bad-input errors."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,10 +10,9 @@ from safetensors.torch import load_file
 
 from hybridft.errors import HybridftError
 from hybridft.recipe import validate_recipe
-from hybridft.training.stages import run_recipe
 
 from .conftest import base_recipe
-from .helpers import tiny_classifier, train_and_load
+from .helpers import resume_at, tiny_classifier, train_and_load
 
 
 def with_unlabeled(recipe: dict, unlabeled) -> dict:
@@ -118,12 +116,7 @@ def test_resume_keeps_objective_state_and_the_mix_teacher(tiny_model, sentiment_
     checkpoints = tmp_path / "full" / "checkpoints"
     mid = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step-"))
     assert "step-14" in mid  # 10 steps of stage 0, then 4 of the hybrid stage
-    crashed = tmp_path / "crashed"
-    shutil.copytree(tmp_path / "full", crashed)
-    (crashed / "checkpoints" / "latest").write_text("step-14")
-    shutil.rmtree(crashed / "model")
-    resumed = run_recipe(validate_recipe(recipe), tmp_path, crashed, resume=True, progress=False)
-    again = load_file(crashed / "model" / "model.safetensors")
+    resumed, again = resume_at(recipe, tmp_path / "full", "step-14", tmp_path / "crashed")
     assert all(torch.equal(final[k], again[k]) for k in final)
     assert resumed["metrics"] == report["metrics"]
     assert resumed["stages"][-1]["objective_details"] == report["stages"][-1]["objective_details"]
@@ -230,12 +223,7 @@ def test_resume_inside_a_restarted_stage_keeps_the_previous_teacher(tiny_model, 
     recipe["output"] = {"keep_checkpoints": 20, "keep_checkpoints_after_run": True}
     with_unlabeled(recipe, unlabeled_csv)
     _, final = train_and_load(recipe, tmp_path / "full")
-    crashed = tmp_path / "crashed"
-    shutil.copytree(tmp_path / "full", crashed)
-    (crashed / "checkpoints" / "latest").write_text("step-14")
-    shutil.rmtree(crashed / "model")
-    run_recipe(validate_recipe(recipe), tmp_path, crashed, resume=True, progress=False)
-    again = load_file(crashed / "model" / "model.safetensors")
+    _, again = resume_at(recipe, tmp_path / "full", "step-14", tmp_path / "crashed")
     assert all(torch.equal(final[k], again[k]) for k in final)
 
 
@@ -274,13 +262,9 @@ def test_a_teacher_named_by_stage_is_the_model_that_stage_left_also_after_a_resu
 
     assert kept("stage-1-done") == {"0"} and kept("stage-2-done") == set()  # let go once no stage needs them
 
-    resumed = tmp_path / "resumed"  # as if killed right after the second teacher's stage
-    shutil.copytree(tmp_path / "named", resumed)
-    (resumed / "checkpoints" / "latest").write_text("stage-1-done")
-    shutil.rmtree(resumed / "model")
-    again = run_recipe(validate_recipe(recipe(True, "stage:first")), tmp_path, resumed, resume=True, progress=False)
+    # as if killed right after the second teacher's stage
+    again, weights = resume_at(recipe(True, "stage:first"), tmp_path / "named", "stage-1-done", tmp_path / "resumed")
     assert first_round(again) == first_round(named)
-    weights = load_file(resumed / "model" / "model.safetensors")
     assert all(torch.equal(final[k], weights[k]) for k in final)
 
 
@@ -305,12 +289,8 @@ def test_an_adapter_teacher_teaches_a_fresh_student_also_after_a_resume(tiny_mod
     _, named = train_and_load(recipe("stage:first"), tmp_path / "named")  # the same teacher, rebuilt
     assert all(torch.equal(final[k], named[k]) for k in final)
 
-    crashed = tmp_path / "crashed"  # killed inside the student's stage
-    shutil.copytree(tmp_path / "previous", crashed)
-    (crashed / "checkpoints" / "latest").write_text("step-34")
-    shutil.rmtree(crashed / "model")
-    run_recipe(validate_recipe(recipe("previous")), tmp_path, crashed, resume=True, progress=False)
-    again = load_file(crashed / "model" / "model.safetensors")
+    # killed inside the student's stage
+    _, again = resume_at(recipe("previous"), tmp_path / "previous", "step-34", tmp_path / "crashed")
     assert all(torch.equal(final[k], again[k]) for k in final)
 
 

@@ -1,7 +1,6 @@
 """pooling: mean: the head reads the mean of the last layer's real tokens, in teacher stages only."""
 
 import copy
-import shutil
 
 import pytest
 import torch
@@ -10,10 +9,9 @@ from safetensors.torch import load_file
 from hybridft.errors import HybridftError
 from hybridft.pooling import use_mean_pooling
 from hybridft.recipe import validate_recipe
-from hybridft.training.stages import run_recipe
 
 from .conftest import base_recipe
-from .helpers import tiny_classifier, tokenized, train_and_load
+from .helpers import resume_at, tiny_classifier, tokenized, train_and_load
 
 
 def encode(model_dir, texts):
@@ -100,12 +98,8 @@ def test_a_mean_pooled_teacher_teaches_a_plain_student_also_after_a_resume(tiny_
     saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
     assert scores(saved, data.validation)["loss"] == pytest.approx(report["metrics"]["loss"], abs=1e-5)
 
-    resumed = tmp_path / "resumed"  # killed right after the teacher: its pooling is rebuilt with it
-    shutil.copytree(tmp_path / "run", resumed)
-    (resumed / "checkpoints" / "latest").write_text("stage-0-done")
-    shutil.rmtree(resumed / "model")
-    run_recipe(validate_recipe(recipe), tmp_path, resumed, resume=True, progress=False)
-    again = load_file(resumed / "model" / "model.safetensors")
+    # killed right after the teacher: its pooling is rebuilt with it
+    _, again = resume_at(recipe, tmp_path / "run", "stage-0-done", tmp_path / "resumed")
     assert all(torch.equal(final[k], again[k]) for k in final)
 
 

@@ -58,5 +58,6 @@ def use_mean_pooling(model: nn.Module) -> nn.Module:
     return model
 
 
-def uses_mean_pooling(model: nn.Module) -> bool:
-    return getattr(model, _ATTRIBUTE, None) is not None
+def pooled_as(model: nn.Module, spec) -> nn.Module:
+    """``model`` reading its tokens as stage ``spec`` says (a mix stage: as it was)."""
+    return use_mean_pooling(model) if getattr(spec, "pooling", "first") == "mean" else model

@@ -9,12 +9,10 @@ __all__ = ["Selector", "since_restart", "stage_structure"]
 def stage_structure(model, spec):
     """The model with the modules a completed stage left in it (adapters, LoRA) inserted again, and
     the head's mean pooling where the stage used it."""
-    from ..pooling import use_mean_pooling
+    from ..pooling import pooled_as
     from ..registry import SELECTORS
 
-    if getattr(spec, "pooling", "first") == "mean":
-        model = use_mean_pooling(model)
-
+    model = pooled_as(model, spec)
     for config in getattr(spec, "select", ()):  # mix stages change no structure
         model = SELECTORS.build(config).restore_structure(model)
     return model

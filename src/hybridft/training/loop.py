@@ -21,7 +21,7 @@ from ..errors import HybridftError
 from ..evaluate import evaluate_data, scalar_metrics
 from ..multitask.sampling import multitask_batches
 from ..objectives.base import StepContext, model_inputs
-from ..pooling import use_mean_pooling
+from ..pooling import pooled_as
 from ..recipe import GENERATIVE_TASKS, lower_is_better
 from ..registry import OBJECTIVES, SELECTORS
 from .checkpoint import (
@@ -86,7 +86,7 @@ class Selection:
 def build_selection(run, spec, name: str, resume_from=None) -> Selection:
     """Prepare the stage's selectors on the run's model and freeze all that they do not select."""
     selectors = [SELECTORS.build(c) for c in spec.select]
-    model = use_mean_pooling(run.model) if spec.pooling == "mean" else run.model
+    model = pooled_as(run.model, spec)
     for s in selectors:
         model = s.prepare(model, run)
     if resume_from is not None:
