@@ -5,6 +5,9 @@
          fine-tuning on the labels alone against pseudo-labels, MLM + task, adversarial smoothness
          on unlabeled text, and pseudo-labels + adversarial smoothness. Dev accuracy of the last
          weights (nothing is chosen on dev).
+  heldout  The semi runs' saved models scored on SST-2 training sentences that no run of the seed saw:
+         at least 10 words, in none of the recipes' labeled samples or pools, not in dev. Dev
+         accuracy picked which recipes were built next; these sentences picked nothing.
   mix    Mixing and distillation (issue 5): recipes/sst2-mix-distill.yaml (2,000 labeled sentences;
          choices on a held-out 10% of them; SST-2 dev as the test set) in two conditions:
            standard: the subset is drawn from all of SST-2 train;
@@ -15,6 +18,7 @@ Each run is a fresh `hybridft run` process; the tables are built from the runs' 
 
     python benchmarks/sst2_seeds.py semi --runs-dir runs/semi             # run + table
     python benchmarks/sst2_seeds.py semi --recipes sst2-500-noisy-student  # one row's runs, whole table
+    python benchmarks/sst2_seeds.py heldout --runs-dir runs/semi          # score the finished semi runs
     python benchmarks/sst2_seeds.py mix --runs-dir runs/mix --table-only  # table of finished runs
 """
 
@@ -65,6 +69,8 @@ SEMI = [  # (label, recipe, overrides)
      "sst2-500-noisy-student-mean-ensemble", []),
     ("Noisy Student, two rounds, the first taught by an ensemble of three mean-pooled teachers",
      "sst2-500-noisy-student-mean-ensemble-2-rounds", []),
+    ("Noisy Student, two rounds, the first student also mean-pooled, no gold epochs after the second",
+     "sst2-500-noisy-student-mean-2-rounds", []),
 ]
 MIX_ROWS = [  # (label, how to read it from report.json)
     ("M_pre + head trained on its frozen encoder", lambda r: r["mix"]["ensemble"]["test"]["pretrained_with_head"]),
@@ -111,21 +117,35 @@ def report(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def semi_folder(recipe: str, overrides: list[str]) -> str:
+    return recipe + "".join(f"+{o.replace('=', '-')}" for o in overrides)  # a row of recipe + overrides
+
+
 def semi(base: Path, table_only: bool, only: set[str] | None = None) -> list[str]:
-    """One row per recipe; the last column is the mean of per-seed differences to labels only (the
-    same seed draws the same 500 labels, so the difference is paired)."""
-    rows = ["| recipe | dev accuracy, mean ± std over seeds (%) | per seed | Δ vs labels only, paired (points) |",
+    """Runs what is missing, then the table of dev accuracy."""
+    for _, recipe, overrides in SEMI:
+        for seed in SEEDS:
+            if not table_only and (only is None or semi_folder(recipe, overrides) in only):
+                run(recipe, base / f"{semi_folder(recipe, overrides)}-seed{seed}", [f"seed={seed}", *overrides])
+    return semi_table(base, "dev accuracy", dev_accuracy)
+
+
+def dev_accuracy(out: Path, seed: int) -> float | None:
+    return r["metrics"]["accuracy"] if (r := report(out / "report.json")) else None
+
+
+def semi_table(base: Path, what: str, score) -> list[str]:
+    """One row per recipe, ``score(run_folder, seed)`` per seed (None: not run); the last column is
+    the mean of per-seed differences to labels only (the same seed draws the same 500 labels, so
+    the difference is paired)."""
+    rows = [f"| recipe | {what}, mean ± std over seeds (%) | per seed | Δ vs labels only, paired (points) |",
             "|---|---|---|---|"]
     baseline: dict[int, float] = {}
     for label, recipe, overrides in SEMI:
         values = {}
-        variant = "".join(f"+{o.replace('=', '-')}" for o in overrides)  # a row of recipe + overrides
         for seed in SEEDS:
-            out = base / f"{recipe}{variant}-seed{seed}"
-            if not table_only and (only is None or recipe + variant in only):
-                run(recipe, out, [f"seed={seed}", *overrides])
-            if (r := report(out / "report.json")) is not None:
-                values[seed] = r["metrics"]["accuracy"]
+            if (value := score(base / f"{semi_folder(recipe, overrides)}-seed{seed}", seed)) is not None:
+                values[seed] = value
         is_baseline = (recipe, overrides) == SEMI[0][1:]
         if is_baseline:
             baseline = values
@@ -134,6 +154,47 @@ def semi(base: Path, table_only: bool, only: set[str] | None = None) -> list[str
         rows.append(f"| {label} | {mean_spread(list(values.values()))} | "
                     f"{', '.join(f'{100 * v:.2f}' for v in values.values())} | {delta} |")
     return rows
+
+
+def heldout_file(base: Path, seed: int) -> Path:
+    """SST-2 training sentences of at least 10 words (the pools' kind) that no semi recipe reads with
+    this seed, as labeled samples or as pool, and that are not in dev; read with hybridft's own
+    loaders so that the exclusions are exactly what the runs drew. Written once, outside the repository."""
+    from hybridft.data.prepare import load_rows, load_unlabeled_rows, read_rows
+    from hybridft.recipe import load_recipe
+
+    path = base / f"heldout-seed{seed}.tsv"
+    if path.is_file():
+        return path
+    used: set[str] = set()
+    seen_data: set[str] = set()
+    for _, recipe_name, overrides in SEMI:
+        recipe, recipe_dir = load_recipe(ROOT / "recipes" / f"{recipe_name}.yaml", [f"seed={seed}", *overrides])
+        if (key := recipe.data.model_dump_json()) in seen_data:
+            continue  # the same data section draws the same rows
+        seen_data.add(key)
+        splits, _, _ = load_rows(recipe, recipe_dir)
+        used |= {r["sentence"] for split in splits.values() for r in split}
+        if recipe.data.unlabeled is not None:
+            used |= {r["sentence"] for r in load_unlabeled_rows(recipe, recipe_dir, splits)[0]}
+    rows, _ = read_rows(recipe.data, recipe.task, recipe_dir, "train", deduplicate=True)
+    kept = [r for r in rows if len(r["sentence"].split()) >= 10 and r["sentence"] not in used]
+    base.mkdir(parents=True, exist_ok=True)
+    path.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in kept), encoding="utf-8")
+    return path
+
+
+def heldout_accuracy(out: Path, seed: int, base: Path) -> float | None:
+    """Accuracy of a finished run's saved model on the seed's held-out sentences (kept in the run
+    folder, so a second call reads it)."""
+    done = out / "heldout.json"
+    if not done.is_file():
+        if not (out / "model").is_dir():
+            return None
+        scored = subprocess.run([sys.executable, "-m", "hybridft", "eval", str(out / "model"),
+                                 str(heldout_file(base, seed)), "--no-progress"], check=True, capture_output=True, text=True)
+        done.write_text(scored.stdout)
+    return json.loads(done.read_text())["accuracy"]
 
 
 def mix(base: Path, table_only: bool) -> list[str]:
@@ -164,7 +225,7 @@ def mix(base: Path, table_only: bool) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("study", choices=["semi", "mix"])
+    p.add_argument("study", choices=["semi", "heldout", "mix"])
     p.add_argument("--runs-dir", default=None, help="default: runs/sst2-<study>")
     p.add_argument("--table-only", action="store_true", help="only read the report.json of finished runs")
     p.add_argument("--recipes", default=None, help="semi: run only these recipes (comma-separated; a row with "
@@ -175,10 +236,12 @@ def main() -> int:
     if not SST2.is_dir():
         print(f"error: {SST2} not found (../shared/data beside the checkout)", file=sys.stderr)
         return 2
-    base = Path(args.runs_dir or f"runs/sst2-{args.study}")
+    base = Path(args.runs_dir or f"runs/sst2-{'semi' if args.study == 'heldout' else args.study}")
     if args.study == "semi":
         only = set(args.recipes.split(",")) if args.recipes else None
         print("\n".join(semi(base, args.table_only, only)))
+    elif args.study == "heldout":
+        print("\n".join(semi_table(base, "held-out accuracy", lambda out, seed: heldout_accuracy(out, seed, base))))
     else:
         print("\n".join(mix(base, args.table_only)))
     return 0
