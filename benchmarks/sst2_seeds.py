@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import hashlib
 import json
 import statistics
 import subprocess
@@ -156,16 +158,15 @@ def semi_table(base: Path, what: str, score) -> list[str]:
     return rows
 
 
+@functools.cache
 def heldout_file(base: Path, seed: int) -> Path:
     """SST-2 training sentences of at least 10 words (the pools' kind) that no semi recipe reads with
     this seed, as labeled samples or as pool, and that are not in dev; read with hybridft's own
-    loaders so that the exclusions are exactly what the runs drew. Written once, outside the repository."""
+    loaders so that the exclusions are exactly what the runs drew. Worked out anew each time (a
+    recipe added to SEMI changes the set) and named by its content, outside the repository."""
     from hybridft.data.prepare import load_rows, load_unlabeled_rows, read_rows
     from hybridft.recipe import load_recipe
 
-    path = base / f"heldout-seed{seed}.tsv"
-    if path.is_file():
-        return path
     used: set[str] = set()
     seen_data: set[str] = set()
     for _, recipe_name, overrides in SEMI:
@@ -179,20 +180,24 @@ def heldout_file(base: Path, seed: int) -> Path:
             used |= {r["sentence"] for r in load_unlabeled_rows(recipe, recipe_dir, splits)[0]}
     rows, _ = read_rows(recipe.data, recipe.task, recipe_dir, "train", deduplicate=True)
     kept = [r for r in rows if len(r["sentence"].split()) >= 10 and r["sentence"] not in used]
-    base.mkdir(parents=True, exist_ok=True)
-    path.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in kept), encoding="utf-8")
+    text = "sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in kept)
+    path = base / f"heldout-seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.tsv"
+    if not path.is_file():
+        base.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     return path
 
 
 def heldout_accuracy(out: Path, seed: int, base: Path) -> float | None:
     """Accuracy of a finished run's saved model on the seed's held-out sentences (kept in the run
-    folder, so a second call reads it)."""
-    done = out / "heldout.json"
+    folder under the held-out file's name, so a second call on the same set reads it)."""
+    if not (out / "model").is_dir():
+        return None
+    sentences = heldout_file(base, seed)
+    done = out / f"{sentences.stem}.json"
     if not done.is_file():
-        if not (out / "model").is_dir():
-            return None
-        scored = subprocess.run([sys.executable, "-m", "hybridft", "eval", str(out / "model"),
-                                 str(heldout_file(base, seed)), "--no-progress"], check=True, capture_output=True, text=True)
+        scored = subprocess.run([sys.executable, "-m", "hybridft", "eval", str(out / "model"), str(sentences),
+                                 "--no-progress"], check=True, capture_output=True, text=True)
         done.write_text(scored.stdout)
     return json.loads(done.read_text())["accuracy"]
 
