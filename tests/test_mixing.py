@@ -158,3 +158,35 @@ def test_one_standard_error_rule_prefers_the_model_closest_to_m_fine():
     assert tolerant_choice(curve, "accuracy", standard_error(0.87, 5000))["alpha"] == 0.2  # 2 points > 1 SE (0.5)
     losses = [{"alpha": 0.0, "loss": 0.40}, {"alpha": 0.3, "loss": 0.38}]
     assert tolerant_choice(losses, "loss", 0.05)["alpha"] == 0.0 and tolerant_choice(losses, "loss", 0.0)["alpha"] == 0.3
+
+
+def test_interpolate_overwrite_deletes_only_a_hybridft_model_folder(tiny_model, sentiment_csv, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Issue 24.1: ``-o . --overwrite`` in a folder of the user's deleted it. Now a folder without
+    the model marker is refused and left as it was; a hybridft model folder is replaced whole, and
+    only after the inputs passed their checks."""
+    from .conftest import base_recipe
+    from .helpers import train_and_load
+
+    train_and_load(base_recipe(tiny_model, sentiment_csv, max_steps=2), tmp_path / "run")
+    fine_dir = tmp_path / "run" / "model"
+    user = tmp_path / "notes"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("mine")
+    monkeypatch.chdir(user)
+    assert main(["interpolate", str(tiny_model), str(fine_dir), "--alpha", "0.5", "-o", ".", "--overwrite"]) == 2
+    assert "holds no hybridft model" in capsys.readouterr().err
+    assert (user / "notes.txt").read_text() == "mine" and (user / "sub").is_dir()
+
+    out = tmp_path / "mixed"
+    assert main(["interpolate", str(tiny_model), str(fine_dir), "--alpha", "0.5", "-o", str(out)]) == 0
+    assert (out / ".hybridft-model").is_file()
+    before = (out / "model.safetensors").read_bytes()
+    # bad inputs with --overwrite: the old mixed model stays untouched
+    assert main(["interpolate", str(tiny_model), str(tmp_path / "missing"), "--alpha", "0.5", "-o", str(out),
+                 "--overwrite"]) == 2
+    assert main(["interpolate", str(tiny_model), str(fine_dir), "--alpha", "1.5", "-o", str(out), "--overwrite"]) == 2
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main(["interpolate", str(tiny_model), str(fine_dir), "--alpha", "1", "-o", str(out), "--overwrite"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left over

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import HybridftError
+from .folders import MODEL_MARKER, check_output
 from .mixing import PART_ORDER, interpolate, per_part_alpha
 from .model_io import load_saved, read_state_dict, save_folder
 from .models import resolve_model
@@ -41,8 +42,7 @@ def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_laye
     from . import architecture
 
     out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise HybridftError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    check_output(out_dir, MODEL_MARKER, overwrite)  # deletes nothing; the old folder is replaced at the end
     if (alpha is None) == (per_layer is None):
         raise HybridftError("give --alpha or --per-layer")
     model, tokenizer, meta, _ = load_saved(fine)
@@ -52,10 +52,6 @@ def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_laye
     mix = alpha if per_layer is None else per_part_alpha(parse_parts(per_layer), architecture.num_layers(model))
     mixed = interpolate(pre_state, model.state_dict(), mix)
     model.load_state_dict(mixed)
-    if out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
     save_folder(model, tokenizer, {**meta, "mixed": {"pretrained": pre, "fine_tuned": str(fine), "alpha": alpha,
                                                     "per_layer": per_layer}}, out_dir)
     return {"out": str(out_dir), "alpha": alpha, "per_layer": per_layer}

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from .errors import HybridftError
+from .folders import MODEL_MARKER, mark, replace_folder, temporary_sibling
 from .models import HEAD_CLASSES, check_model_dir, load_tokenizer, quiet_transformers
 from .recipe import GENERATIVE_TASKS
 from .selectors.adapter import adapter_layout, wrap_with_adapter
@@ -40,10 +41,18 @@ def split_adapter_state(model) -> tuple[dict, dict]:
 
 def save_folder(model, tokenizer, meta: dict, path: Path) -> None:
     """Write to a temporary folder and rename, so the folder is either complete or absent."""
+    tmp = temporary_sibling(path)
+    try:
+        write_model(model, tokenizer, meta, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    replace_folder(tmp, path, MODEL_MARKER)
+
+
+def write_model(model, tokenizer, meta: dict, tmp: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     if lora_layers(model):  # unmerged LoRA (merge: false) is saved merged, so the folder loads anywhere
         model = merge_lora(copy.deepcopy(model))
     plain, adapters = split_adapter_state(model)
@@ -53,9 +62,7 @@ def save_folder(model, tokenizer, meta: dict, path: Path) -> None:
         save_file(adapters, str(tmp / ADAPTERS_FILE))
         meta = {**meta, "adapters": adapter_layout(model)}
     (tmp / "hybridft.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    mark(tmp, MODEL_MARKER)
 
 
 def save_model_folder(run, path: Path) -> None:
@@ -71,21 +78,19 @@ def save_model_folder(run, path: Path) -> None:
             set_generation_defaults(model, recipe.generation)
         save_folder(model, run.tokenizer, meta, path)
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temporary_sibling(path)
     for task in recipe.tasks:
         meta = {"task": task.task, "max_length": recipe.model.max_length, "columns": task.data.columns.model_dump(),
                 "labels": run.data.label_names[task.name], "multi_task": [t.name for t in recipe.tasks]}
-        save_folder(model.task_model(task.name), run.tokenizer, meta, tmp / task.name)
+        (tmp / task.name).mkdir()
+        write_model(model.task_model(task.name), run.tokenizer, meta, tmp / task.name)
     if model.shared:  # after task-specific stages each task folder has its own encoder
         encoder = merge_lora(copy.deepcopy(model.encoder)) if lora_layers(model.encoder) else model.encoder
         plain, _ = split_adapter_state(encoder)
         encoder.save_pretrained(tmp / "encoder", state_dict=plain, safe_serialization=True)
         run.tokenizer.save_pretrained(tmp / "encoder")
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    mark(tmp, MODEL_MARKER)
+    replace_folder(tmp, path, MODEL_MARKER)
 
 
 def set_generation_defaults(model, spec) -> None:
