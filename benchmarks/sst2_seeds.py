@@ -1,10 +1,11 @@
 """Seeded SST-2 studies of the hybrid objectives and of model mixing, mean and spread over seeds.
 
-  semi   Semi-supervised (issue 4): 500 labeled SST-2 training sentences; the rest of SST-2 train
-         (10,000 sentences, none of the labeled ones, none of dev) is the unlabeled pool. Full
-         fine-tuning on the labels alone against pseudo-labels, MLM + task, adversarial smoothness
-         on unlabeled text, and pseudo-labels + adversarial smoothness. Dev accuracy of the last
-         weights (nothing is chosen on dev).
+  semi   Semi-supervised (issue 4; the recipes are benchmarks/recipes/sst2-500-*.yaml): 500 labeled
+         SST-2 training sentences; the rest of SST-2 train (10,000 sentences, none of the labeled
+         ones, none of dev) is the unlabeled pool. Full fine-tuning on the labels alone against
+         pseudo-labels, MLM + task, adversarial smoothness on unlabeled text, pseudo-labels +
+         adversarial smoothness, and the Noisy Student variants. Dev accuracy of the last weights
+         (nothing is chosen on dev).
   heldout  The semi runs' saved models scored on SST-2 training sentences that no run of the seed saw:
          at least 10 words, in none of the recipes' labeled samples or pools, not in dev. Dev
          accuracy picked which recipes were built next; these sentences picked nothing.
@@ -36,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
+RECIPE_DIRS = (ROOT / "benchmarks" / "recipes", ROOT / "recipes")  # the sst2-500 family; sst2-mix-distill
 SEEDS = (1, 2, 3)
 SEMI = [  # (label, recipe, overrides)
     ("labels only (500)", "sst2-500-labels", []),
@@ -99,11 +101,18 @@ def short_phrases(out_dir: Path, max_words: int = 8) -> Path:
     return path
 
 
+def recipe_file(name: str) -> Path:
+    for folder in RECIPE_DIRS:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    raise SystemExit(f"no recipe {name}.yaml in {' or '.join(str(d.relative_to(ROOT)) for d in RECIPE_DIRS)}")
+
+
 def run(recipe: str, out: Path, overrides: list[str]) -> None:
     if (out / "report.json").is_file():
         return  # finished earlier: re-running a study only adds what is missing
     print(f"== {out}", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "hybridft", "run", str(ROOT / "recipes" / f"{recipe}.yaml"), "--out",
+    subprocess.run([sys.executable, "-m", "hybridft", "run", str(recipe_file(recipe)), "--out",
                     str(out), "--overwrite", "--no-progress", *overrides], check=True)
 
 
@@ -170,7 +179,7 @@ def heldout_file(base: Path, seed: int) -> Path:
     used: set[str] = set()
     seen_data: set[str] = set()
     for _, recipe_name, overrides in SEMI:
-        recipe, recipe_dir = load_recipe(ROOT / "recipes" / f"{recipe_name}.yaml", [f"seed={seed}", *overrides])
+        recipe, recipe_dir = load_recipe(recipe_file(recipe_name), [f"seed={seed}", *overrides])
         if (key := recipe.data.model_dump_json()) in seen_data:
             continue  # the same data section draws the same rows
         seen_data.add(key)

@@ -5,7 +5,9 @@ import pytest
 from hybridft.errors import HybridftError
 from hybridft.recipe import apply_overrides, load_recipe, validate_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+# the examples in recipes/ and the research recipes the benchmark scripts run
+RECIPES = sorted(ROOT.glob("recipes/*.yaml")) + sorted(ROOT.glob("benchmarks/recipes/*.yaml"))
 
 
 def minimal(**extra):
