@@ -55,14 +55,15 @@ def tokenized(model_dir: Path, recipe_dict: dict):
 
 
 def make_run(recipe_dict: dict, run_dir: Path):
-    from hybridft.training.stages import start_run
+    from hybridft.training.setup import start_run
 
     return start_run(validate_recipe(recipe_dict), run_dir.parent, run_dir, progress=False)
 
 
 def train_one_stage(run, stage_index: int = 0):
     """Prepare the stage's selection, snapshot it, train; returns (before, after, selection, report)."""
-    from hybridft.training.loop import build_selection, run_stage
+    from hybridft.training.loop import run_stage
+    from hybridft.training.loop import build_selection
 
     spec = run.recipe.stages[stage_index]
     selection = build_selection(run, spec, "s")

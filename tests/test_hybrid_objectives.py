@@ -309,11 +309,11 @@ def test_a_relabeling_with_nothing_confident_keeps_the_last_labels(monkeypatch):
     term made the model unsure) the previous round's pseudo-labels stay and training goes on."""
     from types import SimpleNamespace
 
-    import hybridft.evaluate
+    import hybridft.objectives.pseudo_label as pl
     from hybridft.objectives.pseudo_label import PseudoLabel, PseudoLabelSpec
 
     rounds = iter([[[4.0, 0.0], [0.0, 4.0], [0.1, 0.0]], [[0.1, 0.0], [0.0, 0.1], [0.1, 0.0]]])
-    monkeypatch.setattr(hybridft.evaluate, "predict", lambda *a, **k: (list(map(np.array, next(rounds))), None))
+    monkeypatch.setattr(pl, "predict", lambda *a, **k: (list(map(np.array, next(rounds))), None))
     written = []
     run = SimpleNamespace(recipe=SimpleNamespace(task="classification"), data=SimpleNamespace(
         unlabeled=[{}] * 3, unlabeled_gold=None, label_names=["neg", "pos"]), collator=None, device="cpu",
@@ -328,21 +328,20 @@ def test_a_relabeling_with_nothing_confident_keeps_the_last_labels(monkeypatch):
     with pytest.raises(HybridftError, match="reaches confidence"):  # at stage start: nothing to train on
         fresh = PseudoLabel(PseudoLabelSpec(threshold=0.99))
         rounds = iter([[[0.1, 0.0]] * 3])
-        monkeypatch.setattr(hybridft.evaluate, "predict", lambda *a, **k: (list(map(np.array, next(rounds))), None))
+        monkeypatch.setattr(pl, "predict", lambda *a, **k: (list(map(np.array, next(rounds))), None))
         fresh.on_stage_start(run)
 
 
 def test_an_ensemble_of_teachers_labels_the_pool_with_their_mean_probabilities(monkeypatch):
     from types import SimpleNamespace
 
-    import hybridft.evaluate
     import hybridft.objectives.pseudo_label as pl
 
     # two teachers that disagree: the first sure of class 0, the second leaning to class 1
     sure, leaning = np.log([[0.9, 0.1], [0.9, 0.1]]), np.log([[0.3, 0.7], [0.6, 0.4]])
     teachers = {"stage:a": "A", "stage:b": "B"}
     monkeypatch.setattr(pl, "build_teacher", lambda run, name, need_head: teachers[name])
-    monkeypatch.setattr(hybridft.evaluate, "predict", lambda model, *a, **k: (
+    monkeypatch.setattr(pl, "predict", lambda model, *a, **k: (
         list({"A": sure, "B": leaning}[model]), None))
     run = SimpleNamespace(recipe=SimpleNamespace(task="classification"), data=SimpleNamespace(
         unlabeled=[{}] * 2, unlabeled_gold=None, label_names=["neg", "pos"]), collator=None, device="cpu",

@@ -105,7 +105,7 @@ def test_metrics_log_has_every_step_and_each_loss_term(tiny_model, sentiment_csv
 def test_length_grouped_batches_cover_every_example_once_with_less_padding():
     import random
 
-    from hybridft.training.loop import epoch_batches
+    from hybridft.data.batching import epoch_batches
 
     lengths = [random.Random(i).randint(3, 120) for i in range(1000)]
     plain = epoch_batches(lengths, 16, seed=3)

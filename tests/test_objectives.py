@@ -56,7 +56,7 @@ def test_contract_finite_scalar_with_gradient_and_batch_untouched(tiny_model, se
     recipe = recipe_with(tiny_model, sentiment_csv, unlabeled_csv, EXAMPLES[label])
     run = make_run(recipe, tmp_path / "run")
     model = run.model
-    run.artifacts["fine_tuned_state"] = {k: v.clone() for k, v in model.state_dict().items()}
+    run.artifacts.fine_tuned_state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():  # move away from the pretrained weights so that every penalty is non-zero
         for p in model.parameters():
             p.add_(0.01)

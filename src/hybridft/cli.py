@@ -1,6 +1,8 @@
-"""Command line: run | validate | eval | predict | list.
+"""Command line: run | validate | eval | predict | interpolate | compare | list | schema, a thin layer
+over the Python API (``hybridft.run``, ``hybridft.load``) and the modules behind it.
 
-Every user error ends as one line ``error: ...`` on stderr and exit status 2.
+Every user error ends as one line ``error: ...`` on stderr and exit status 2. Modules are imported
+when their command runs, so that ``hybridft --help`` and ``--version`` answer without loading torch.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
+from . import __version__
 from .errors import HybridftError
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridft", description="Hybrid fine-tuning of pretrained transformers.")
+    p.add_argument("--version", action="version", version=f"hybridft {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train from a recipe")
@@ -44,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", "-i", default="-", help="text file, one example per line; - for stdin")
     pr.add_argument("--text", action="append", help="an example given on the command line (repeatable)")
     pr.add_argument("--batch-size", type=_positive_int, default=64)
+    pr.add_argument("--pair", action="store_true", default=None,
+                    help="the model classifies pairs: each line is text<TAB>text (default: as the model was trained)")
     gen = pr.add_argument_group("text generation (causal_lm and seq2seq models; default: as the recipe evaluated)")
     gen.add_argument("--max-new-tokens", type=_positive_int)
     gen.add_argument("--num-beams", type=_positive_int, help="beam search with this many beams")
@@ -70,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", required=True, help="the comparison folder")
     cmp.add_argument("overrides", nargs="*", help="key.path=value applied to every strategy's recipe")
     sub.add_parser("list", help="registered selectors and objectives")
+    sch = sub.add_parser("schema", help="the recipe JSON Schema (for editors), or the recipe reference")
+    sch.add_argument("--markdown", action="store_true", help="the recipe reference as markdown tables")
     return p
 
 
@@ -99,26 +106,23 @@ def _show_progress(flag) -> bool:
 
 
 def cmd_run(args) -> int:
-    from .recipe import apply_cwd_paths, load_recipe
-    from .training.stages import run_recipe
+    from .api import run
+    from .recipe import apply_cwd_paths
 
-    recipe, base_dir = load_recipe(args.recipe, apply_cwd_paths(args.overrides))
-    out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.out:
         raise HybridftError("--resume needs --out, the run folder to continue")
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
     if processes > 1 and not args.out:
         raise HybridftError("with several processes, give --out so that they all write to the same run folder")
-    report = run_recipe(recipe, base_dir, out, resume=args.resume, overwrite=args.overwrite,
-                        progress=_show_progress(args.progress))
+    result = run(args.recipe, args.out, resume=args.resume, overwrite=args.overwrite,
+                 progress=_show_progress(args.progress), overrides=apply_cwd_paths(args.overrides))
     if os.environ.get("RANK", "0") != "0":
         return 0  # the main process reports
-    metrics = ", ".join(f"{k}={v:.4f}" for k, v in report["metrics"].items())
-    print(f"report: {out / 'report.md'}")
-    print(f"model:  {out / 'model'}")
-    print(f"validation: {metrics}")
-    if report["test_metrics"]:
-        print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in report["test_metrics"].items()))
+    print(f"report: {result.run_dir / 'report.md'}")
+    print(f"model:  {result.model_dir}")
+    print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    if result.test_metrics:
+        print("test: " + ", ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items()))
     return 0
 
 
@@ -186,8 +190,10 @@ def cmd_predict(args) -> int:
             raise HybridftError(f"{path} is not UTF-8 text") from None
     generation = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "temperature": args.temperature,
                   "top_k": args.top_k, "top_p": args.top_p, "do_sample": True if args.sample else None}
-    records = predict_lines(args.model_dir, [line for line in lines if line.strip()], args.batch_size,
-                            {k: v for k, v in generation.items() if v is not None}, args.seed)
+    if not lines:
+        raise HybridftError("no input: give --text, --input FILE, or lines on stdin")
+    records = predict_lines(args.model_dir, lines, args.batch_size,
+                            {k: v for k, v in generation.items() if v is not None}, args.seed, args.pair)
     for record in records:
         print(json.dumps(record, ensure_ascii=False))
     return 0
@@ -198,6 +204,14 @@ def cmd_interpolate(args) -> int:
 
     result = run_interpolate(args.pre, args.fine, args.out, args.alpha, args.per_layer, args.overwrite)
     print(f"mixed model: {result['out']}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from .recipe import recipe_json_schema
+    from .recipe.reference import reference_markdown
+
+    print(reference_markdown() if args.markdown else json.dumps(recipe_json_schema(), indent=2))
     return 0
 
 
@@ -213,7 +227,7 @@ def cmd_list(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "validate": cmd_validate, "eval": cmd_eval,
-            "predict": cmd_predict, "interpolate": cmd_interpolate, "list": cmd_list}
+            "predict": cmd_predict, "interpolate": cmd_interpolate, "list": cmd_list, "schema": cmd_schema}
 
 
 def main(argv: list[str] | None = None) -> int:

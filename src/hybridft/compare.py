@@ -19,7 +19,11 @@ from pathlib import Path
 import yaml
 
 from .errors import HybridftError
-from .recipe import load_recipe, lower_is_better
+from .folders import COMPARE_MARKER, RUN_MARKER, mark, write_atomic
+from .report.html import comparison_html
+from .training.setup import resolved_recipe_text
+from .recipe import load_recipe
+from .tasks import lower_is_better
 
 # name -> (select, learning-rate scale relative to the base recipe)
 PRESETS = {
@@ -32,13 +36,10 @@ PRESETS = {
 }
 # presets that leave the embeddings and bottom layers frozen compute them once per example
 CACHED = ("layers", "head")
-MARKER = ".hybridft-compare"
 
 
 def strategy_recipe(base: Path, overrides: list[str], strategy: str) -> tuple[str, dict]:
     """(label, recipe data with absolute paths) of one strategy."""
-    from .training.stages import resolved_recipe_text
-
     if strategy in PRESETS:
         recipe, base_dir = load_recipe(base, overrides)
         select, scale = PRESETS[strategy]
@@ -64,7 +65,7 @@ def strategy_recipe(base: Path, overrides: list[str], strategy: str) -> tuple[st
 
 
 def check_out_dir(out: Path) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+    if out.exists() and any(out.iterdir()) and not (out / COMPARE_MARKER).is_file():
         raise HybridftError(f"{out} is not empty and holds no hybridft comparison; choose another --out")
 
 
@@ -75,7 +76,7 @@ def run_comparison(base: Path, strategies: list[str], seeds: list[int], out: Pat
     if len(set(labels)) != len(labels):
         raise HybridftError(f"strategies {labels} name the same strategy twice")
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("hybridft comparison\n", encoding="utf-8")
+    mark(out, COMPARE_MARKER)
     total, done, started = len(plans) * len(seeds), 0, time.perf_counter()
     for label, data in plans:
         recipe_file = out / "recipes" / f"{label}.yaml"
@@ -89,7 +90,7 @@ def run_comparison(base: Path, strategies: list[str], seeds: list[int], out: Pat
                 continue
             print(f"[{done}/{total}] {label} seed {seed}: running ({total - done} after it; "
                   f"{time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
-            resume = ["--resume"] if (run_dir / ".hybridft-run").is_file() else []
+            resume = ["--resume"] if (run_dir / RUN_MARKER).is_file() else []
             proc = subprocess.run([sys.executable, "-m", "hybridft", "run", str(recipe_file), "--out", str(run_dir),
                                    "--no-progress", f"seed={seed}", *resume], capture_output=True, text=True)
             if proc.returncode != 0:
@@ -140,9 +141,6 @@ def render_markdown(board: dict) -> str:
 
 
 def write_leaderboard(out: Path, board: dict) -> None:
-    from .report.html import comparison_html
-    from .training.checkpoint import write_atomic
-
     write_atomic(out / "leaderboard.json", json.dumps(board, indent=2))
     write_atomic(out / "leaderboard.md", render_markdown(board))
     write_atomic(out / "report.html", comparison_html(board))

@@ -6,7 +6,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .objectives.task import IGNORE_INDEX, task_loss
+from .data.batching import length_sorted_batches
+from .generative.evaluate import evaluate_generative
+from .tasks import IGNORE_INDEX, task_loss
 
 
 def classification_metrics(preds: list[int], gold: list[int], label_names: list[str]) -> dict:
@@ -43,12 +45,6 @@ def tagging_metrics(pred_tags: list[list[str]], gold_tags: list[list[str]]) -> d
         "token_accuracy": correct / max(tokens, 1),
         "per_class": per_type,
     }
-
-
-def length_sorted_batches(examples: list[dict], batch_size: int) -> list[list[int]]:
-    """Batches of similar length: evaluation order does not matter and padding is wasted work."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()
@@ -110,8 +106,6 @@ def evaluate_data(run, model, split: str, batch_size: int, desc: str, progress: 
     each task's metrics under ``<task>/``, and ``score``, the mean of the tasks' primary metrics."""
     data = run.data
     if data.task in ("causal_lm", "seq2seq"):
-        from .generative.evaluate import evaluate_generative
-
         return evaluate_generative(run, model, split, batch_size, desc, progress)
     if data.task != "multi_task":
         examples = getattr(data, split)

@@ -65,3 +65,17 @@ def replace_folder(tmp: Path, path: Path, marker: str) -> None:
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """The file holds the old text or the new, never a part of either (a kill or a full disk)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -5,18 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
+from .data.collate import collator_for
+from .data.prepare import check_labels, encode, read_rows
 from .errors import HybridftError
+from .evaluate import evaluate
+from .generative.data import bos_id, encode_causal, encode_seq2seq, read_generative_rows
+from .generative.evaluate import teacher_forced_metrics
+from .generative.generate import generate_texts
+from .generative.metrics import is_uncased, translation_metrics
 from .model_io import load_saved
+from .recipe import Columns, DataSpec, GenerationSpec, LanguagePair, format_validation_error
 
 
 def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, columns: dict,
                   progress: bool = False) -> dict:
-    from .data.prepare import check_labels, encode, read_rows
-    from .evaluate import evaluate
-    from .recipe import Columns, DataSpec
-    from .training.stages import collator_for
-
     model, tokenizer, meta, labels = load_saved(model_dir)
     cols = Columns(**{**meta.get("columns", {}), **{k: v for k, v in columns.items() if v}})
     task = meta["task"]
@@ -31,7 +35,7 @@ def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, col
     examples, _ = encode(rows, tokenizer, task, cols, {n: i for i, n in enumerate(labels)},
                          meta.get("max_length", 128))
     metrics = evaluate(model, examples, task, labels, collator_for(task, tokenizer), batch_size,
-                       torch.device("cpu"), progress=progress)
+                       device_for(model), progress=progress)
     return metrics
 
 
@@ -39,12 +43,6 @@ def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: 
                              progress: bool) -> dict:
     """Perplexity and token accuracy; for seq2seq also BLEU and chrF with the saved generation
     settings. Parallel text (a path with {lang}) uses the languages the model was trained on."""
-    from .generative.data import encode_causal, encode_seq2seq, read_generative_rows
-    from .generative.evaluate import teacher_forced_metrics
-    from .generative.generate import generate_texts
-    from .generative.metrics import is_uncased, translation_metrics
-    from .recipe import DataSpec, GenerationSpec, LanguagePair
-    from .training.stages import collator_for
 
     task = meta["task"]
     path = str(Path(data_path).resolve())
@@ -56,7 +54,7 @@ def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: 
         examples, _ = encode_seq2seq(rows, tokenizer, cols, max_length, meta.get("max_target_length", 128))
     else:
         examples, _ = encode_causal(rows, tokenizer, cols, max_length, packing=False)
-    device = torch.device("cpu")
+    device = device_for(model)
     metrics = teacher_forced_metrics(model, examples, collator_for(task, tokenizer, model), batch_size, device,
                                      task == "causal_lm", progress=progress)
     if task == "seq2seq":
@@ -68,15 +66,16 @@ def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: 
     return {**metrics, "examples": len(examples), "data": counts}
 
 
+def device_for(model) -> torch.device:
+    """The GPU when there is one, else the CPU; the model is moved there."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    return device
+
+
 def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: int, generation: dict,
                    seed: int) -> list[dict]:
     """Text for each line: a translation (seq2seq) or a continuation of the prompt (causal_lm)."""
-    from pydantic import ValidationError
-
-    from .generative.data import bos_id
-    from .generative.generate import generate_texts
-    from .recipe import GenerationSpec, format_validation_error
-
     try:
         spec = GenerationSpec(**{**meta.get("generation", {}), **generation})
     except ValidationError as e:
@@ -88,44 +87,76 @@ def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: i
         start = bos_id(tokenizer)
         inputs = [([start] if start is not None else []) + ids[-(max_length - 1):]
                   for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
-    texts = generate_texts(model, tokenizer, inputs, spec, batch_size, torch.device("cpu"), seed)
+    texts = generate_texts(model, tokenizer, inputs, spec, batch_size, device_for(model), seed)
     return [{"input": line, "generated": text} for line, text in zip(lines, texts, strict=True)]
 
 
-@torch.no_grad()
-def predict_lines(model_dir: str, lines: list[str], batch_size: int, generation: dict | None = None,
-                  seed: int = 0) -> list[dict]:
-    """Labels for texts; a tab in a line separates the two texts of a pair; tagging splits on spaces.
-    Language models generate text instead, with the recipe's generation settings unless overridden."""
-    model, tokenizer, meta, labels = load_saved(model_dir)
-    if meta["task"] in ("causal_lm", "seq2seq"):
-        return generate_lines(model, tokenizer, meta, lines, batch_size, generation or {}, seed)
-    max_length = meta.get("max_length", 128)
+def split_pairs(lines: list[str]) -> tuple[list[str], list[str]]:
+    """The two texts of each line of a pair model (``first<TAB>second``)."""
+    firsts, seconds = [], []
+    for number, line in enumerate(lines, 1):
+        first, tab, second = line.partition("\t")
+        if not tab:
+            raise HybridftError(f"line {number} has no tab: this model classifies pairs; give every line as "
+                                "text<TAB>text")
+        firsts.append(first)
+        seconds.append(second)
+    return firsts, seconds
+
+
+def tag_batch(model, tokenizer, chunk: list[str], labels: list[str], max_length: int, device) -> list[dict]:
+    words = [line.split() for line in chunk]
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True,
+                    return_tensors="pt")
+    probs = model(**enc.to(device)).logits.softmax(-1)
     records = []
-    for start in range(0, len(lines), batch_size):
-        chunk = lines[start:start + batch_size]
-        if meta["task"] == "token_classification":
-            words = [line.split() for line in chunk]
-            enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt")
-            probs = model(**enc).logits.softmax(-1)
-            for i, ws in enumerate(words):
-                first = {}
-                for pos, w in enumerate(enc.word_ids(i)):
-                    if w is not None and w not in first:
-                        first[w] = pos
-                tags = [labels[int(probs[i, first[w]].argmax())] if w in first else "O" for w in range(len(ws))]
-                records.append({"tokens": ws, "tags": tags})
-        else:
-            pairs = [line.split("\t", 1) for line in chunk]
-            second = [p[1] if len(p) > 1 else None for p in pairs]
-            if any(second) and not all(second):
-                line = start + second.index(None) + 1
-                raise HybridftError(f"line {line} has no tab: give every line as a pair (text<TAB>text) or none")
-            enc = tokenizer([p[0] for p in pairs], second if any(second) else None, truncation=True,
-                            max_length=max_length, padding=True, return_tensors="pt")
-            probs = model(**enc).logits.softmax(-1)
-            for line, pr in zip(chunk, probs, strict=True):
-                j = int(pr.argmax())
-                records.append({"text": line, "label": labels[j], "score": round(float(pr[j]), 4)})
+    for i, ws in enumerate(words):
+        first = {}
+        for pos, w in enumerate(enc.word_ids(i)):
+            if w is not None and w not in first:
+                first[w] = pos
+        records.append({"tokens": ws, "tags": [labels[int(probs[i, first[w]].argmax())] if w in first else "O"
+                                               for w in range(len(ws))]})
     return records
+
+
+def label_batch(model, tokenizer, chunk: list[str], labels: list[str], max_length: int, pairs: bool,
+                device) -> list[dict]:
+    texts, second = split_pairs(chunk) if pairs else (chunk, None)
+    enc = tokenizer(texts, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    probs = model(**enc.to(device)).logits.softmax(-1)
+    records = []
+    for line, pr in zip(chunk, probs, strict=True):
+        j = int(pr.argmax())
+        records.append({"text": line, "label": labels[j], "score": round(float(pr[j]), 4)})
+    return records
+
+
+@torch.no_grad()
+def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[str], batch_size: int,
+                 generation: dict | None = None, seed: int = 0, pairs: bool | None = None) -> list[dict]:
+    """One record per line, in order: a label (a pair model reads ``first<TAB>second``; whether the
+    model reads pairs comes from its task, or ``pairs``), tags (words split on spaces), or generated
+    text. An empty line gets a record with an error instead of being dropped."""
+    if meta["task"] in ("causal_lm", "seq2seq"):
+        predicted = generate_lines(model, tokenizer, meta, [x for x in lines if x.strip()], batch_size,
+                                   generation or {}, seed)
+    else:
+        pairs = meta["task"] == "pair_classification" if pairs is None else pairs
+        device, max_length = device_for(model), meta.get("max_length", 128)
+        texts = [x for x in lines if x.strip()]
+        predicted = []
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            predicted += tag_batch(model, tokenizer, chunk, labels, max_length, device) \
+                if meta["task"] == "token_classification" else \
+                label_batch(model, tokenizer, chunk, labels, max_length, pairs, device)
+    answers = iter(predicted)
+    return [next(answers) if line.strip() else {"text": line, "error": "empty text"} for line in lines]
+
+
+def predict_lines(model_dir: str, lines: list[str], batch_size: int, generation: dict | None = None,
+                  seed: int = 0, pairs: bool | None = None) -> list[dict]:
+    """``predict_with`` on a saved model folder."""
+    model, tokenizer, meta, labels = load_saved(model_dir)
+    return predict_with(model, tokenizer, meta, labels, lines, batch_size, generation, seed, pairs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import architecture
 from .errors import HybridftError
 from .folders import MODEL_MARKER, check_output
 from .mixing import PART_ORDER, interpolate, per_part_alpha
@@ -39,8 +40,6 @@ def pretrained_tensors(source: str) -> dict:
 
 def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_layer: str | None,
                     overwrite: bool = False) -> dict:
-    from . import architecture
-
     out_dir = Path(out)
     check_output(out_dir, MODEL_MARKER, overwrite)  # deletes nothing; the old folder is replaced at the end
     if (alpha is None) == (per_layer is None):

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from .errors import HybridftError
 from .folders import MODEL_MARKER, mark, replace_folder, temporary_sibling
+from .generative.data import ensure_pad_token
+from .generative.generate import generation_kwargs
 from .models import HEAD_CLASSES, check_model_dir, load_tokenizer, quiet_transformers
-from .recipe import GENERATIVE_TASKS
+from .tasks import GENERATIVE_TASKS
 from .selectors.adapter import adapter_layout, wrap_with_adapter
 from .selectors.lora import lora_layers, merge_lora
 
@@ -68,7 +70,7 @@ def write_model(model, tokenizer, meta: dict, tmp: Path) -> None:
 def save_model_folder(run, path: Path) -> None:
     """The run's model; multi-task: ``<task>/`` per task (shared encoder + that task's head, a plain
     transformers folder each) and ``encoder/``, the shared encoder alone."""
-    model, recipe = run.accelerator.unwrap_model(run.model), run.recipe
+    model, recipe = run.processes.unwrap(run.model), run.recipe
     if recipe.task != "multi_task":
         meta = {"task": recipe.task, "max_length": recipe.model.max_length,
                 "columns": recipe.data.columns.model_dump(), "labels": run.data.label_names}
@@ -96,8 +98,6 @@ def save_model_folder(run, path: Path) -> None:
 def set_generation_defaults(model, spec) -> None:
     """The recipe's generation settings go into generation_config.json, so that plain
     ``model.generate()`` after ``from_pretrained`` decodes as hybridft evaluated it."""
-    from .generative.generate import generation_kwargs
-
     if getattr(model, "generation_config", None) is not None:
         for key, value in generation_kwargs(spec).items():
             setattr(model.generation_config, key, value)
@@ -125,7 +125,6 @@ def load_saved(model_dir: str | Path):
     """(model in eval mode, tokenizer, hybridft.json content, label names) of a saved folder; any
     transformers classification or tagging folder works, hybridft's own adds adapters back."""
     import transformers
-    from safetensors.torch import load_file
 
     path = Path(model_dir)
     if not path.is_dir():
@@ -138,21 +137,34 @@ def load_saved(model_dir: str | Path):
         meta["task"] = task_of(config, path)
     quiet_transformers()
     model = getattr(transformers, HEAD_CLASSES[meta["task"]]).from_pretrained(path, use_safetensors=True)
-    if (path / ADAPTERS_FILE).is_file():
-        for a in meta.get("adapters", []):
-            wrap_with_adapter(model, a["module"], a["bottleneck"], a["nonlinearity"])
-        missing = set(load_file(str(path / ADAPTERS_FILE))) - set(model.state_dict())
-        if missing:
-            raise HybridftError(f"{path}: adapter weights do not fit the model (e.g. {sorted(missing)[0]})")
-        model.load_state_dict(load_file(str(path / ADAPTERS_FILE)), strict=False)
+    restore_adapters(model, path, meta.get("adapters", []))
     tokenizer = load_tokenizer(str(path))
     if meta["task"] in GENERATIVE_TASKS:
-        from .generative.data import ensure_pad_token
-
         ensure_pad_token(tokenizer)
         return model.eval(), tokenizer, meta, []
     labels = [config.id2label[i] for i in range(len(config.id2label))]
     return model.eval(), tokenizer, meta, labels
+
+
+def restore_adapters(model, path: Path, layout: list[dict]) -> None:
+    """Put back the bottleneck adapters ``hybridft.json`` lists, with their weights: all or an error."""
+    from safetensors.torch import load_file
+
+    stored = path / ADAPTERS_FILE
+    if bool(layout) != stored.is_file():
+        what = f"lists {len(layout)} adapters but {ADAPTERS_FILE} is missing" if layout else \
+            f"has {ADAPTERS_FILE} but hybridft.json lists no adapters"
+        raise HybridftError(f"{path} {what}: the model would predict differently without them")
+    if not layout:
+        return
+    for a in layout:
+        wrap_with_adapter(model, a["module"], a["bottleneck"], a["nonlinearity"])
+    weights = load_file(str(stored))
+    expected = {n for n in model.state_dict() if ".adapter." in n}
+    if set(weights) != expected:
+        odd = sorted(set(weights) ^ expected)[0]
+        raise HybridftError(f"{path}: adapter weights do not fit the model (e.g. {odd})")
+    model.load_state_dict(weights, strict=False)
 
 
 def read_state_dict(folder: str | Path) -> dict:

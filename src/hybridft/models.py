@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .architecture import head_param_names
 from .errors import HybridftError
 
 HEAD_CLASSES = {
@@ -74,37 +75,30 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
 
 def load_model(source: str, task: str, label_names: list[str], trust_remote_code: bool = False):
+    """A task model with a head for ``label_names``. A saved head with another label count is
+    re-initialised; any other tensor whose shape differs from the config is an error."""
     import transformers
 
     quiet_transformers()
     auto = getattr(transformers, HEAD_CLASSES[task])
     try:
-        return auto.from_pretrained(
+        model, info = auto.from_pretrained(
             source,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={n: i for i, n in enumerate(label_names)},
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
-            ignore_mismatched_sizes=True,  # a saved head with another label count is re-initialised
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
         )
     except (OSError, ValueError, KeyError) as e:
         raise HybridftError(f"cannot load model {source}: {str(e).splitlines()[0]}") from None
-
-
-def load_recipe_model(recipe, source: str, base_dir: Path, tokenizer, label_names: list[str]):
-    """The recipe's model as its task needs it: a classification or tagging head, a causal LM, or a
-    seq2seq model (possibly an encoder-decoder built from two pretrained models)."""
-    if recipe.task in ("causal_lm", "seq2seq"):
-        from .generative.models import decoder_source, load_generative_model
-
-        return load_generative_model(source, recipe.task, tokenizer, decoder_source(recipe.model.decoder, base_dir),
-                                     recipe.model.trust_remote_code)
-    return load_model(source, recipe.task, label_names, recipe.model.trust_remote_code)
-
-
-def load_run_pretrained(run):
-    """The pretrained model a run started from, with a new head (drawn from the global RNG)."""
-    return load_recipe_model(run.recipe, run.artifacts["model_source"], run.artifacts.get("base_dir", Path(".")),
-                             run.tokenizer, run.data.label_names)
-
+    head = set(head_param_names(model))
+    body = [(name, stored, wanted) for name, stored, wanted in info["mismatched_keys"] if name not in head]
+    if body:
+        name, stored, wanted = sorted(body)[0]
+        raise HybridftError(f"cannot load model {source}: {name} is {tuple(stored)} in the checkpoint but "
+                            f"{tuple(wanted)} in its config ({len(body)} such tensors); only a task head may be "
+                            "re-initialised")
+    return model

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+import transformers
+
 from .data.readers import LANG, parallel_files
 from .errors import HybridftError
-from .models import HEAD_CLASSES, resolve_model
+from .generative.models import decoder_source, generative_skeleton
+from .models import HEAD_CLASSES, check_model_dir, resolve_model
 from .pooling import supports_mean_pooling
 from .registry import SELECTORS
+from .spec import teacher_is_folder
 
 
 def check_paths(recipe, base_dir: Path) -> list[str]:
     """Data files, the unlabeled pool and teacher model folders exist (a missing teacher would
     otherwise only be found when its stage starts, after the earlier stages have trained)."""
-    from .models import check_model_dir
-    from .objectives.teachers import KEYWORDS, STAGE_REF, teacher_names
-
     def resolve(value: str) -> Path:
         return Path(value) if Path(value).is_absolute() else base_dir / value
 
@@ -44,8 +46,8 @@ def check_paths(recipe, base_dir: Path) -> list[str]:
         problems += [f"{key}: not found: {f if LANG in value else value}" for f in files if not f.exists()]
     for i, stage in enumerate(recipe.stages):
         for j, objective in enumerate(getattr(stage, "objectives", [])):
-            for teacher in teacher_names(objective):
-                if teacher in (*KEYWORDS, "current") or teacher.startswith(STAGE_REF):
+            for teacher in objective.teachers():
+                if not teacher_is_folder(teacher):
                     continue
                 try:
                     check_model_dir(resolve(teacher))
@@ -55,9 +57,6 @@ def check_paths(recipe, base_dir: Path) -> list[str]:
 
 
 def model_skeleton(source: str, task: str, num_labels: int = 2, trust_remote_code: bool = False):
-    import torch
-    import transformers
-
     config = transformers.AutoConfig.from_pretrained(source, num_labels=num_labels, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         return getattr(transformers, HEAD_CLASSES[task]).from_config(config, trust_remote_code=trust_remote_code)
@@ -68,8 +67,6 @@ def check_selection(recipe, base_dir: Path) -> list[str]:
         source = resolve_model(recipe.model.name, base_dir)
         task = recipe.tasks[0].task if recipe.task == "multi_task" else recipe.task  # layers live in the encoder
         if task in ("causal_lm", "seq2seq"):
-            from .generative.models import decoder_source, generative_skeleton
-
             model = generative_skeleton(source, task, decoder_source(recipe.model.decoder, base_dir),
                                         recipe.model.trust_remote_code)
         else:
@@ -78,8 +75,6 @@ def check_selection(recipe, base_dir: Path) -> list[str]:
         return [f"model.name: {e}"]
     except (OSError, ValueError) as e:
         return [f"model.name: cannot read the model config of {recipe.model.name}: {str(e).splitlines()[0]}"]
-    import torch
-
     # the selectors' new modules (LoRA, adapters) draw their initial weights: a check must not move
     # the run's RNG, or adding a LoRA stage would change what every earlier stage trains
     with torch.random.fork_rng(devices=[]):
@@ -102,7 +97,7 @@ def selection_problems(recipe, model) -> list[str]:
             for s in selectors:
                 model = s.prepare(model, None)
             names = set().union(*(s.trainable(model) for s in selectors))
-            data_dependent = any(c.name in ("importance", "groups") for c in stage.select)
+            data_dependent = any(c.data_dependent for c in stage.select)
             if not names and not data_dependent:
                 problems.append(f"stages.{i}.select: selects no parameter")
             for s in selectors:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HybridftError
-from ..objectives.task import IGNORE_INDEX
+from ..tasks import IGNORE_INDEX
 from .clean import clean_rows
 from .readers import read_table
 

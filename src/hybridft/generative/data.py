@@ -18,7 +18,7 @@ from ..data.clean import clean_rows
 from ..data.prepare import TaskData, resolve_path, seeded_subset, split_train
 from ..data.readers import read_table
 from ..errors import HybridftError
-from ..objectives.task import IGNORE_INDEX
+from ..tasks import IGNORE_INDEX
 
 
 def eos_id(tokenizer) -> int | None:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..objectives.task import IGNORE_INDEX, token_positions
+from ..data.batching import length_sorted_batches
+from ..tasks import IGNORE_INDEX, token_positions
 from .generate import generate_texts
 from .metrics import is_uncased, translation_metrics
 
@@ -21,8 +22,6 @@ def teacher_forced_metrics(model, examples: list[dict], collator, batch_size: in
                            desc: str = "eval", progress: bool = False) -> dict:
     """Mean token loss (nats), its exponential (perplexity) and next-token accuracy over the
     positions that carry a label."""
-    from ..evaluate import length_sorted_batches
-
     was_training = model.training
     model.eval()
     loss_sum, correct, tokens = 0.0, 0, 0

@@ -20,13 +20,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ..registry import OBJECTIVES
-from ..spec import Spec
-from .base import Objective, model_inputs
-from .task import task_loss
+from ..tasks import MULTI_TASK, SINGLE_HEAD_TASKS, task_loss
+from .base import Objective, ObjectiveSpec, model_inputs
 from .teachers import unwrap
 
 
-class AdversarialSpec(Spec):
+class AdversarialSpec(ObjectiveSpec):
     name: Literal["adversarial"] = "adversarial"
     weight: float = Field(1.0, ge=0)
     method: Literal["fgm", "pgd", "smart"] = "fgm"
@@ -39,6 +38,10 @@ class AdversarialSpec(Spec):
     @property
     def needs_labels(self) -> bool:
         return self.method != "smart"
+
+    @property
+    def tasks(self) -> tuple[str, ...]:  # smart in multi-task recipes: not supported yet
+        return SINGLE_HEAD_TASKS if self.method == "smart" else (*SINGLE_HEAD_TASKS, MULTI_TASK)
 
     @model_validator(mode="after")
     def _labels_for_fgm_pgd(self):

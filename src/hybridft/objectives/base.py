@@ -13,10 +13,39 @@ checkpoint must keep (a pseudo-labeled pool): ``trainable_parameters`` and ``sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from ..training.streams import stream_batch
+from ..data.batching import stream_batch
+from ..spec import MethodSpec
+from ..tasks import GENERATIVE_TASKS, SINGLE_HEAD_TASKS
+
+
+class ObjectiveSpec(MethodSpec):
+    """An objective's recipe entry and what it declares."""
+
+    role: ClassVar[str] = "objective"
+    tasks: ClassVar[tuple[str, ...]] = SINGLE_HEAD_TASKS
+    needs_labels: ClassVar[bool] = True  # reads the batch's labels
+    needs_pretrained_state: ClassVar[bool] = False  # reads M_pre's weights (kept in memory for it)
+
+    @property
+    def key(self) -> str:
+        """Its name in logs; two terms of one stage need different keys."""
+        return self.name
+
+    @property
+    def needs_unlabeled(self) -> bool:
+        """Reads the unlabeled pool (``data.unlabeled``)."""
+        return getattr(self, "source", "batch") != "batch"
+
+    def unsupported(self, task: str) -> str | None:
+        why = super().unsupported(task)
+        if why is None and self.needs_unlabeled and task not in SINGLE_HEAD_TASKS:
+            kind = "language-model" if task in GENERATIVE_TASKS else "multi-task"
+            return f"reads unlabeled text, which {kind} recipes do not have; use source: batch"
+        return why
 
 
 def model_inputs(batch: dict) -> dict:
@@ -77,7 +106,7 @@ class Objective:
 
     @property
     def name(self) -> str:
-        return getattr(self.config, "key", self.config.name)
+        return self.config.key
 
     @property
     def weight(self) -> float:

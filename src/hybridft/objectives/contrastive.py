@@ -14,13 +14,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from ..errors import HybridftError
 from ..registry import OBJECTIVES
-from ..spec import Spec
-from .base import Objective, model_inputs
+from ..tasks import CLASSIFICATION, MULTI_TASK, SINGLE_HEAD_TASKS
+from .base import Objective, ObjectiveSpec, model_inputs
 
 
-class ContrastiveSpec(Spec):
+class ContrastiveSpec(ObjectiveSpec):
     name: Literal["contrastive"] = "contrastive"
     weight: float = Field(0.1, ge=0)
     mode: Literal["unsupervised", "supervised"] = "unsupervised"
@@ -31,6 +30,15 @@ class ContrastiveSpec(Spec):
     @property
     def needs_labels(self) -> bool:
         return self.mode == "supervised"
+
+    @property
+    def tasks(self) -> tuple[str, ...]:  # supervised positives share a sentence label
+        return CLASSIFICATION if self.mode == "supervised" else (*SINGLE_HEAD_TASKS, MULTI_TASK)
+
+    def unsupported(self, task: str) -> str | None:
+        if self.mode == "supervised" and task == "token_classification":
+            return "in supervised mode needs one label per sentence; the task tags tokens"
+        return super().unsupported(task)
 
     @model_validator(mode="after")
     def _supervised_needs_labels(self):
@@ -74,10 +82,6 @@ class Contrastive(Objective):
     @property
     def uses_outputs(self) -> bool:
         return self.config.source != "unlabeled"
-
-    def on_stage_start(self, run) -> None:
-        if self.config.mode == "supervised" and run.recipe.task == "token_classification":
-            raise HybridftError("supervised contrastive needs one label per sentence; the task tags tokens")
 
     def loss(self, model, batch, outputs, ctx):
         terms = []

@@ -23,19 +23,18 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ..errors import HybridftError
+from ..evaluate import predict
 from ..registry import OBJECTIVES
-from ..spec import Spec
+from ..spec import StageContext, teacher_is_folder
+from ..tasks import GENERATIVE_TASKS, IGNORE_INDEX, SINGLE_HEAD_TASKS, token_positions
 from .base import Objective, model_inputs
 from .input_noise import student_noise
-from .task import IGNORE_INDEX, token_positions
 from .teachers import (
-    KEYWORDS,
-    STAGE_REF,
+    TeacherSpec,
     build_teacher,
     check_ensemble,
     ensemble_logits,
     restore_teacher,
-    teacher_names,
     teacher_outputs,
     teacher_state,
 )
@@ -44,7 +43,7 @@ from .teachers import (
 TEACHER_BATCH_SIZE = 64
 
 
-class DistillSpec(Spec):
+class DistillSpec(TeacherSpec):
     name: Literal["distill"] = "distill"
     weight: float = Field(1.0, ge=0)
     teacher: str | list[str] = Field("fine_tuned", description="pretrained | previous | fine_tuned | stage:<name> | "
@@ -61,6 +60,7 @@ class DistillSpec(Spec):
     noise: float = Field(0.0, ge=0, lt=1, description="fraction of the student's tokens replaced by the mask token; "
                                                       "the teacher sees the clean text (Noisy Student)")
     needs_labels: ClassVar[bool] = False
+    tasks: ClassVar[tuple[str, ...]] = (*SINGLE_HEAD_TASKS, *GENERATIVE_TASKS)
 
     @model_validator(mode="after")
     def _kind(self):
@@ -74,8 +74,21 @@ class DistillSpec(Spec):
     @property
     def key(self) -> str:
         """Log and uniqueness name: one distill term per teacher (or ensemble) may share a stage."""
-        names = [t if t in KEYWORDS or t.startswith(STAGE_REF) else Path(t).name for t in teacher_names(self)]
+        names = [Path(t).name if teacher_is_folder(t) else t for t in self.teachers()]
         return "distill_" + "+".join(names)
+
+    def unsupported(self, task: str) -> str | None:
+        if self.noise and task in GENERATIVE_TASKS:  # a masked prompt or source would change what the target answers
+            return f"noise is for classification and tagging, not {task}"
+        return super().unsupported(task)
+
+    def check_in(self, ctx: StageContext) -> None:
+        super().check_in(ctx)
+        if "pretrained" in self.teachers() and self.kind == "logits" and ctx.task not in GENERATIVE_TASKS:
+            raise ValueError(f"stages.{ctx.index}: the pretrained model has no trained task head: distill from it "
+                             "with kind: hidden")
+        if self.kind == "hidden" and ctx.task == "seq2seq":
+            raise ValueError(f"stages.{ctx.index}: distill kind hidden is not supported for seq2seq; use kind: logits")
 
 
 def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
@@ -116,7 +129,7 @@ class Distill(Objective):
         return self.config.kind == "logits"
 
     def on_stage_start(self, run) -> None:
-        self.names = teacher_names(self.config)
+        self.names = self.config.teachers()
         self.teachers = [build_teacher(run, t, need_head=self.config.kind == "logits") for t in self.names]
         if "previous" in self.names:  # resumed mid-stage
             restore_teacher(self.teachers[self.names.index("previous")], getattr(self, "restored", None))
@@ -196,8 +209,6 @@ class Distill(Objective):
         epoch's shuffled batches pad to their longest example, which made the teacher's first pass
         over a pool of mixed lengths about twice as slow. (The pool an objective samples beside
         labeled batches is left to the lazy cache: a stage may touch only part of it.)"""
-        from ..evaluate import predict  # here: evaluate imports the objectives package
-
         self.precomputed = True
         if self.generative or run.data.task == "multi_task" or not examples:
             return

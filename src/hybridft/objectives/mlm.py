@@ -12,24 +12,27 @@ the stage and is kept in checkpoints, but is not part of the saved model.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..model_io import read_state_dict
 from ..registry import OBJECTIVES
-from ..spec import Spec
-from .base import Objective, model_inputs
+from ..tasks import MULTI_TASK, SINGLE_HEAD_TASKS
+from .base import Objective, ObjectiveSpec, model_inputs
 from .teachers import unwrap
 
 
-class MLMSpec(Spec):
+class MLMSpec(ObjectiveSpec):
     name: Literal["mlm"] = "mlm"
     weight: float = Field(1.0, ge=0)
     probability: float = Field(0.15, gt=0, lt=1, description="share of tokens chosen for prediction")
     source: Literal["batch", "unlabeled", "both"] = "batch"
     needs_labels: ClassVar[bool] = False
+    tasks: ClassVar[tuple[str, ...]] = (*SINGLE_HEAD_TASKS, MULTI_TASK)
 
 
 class MaskedLMHead(torch.nn.Module):
@@ -47,13 +50,11 @@ class MaskedLMHead(torch.nn.Module):
 
 
 def pretrained_mlm_head(source: str) -> dict[str, torch.Tensor]:
-    """The transform and bias of a BERT-style MLM head in the checkpoint, renamed for MaskedLMHead."""
-    from ..model_io import read_state_dict
-
-    try:
-        state = read_state_dict(source)
-    except Exception:  # a hub name without a local folder: start from the identity
+    """The transform and bias of a BERT-style MLM head in the checkpoint folder, renamed for
+    MaskedLMHead; none for a hub name (its files are not read here: the head starts from the identity)."""
+    if not Path(source).is_dir():
         return {}
+    state = read_state_dict(source)
     names = {"predictions.transform.dense.weight": "dense.weight", "predictions.transform.dense.bias": "dense.bias",
              "predictions.transform.LayerNorm.weight": "norm.weight", "predictions.transform.LayerNorm.bias": "norm.bias",
              "predictions.bias": "bias"}
@@ -83,7 +84,9 @@ class MaskedLM(Objective):
         if restored:
             self.head.load_state_dict(restored)
         else:
-            self.head.load_state_dict(pretrained_mlm_head(run.artifacts["model_source"]), strict=False)
+            found = pretrained_mlm_head(run.model_source)
+            self.head.load_state_dict(found, strict=False)  # what the checkpoint lacks starts as described above
+            self.head_start = "the checkpoint's MLM head" if found else "identity transform (no MLM head found)"
         self.head.to(run.device)
         self.embeddings = model.get_input_embeddings()
 
@@ -97,6 +100,9 @@ class MaskedLM(Objective):
             logits = self.head(hidden[chosen], self.embeddings.weight)
             terms.append(masked_lm_loss(logits, labels[chosen]))
         return sum(terms) / len(terms)
+
+    def summary(self) -> dict:
+        return {"head_start": getattr(self, "head_start", "restored from the checkpoint")}
 
     def trainable_parameters(self):
         return list(self.head.parameters())

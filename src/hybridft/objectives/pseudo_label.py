@@ -18,15 +18,16 @@ import torch
 from pydantic import Field, model_validator
 
 from ..errors import HybridftError
+from ..evaluate import predict
 from ..registry import OBJECTIVES
-from ..spec import Spec
+from ..spec import StageContext
+from ..tasks import CLASSIFICATION, task_loss
 from .base import Objective, model_inputs
 from .input_noise import student_noise
-from .task import task_loss
-from .teachers import build_teacher, check_ensemble, ensemble_logits, teacher_names, unwrap
+from .teachers import TeacherSpec, build_teacher, check_ensemble, ensemble_logits, unwrap
 
 
-class PseudoLabelSpec(Spec):
+class PseudoLabelSpec(TeacherSpec):
     name: Literal["pseudo_label"] = "pseudo_label"
     weight: float = Field(1.0, ge=0)
     teacher: str | list[str] = Field("current", description="current (the model being trained), previous (the model "
@@ -41,11 +42,18 @@ class PseudoLabelSpec(Spec):
                                                       "labeling sees the clean text (Noisy Student)")
     needs_labels: ClassVar[bool] = False
     source: ClassVar[str] = "unlabeled"
+    tasks: ClassVar[tuple[str, ...]] = CLASSIFICATION  # it labels whole sentences
 
     @model_validator(mode="after")
     def _ensemble(self):
         check_ensemble(self.teacher, frozen_only=True)
         return self
+
+    def check_in(self, ctx: StageContext) -> None:
+        super().check_in(ctx)
+        if "pretrained" in self.teachers():
+            raise ValueError(f"stages.{ctx.index}: pseudo_label needs a teacher with a trained head; the pretrained "
+                             "model's is new")
 
 
 def select_confident(probs: np.ndarray, threshold: float, top_k_per_class: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -70,10 +78,8 @@ class PseudoLabel(Objective):
     teaches_head = True
 
     def on_stage_start(self, run) -> None:
-        if run.recipe.task == "token_classification":
-            raise HybridftError("pseudo_label labels whole sentences; it does not support token_classification yet")
         self.run, self.rounds = run, getattr(self, "rounds", [])
-        self.teachers = [build_teacher(run, t, True) for t in teacher_names(self.config) if t != "current"]
+        self.teachers = [build_teacher(run, t, True) for t in self.config.teachers() if t != "current"]
         self.noise = student_noise(run, self.config.noise)
         if getattr(self, "kept", None) is None:  # not restored from a checkpoint
             self.label_pool(epoch=0)
@@ -85,8 +91,6 @@ class PseudoLabel(Objective):
 
     def label_pool(self, epoch: int) -> None:
         run = self.run
-        from ..evaluate import predict  # here: evaluate imports the objectives package
-
         members = [torch.from_numpy(np.stack(predict(model, run.data.unlabeled, run.collator,
                                                       2 * (self.config.batch_size or 32), run.device,
                                                       "pseudo-labeling", run.progress)[0]))

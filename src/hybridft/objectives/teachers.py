@@ -12,20 +12,33 @@ from pathlib import Path
 import torch
 
 from ..errors import HybridftError
-
-KEYWORDS = ("pretrained", "previous", "fine_tuned")
-STAGE_REF = "stage:"  # teacher: stage:<name>, the model as that earlier stage left it
-# run.artifacts key: the model as the last stage left it, kept while a stage that restarts from the
-# pretrained weights builds its teachers
-STAGE_START = "stage_start_model"
-# run.artifacts key: {stage name: its final weights} for the stages a later teacher names
-STAGE_WEIGHTS = "stage_weights"
+from ..model_io import load_saved
+from ..spec import STAGE_REF, StageContext
+from .base import ObjectiveSpec
 
 
-def teacher_names(objective) -> list[str]:
-    """The teachers an objective names (a distill ensemble names several; most objectives none)."""
-    teacher = getattr(objective, "teacher", None)
-    return [] if teacher is None else [teacher] if isinstance(teacher, str) else list(teacher)
+
+class TeacherSpec(ObjectiveSpec):
+    """The ``teacher`` key that distillation and pseudo-labeling share, and its checks."""
+
+    teacher: str | list[str]
+
+    def teachers(self) -> list[str]:
+        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
+
+    def check_in(self, ctx: StageContext) -> None:
+        for teacher in self.teachers():
+            if teacher.startswith(STAGE_REF):
+                name = teacher[len(STAGE_REF):]
+                if ctx.earlier.count(name) != 1:
+                    why = "names two earlier stages" if ctx.earlier.count(name) > 1 else "names no earlier stage"
+                    raise ValueError(f"stages.{ctx.index}: teacher {teacher} {why}; the stages before it are "
+                                     f"{', '.join(ctx.earlier) or 'none'}")
+            if teacher == "fine_tuned" and not ctx.mix_before:
+                raise ValueError(f"stages.{ctx.index}: objective {self.name} with teacher fine_tuned needs a mix "
+                                 "stage before it")
+            if teacher == "previous" and ctx.index == 0:
+                raise ValueError(f"stages.0: objective {self.name} with teacher previous needs a stage before it")
 
 
 def check_ensemble(teacher: str | list[str], frozen_only: bool = False) -> None:
@@ -53,20 +66,18 @@ def unwrap(model):
 
 def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
     if teacher == "pretrained":
-        from ..models import load_run_pretrained
-
         with torch.random.fork_rng(devices=[]):  # its unused new head must not move the run's RNG
-            model = load_run_pretrained(run)
+            model = run.load_pretrained()
     elif teacher == "previous":
-        start = run.artifacts.get(STAGE_START)
+        start = run.artifacts.stage_start_model
         # a restarted stage's snapshot is frozen already and never changes: its teachers share it
         model = start if start is not None else copy.deepcopy(unwrap(run.model))
     elif teacher == "fine_tuned":
-        if "fine_tuned_state" not in run.artifacts:
+        if run.artifacts.fine_tuned_state is None:
             raise HybridftError("teacher fine_tuned needs a mix stage before this stage")
         model = copy.deepcopy(unwrap(run.model))
         # modules this stage added (LoRA, adapters) are still at their identity initialisation
-        unexpected = model.load_state_dict(run.artifacts["fine_tuned_state"], strict=False).unexpected_keys
+        unexpected = model.load_state_dict(run.artifacts.fine_tuned_state, strict=False).unexpected_keys
         if unexpected:
             raise HybridftError(f"the fine-tuned weights do not fit this stage's model (e.g. {unexpected[0]})")
     elif teacher.startswith(STAGE_REF):
@@ -82,7 +93,7 @@ def keep_stage_weights(run, index: int) -> None:
     """After stage ``index``: keep its weights if a later teacher names it (a copy of the model's
     size, also written into checkpoints), and let go of those no later stage needs any more."""
     needed = run.recipe.teacher_stages(after=index)
-    kept = run.artifacts.setdefault(STAGE_WEIGHTS, {})
+    kept = run.artifacts.stage_weights
     for name in set(kept) - needed:
         del kept[name]
     name = run.recipe.stage_name(index)
@@ -92,24 +103,11 @@ def keep_stage_weights(run, index: int) -> None:
 
 def stage_teacher(run, name: str) -> torch.nn.Module:
     """The model as stage ``name`` left it: the model's skeleton after that stage, then its kept weights."""
-    weights = run.artifacts.get(STAGE_WEIGHTS, {}).get(name)
+    weights = run.artifacts.stage_weights.get(name)
     if weights is None:  # validate checks the name; this is a run whose stages changed under it
         raise HybridftError(f"teacher {STAGE_REF}{name}: no finished stage of that name kept its weights")
-    model = skeleton_after(run, run.recipe.stage_index(name) + 1)
+    model = run.skeleton_after(run.recipe.stage_index(name) + 1)
     model.load_state_dict(weights)
-    return model
-
-
-def skeleton_after(run, end: int) -> torch.nn.Module:
-    """A model shaped as the run's model is after ``stages[:end]``: the pretrained skeleton with the
-    modules (adapters, LoRA) those stages inserted since the last restart; its weights are to be loaded."""
-    from ..models import load_run_pretrained
-    from ..selectors import since_restart, stage_structure
-
-    with torch.random.fork_rng(devices=[]):  # its new head and modules must not move the run's RNG
-        model = load_run_pretrained(run)
-        for spec in since_restart(run.recipe.stages[:end]):
-            model = stage_structure(model, spec)
     return model
 
 
@@ -129,11 +127,9 @@ def restore_teacher(teacher, state: dict | None) -> None:
 
 
 def folder_teacher(run, folder: str, need_head: bool) -> torch.nn.Module:
-    from ..model_io import load_saved
-
     path = Path(folder).expanduser()
     if not path.is_absolute():
-        path = run.artifacts.get("base_dir", Path(".")) / path
+        path = run.base_dir / path
     model, _, meta, labels = load_saved(path)
     if need_head and labels != run.data.label_names:
         raise HybridftError(f"teacher {folder} predicts labels {labels[:8]}, the task has {run.data.label_names[:8]}")

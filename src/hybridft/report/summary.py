@@ -9,11 +9,12 @@ import torch
 import transformers
 
 from ..evaluate import scalar_metrics
-from ..training.checkpoint import write_atomic
+from ..folders import write_atomic
+from .html import read_records, render_html
 
 
 def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float) -> dict:
-    model = run.accelerator.unwrap_model(run.model)
+    model = run.processes.unwrap(run.model)
     total = sum(p.numel() for p in model.parameters())
     validation = final["validation"]
     return {
@@ -33,12 +34,12 @@ def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_
         "peak_memory_mb": peak_memory_mb,
         "data": run.data.stats,
         "stages": run.stage_reports,
-        "mix": run.artifacts.get("mix"),
+        "mix": run.artifacts.mix_report,
         "samples": {split: m["samples"] for split, m in final.items() if m.get("samples")},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "device": str(run.device),
-                        "threads": torch.get_num_threads(), "processes": run.accelerator.num_processes,
-                        "precision": "bf16 autocast" if run.bf16 else "fp32"},
+                        "threads": torch.get_num_threads(), "processes": run.processes.world,
+                        "precision": run.precision.name},
     }
 
 
@@ -197,8 +198,6 @@ def models_compared(r: dict) -> list[str]:
 def write_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float, write: bool = True) -> dict:
     report = build_report(run, final, source, wall_time_s, peak_memory_mb)
     if write:
-        from .html import read_records, render_html
-
         write_atomic(run.run_dir / "report.md", render_markdown(report))
         write_atomic(run.run_dir / "report.html", render_html(report, read_records(run.run_dir / "metrics.jsonl")))
         write_atomic(run.run_dir / "report.json", json.dumps(report, indent=2))

@@ -1,17 +1,16 @@
 """Selectors decide WHICH PARAMETERS TRAIN. One file per method, registered by name."""
 
+from ..pooling import pooled_as
+from ..registry import SELECTORS
 from . import adapter, full, groups, importance, layers, lora  # noqa: F401  (importing registers them)
-from .base import Selector
+from .base import Selector, SelectorSpec
 
-__all__ = ["Selector", "since_restart", "stage_structure"]
+__all__ = ["Selector", "SelectorSpec", "since_restart", "stage_structure"]
 
 
 def stage_structure(model, spec):
     """The model with the modules a completed stage left in it (adapters, LoRA) inserted again, and
     the head's mean pooling where the stage used it."""
-    from ..pooling import pooled_as
-    from ..registry import SELECTORS
-
     model = pooled_as(model, spec)
     for config in getattr(spec, "select", ()):  # mix stages change no structure
         model = SELECTORS.build(config).restore_structure(model)

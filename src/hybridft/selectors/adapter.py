@@ -13,7 +13,7 @@ with adapters holds the base weights in standard form plus ``adapters.safetensor
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -22,8 +22,7 @@ from torch import nn
 from .. import architecture
 from ..errors import HybridftError
 from ..registry import SELECTORS
-from ..spec import Spec
-from .base import Selector
+from .base import Selector, SelectorSpec
 
 # The output projection of each sublayer in common architectures (name relative to one layer).
 SUBLAYER_OUTPUTS = {
@@ -33,13 +32,14 @@ SUBLAYER_OUTPUTS = {
 }
 
 
-class AdapterSpec(Spec):
+class AdapterSpec(SelectorSpec):
     name: Literal["adapter"] = "adapter"
     reduction_factor: int = Field(16, ge=1, description="bottleneck size = hidden size / reduction_factor")
     placement: list[Literal["attention", "ffn"]] = Field(default_factory=lambda: ["attention", "ffn"], min_length=1)
     nonlinearity: Literal["relu", "gelu", "tanh"] = "relu"
     layers: list[int] | None = Field(None, description="only these layer indices (default: all)")
     head: bool = Field(True, description="the task head trains too")
+    saves: ClassVar[tuple[str, ...]] = ("adapters.safetensors",)  # they cannot merge into the weights
 
 
 class Bottleneck(nn.Module):

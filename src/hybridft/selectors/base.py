@@ -2,12 +2,14 @@
 
 Hook points, called by the training loop in this order:
   prepare(model, run) -> model   structure only: insert or wrap modules (LoRA, adapters)
+  search_values(), choose(...)   a value chosen on held-out training data (importance densities)
   fit(model, run, stage)         data-dependent state (importance scores); skipped on resume,
                                  where state_dict()/load_state_dict() restore it instead
   trainable(model) -> names      parameters this selector trains whole
   lr_overrides(model)            per-parameter learning rates, if it has its own
   masks(model) -> {name: bool}   parameters it trains only in part (entry masks)
   after_backward(model), after_step(model)
+  export(model, run_dir)         at stage end, what it saves beside the model (a PEFT adapter folder)
   finish(model) -> model         at stage end (e.g. merge LoRA back into plain weights)
 The stage trains the union: a tensor named whole by any selector trains whole; otherwise the OR of
 the masks that name it.
@@ -15,8 +17,20 @@ the masks that name it.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
+
+from ..spec import MethodSpec
+
+
+class SelectorSpec(MethodSpec):
+    """A selector's recipe entry and what it declares."""
+
+    role: ClassVar[str] = "selector"
+    data_dependent: ClassVar[bool] = False  # what it selects is found from the data at stage start
+    saves: ClassVar[tuple[str, ...]] = ()  # what it writes next to the saved model
 
 
 class Selector:
@@ -63,3 +77,21 @@ class Selector:
 
     def finish(self, model: nn.Module) -> nn.Module:
         return model
+
+    def parts(self) -> list[Selector]:
+        """The selectors it is made of (itself, or a group's members)."""
+        return [self]
+
+    def search_values(self) -> list:
+        """Values to choose between on held-out training data before the stage (none: it has one)."""
+        return []
+
+    def trial_config(self, value):
+        """Its recipe entry with ``value`` chosen, for the trial runs that score the values."""
+        raise NotImplementedError
+
+    def choose(self, value, scores: dict) -> None:
+        """Take the value the search chose (and remember every value's score for the report)."""
+
+    def export(self, model: nn.Module, run_dir) -> None:
+        """Write what it ``saves`` beside the model, when it is the whole recipe (see Recipe.single_selector)."""

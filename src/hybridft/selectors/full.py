@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 from ..registry import SELECTORS
-from ..spec import Spec
-from .base import Selector
+from .base import Selector, SelectorSpec
 
 
-class FullConfig(Spec):
+class FullConfig(SelectorSpec):
     name: Literal["full"] = "full"
 
 

@@ -14,18 +14,16 @@ zero vs non-zero and the per-group learning rates do the real work.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
 from ..registry import SELECTORS
 from ..spec import Spec
-from .base import Selector
+from .base import Selector, SelectorSpec
 
 
 def _inner_selector_adapter():
-    from typing import Annotated, Union
-
     configs = tuple(c for c in SELECTORS.configs() if c.model_fields["name"].default != "groups")
     return TypeAdapter(list[Annotated[Union[configs], Field(discriminator="name")]])  # noqa: UP007
 
@@ -45,9 +43,19 @@ class GroupSpec(Spec):
             raise ValueError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
-class GroupsSpec(Spec):
+class GroupsSpec(SelectorSpec):
     name: Literal["groups"] = "groups"
     groups: list[GroupSpec] = Field(min_length=1)
+
+    def _members(self) -> list[SelectorSpec]:
+        return [c for g in self.groups for c in g.select]
+
+    @property
+    def data_dependent(self) -> bool:
+        return any(c.data_dependent for c in self._members())
+
+    def unsupported(self, task: str) -> str | None:
+        return next((why for c in self._members() if (why := c.unsupported(task))), None)
 
 
 @SELECTORS.register(GroupsSpec)
@@ -61,6 +69,9 @@ class Groups(Selector):
 
     def _each(self):
         return [s for group in self.members for s in group]
+
+    def parts(self):
+        return self._each()
 
     @property
     def keeps_structure(self) -> bool:

@@ -12,18 +12,18 @@ k-fold cross-validation (``choose_by: cv``) or a held-out split (``holdout``) of
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from .. import architecture
 from ..registry import SELECTORS
-from ..spec import Spec
-from .base import Selector
+from ..tasks import GENERATIVE_TASKS, MULTI_TASK, task_loss, token_positions
+from .base import Selector, SelectorSpec
 
 
-class ImportanceSpec(Spec):
+class ImportanceSpec(SelectorSpec):
     name: Literal["importance"] = "importance"
     score: Literal["gradient", "fisher"] = "gradient"
     batches: int = Field(16, ge=1, description="K training batches to score on")
@@ -35,6 +35,13 @@ class ImportanceSpec(Spec):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     search_steps: int | None = Field(None, gt=0, description="training steps per candidate (default: stage's)")
     head: bool = Field(True, description="the task head trains whole")
+    data_dependent: ClassVar[bool] = True
+
+    def unsupported(self, task: str) -> str | None:
+        if self.choose_by and task in (*GENERATIVE_TASKS, MULTI_TASK):
+            where = "single-task recipes" if task == MULTI_TASK else "classification and tagging"
+            return f"chooses its value on held-out data, which is for {where}; give one value"
+        return super().unsupported(task)
 
     @model_validator(mode="after")
     def _check(self):
@@ -61,8 +68,6 @@ def importance_scores(model, examples, collator, batches: int, batch_size: int, 
                       causal: bool = False) -> dict:
     """Mean |g| or mean g² per entry over ``batches`` seeded batches, in eval mode (no dropout), of
     the task loss (a causal LM's next-token loss when ``causal``)."""
-    from ..objectives.task import task_loss, token_positions
-
     was_training = model.training
     model.eval()
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -131,11 +136,17 @@ class Importance(Selector):
         self.value = config.candidates[0]
         self.candidate_scores: dict[float, float] = {}
 
-    def fit(self, model, run, stage):
-        if len(self.config.candidates) > 1:
-            from ..training.search import choose_value
+    def search_values(self) -> list[float]:
+        return self.config.candidates if len(self.config.candidates) > 1 else []
 
-            self.value, self.candidate_scores = choose_value(self.config, model, run, stage)
+    def trial_config(self, value: float) -> ImportanceSpec:
+        key = "density" if self.config.density is not None else "threshold"
+        return self.config.model_copy(update={key: value, "choose_by": None})
+
+    def choose(self, value: float, scores: dict[float, float]) -> None:
+        self.value, self.candidate_scores = value, scores
+
+    def fit(self, model, run, stage):
         head = set(architecture.head_param_names(model)) if self.config.head else set()
         scores = importance_scores(model, run.data.train, run.collator, self.config.batches, stage.batch_size,
                                    self.config.score, run.recipe.seed, causal=run.data.task == "causal_lm")

@@ -13,11 +13,10 @@ from pydantic import Field, field_validator, model_validator
 from .. import architecture
 from ..errors import HybridftError
 from ..registry import SELECTORS
-from ..spec import Spec
-from .base import Selector
+from .base import Selector, SelectorSpec
 
 
-class LayersConfig(Spec):
+class LayersConfig(SelectorSpec):
     name: Literal["layers"] = "layers"
     top_k: int | None = Field(None, ge=0, description="train the top k layers of the main stack")
     indices: list[int] | None = Field(None, description="train these layers (negative counts from the top)")

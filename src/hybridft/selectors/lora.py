@@ -8,18 +8,17 @@ adapter folder for ``PeftModel.from_pretrained``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from .. import architecture
 from ..errors import HybridftError
 from ..registry import SELECTORS
-from ..spec import Spec
-from .base import Selector
+from .base import Selector, SelectorSpec
 
 
-class LoraSpec(Spec):
+class LoraSpec(SelectorSpec):
     name: Literal["lora"] = "lora"
     r: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
@@ -29,6 +28,7 @@ class LoraSpec(Spec):
     layers: list[int] | None = Field(None, description="only these layer indices (default: all)")
     head: bool = Field(True, description="the task head trains too")
     merge: bool = Field(True, description="merge into the base weights at stage end")
+    saves: ClassVar[tuple[str, ...]] = ("peft_adapter/",)  # when it is the whole recipe
 
 
 def peft_config(spec: LoraSpec, model):
@@ -57,6 +57,11 @@ def lora_layers(model):
     from peft.tuners.lora import LoraLayer
 
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def lora_parameters(layer) -> list:
+    """The trainable low-rank factors of one LoRA layer (A and B of each adapter)."""
+    return [p for module in (*layer.lora_A.values(), *layer.lora_B.values()) for p in module.parameters()]
 
 
 def merge_lora(model):
@@ -97,7 +102,6 @@ class Lora(Selector):
             model = inject_adapter_in_model(config, model)
         except ValueError as e:
             raise HybridftError(f"lora.target_modules {self.config.target_modules}: {str(e).splitlines()[0]}") from None
-        self.run = run
         return model
 
     def trainable(self, model):
@@ -106,15 +110,11 @@ class Lora(Selector):
             names.update(architecture.head_param_names(model))
         return names
 
-    def adapter_is_faithful(self) -> bool:
-        """The PEFT adapter (LoRA + head on the original base model) reproduces the final model only
-        when this LoRA is the whole recipe: one stage, no other selector."""
-        stages = self.run.recipe.stages
-        return len(stages) == 1 and len(stages[0].select) == 1 and stages[0].select[0] == self.config
+    def export(self, model, run_dir) -> None:
+        """The PEFT adapter (LoRA + head on the original base model), for ``PeftModel.from_pretrained``."""
+        self.save_adapter(model, run_dir / "peft_adapter")
 
     def finish(self, model):
-        if self.run is not None and self.adapter_is_faithful():
-            self.save_adapter(model, self.run.run_dir / "peft_adapter")
         return merge_lora(model) if self.config.merge else model
 
     def save_adapter(self, model, folder) -> None:

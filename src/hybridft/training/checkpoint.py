@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..errors import HybridftError
-from ..objectives.teachers import STAGE_WEIGHTS
+from ..folders import write_atomic
 
 LATEST = "latest"
 SELECTOR_STATE = "selectors.safetensors"
@@ -57,39 +57,31 @@ KEPT_STAGE = "stage_weights/"  # + "<stage index>/<tensor name>": the weights a 
 def saved_artifacts(run) -> tuple[dict, dict]:
     """What later stages need from earlier ones: a mix stage's report (JSON) and M_fine's weights,
     and the final weights of stages that a later teacher names (tensors)."""
-    reports = {k: run.artifacts[k] for k in ("mix",) if k in run.artifacts}
-    tensors = {FINE_TUNED + k: v for k, v in run.artifacts.get("fine_tuned_state", {}).items()}
-    for name, weights in run.artifacts.get(STAGE_WEIGHTS, {}).items():
+    artifacts = run.artifacts
+    reports = {"mix": artifacts.mix_report} if artifacts.mix_report is not None else {}
+    tensors = {FINE_TUNED + k: v for k, v in (artifacts.fine_tuned_state or {}).items()}
+    for name, weights in artifacts.stage_weights.items():
         index = run.recipe.stage_index(name)  # stage names may hold "/"; indices cannot
         tensors.update({f"{KEPT_STAGE}{index}/{k}": v for k, v in weights.items()})
     return reports, tensors
 
 
 def restore_artifacts(run, checkpoint: Path, state: dict) -> None:
-    run.artifacts.update(state.get("artifacts", {}))
+    run.artifacts.mix_report = state.get("artifacts", {}).get("mix", run.artifacts.mix_report)
     extra = checkpoint / SELECTOR_STATE
     if not extra.is_file():
         return
     tensors = load_file(str(extra))
     fine = {k[len(FINE_TUNED):]: v for k, v in tensors.items() if k.startswith(FINE_TUNED)}
     if fine:
-        run.artifacts["fine_tuned_state"] = fine
+        run.artifacts.fine_tuned_state = fine
     kept = {}
     for key, value in tensors.items():
         if key.startswith(KEPT_STAGE):
             index, name = key[len(KEPT_STAGE):].split("/", 1)
             kept.setdefault(run.recipe.stage_name(int(index)), {})[name] = value
     if kept:
-        run.artifacts[STAGE_WEIGHTS] = kept
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        run.artifacts.stage_weights = kept
 
 
 def rng_state() -> dict:
@@ -110,15 +102,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def process_rng_states(accelerator) -> list[dict]:
+def process_rng_states(processes) -> list[dict]:
     """Every process's RNG state, in process order (call it on all processes). Each process draws
     its own dropout masks for its own share of the batch, so a resumed multi-process run is only
     bit-identical if each one gets its own state back, not the main process's."""
-    if accelerator.num_processes == 1:
-        return [rng_state()]
-    from accelerate.utils import gather_object
-
-    return gather_object([rng_state()])
+    return processes.gather(rng_state())
 
 
 def rng_file(process_index: int) -> str:

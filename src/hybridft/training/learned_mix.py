@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 from ..architecture import num_layers
 from ..mixing import align_keys, part_of
-from ..objectives.task import task_loss
+from ..tasks import task_loss
 
 
 def mix_groups(names: list[str], granularity: str, n_layers: int) -> dict[str, str]:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
 
 import numpy as np
 
 from ..architecture import num_layers
 from ..evaluate import evaluate_data, metrics_from_scores, predict, scalar_metrics
 from ..mixing import PART_ORDER, interpolate, per_part_alpha
-from ..recipe import lower_is_better
+from ..recipe import StageSpec
+from ..tasks import lower_is_better
 from .learned_mix import learn_mixing, mix_groups
+from .loop import run_stage
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -108,16 +109,12 @@ def standard_error(value: float, n: int) -> float:
 def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_steps: int, train_spec,
                     tolerance: float = 0.0) -> dict:
     """Output-level mixing with M_pre, which first gets a head trained on its frozen encoder."""
-    from ..recipe import StageSpec
-    from .loop import run_stage
-
     probe_model = copy.deepcopy(fine_model)
     probe_model.load_state_dict(interpolate(pre_state, fine_model.state_dict(), 1.0))
     probe = StageSpec(name="probe", select=[{"name": "layers", "top_k": 0, "head": True}],
                       optimizer=train_spec.optimizer.model_copy(update={"lr": 1e-3}),
                       max_steps=probe_steps, batch_size=train_spec.batch_size, keep_best=False)
-    sub = replace(run, model=probe_model, progress=False, checkpointing=False, stage_reports=[],
-                  artifacts=dict(run.artifacts))
+    sub = run.sub_run(model=probe_model, progress=False)
     run_stage(sub, len(run.recipe.stages), probe)
     batch, data = train_spec.eval_batch, run.data
 
@@ -148,11 +145,11 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def run_mix_step(run, spec, train_spec) -> dict:
     """``train_spec``: the training stage before the mix (its batch sizes and optimizer are reused).
-    Leaves the chosen mix in the run's model and M_fine's weights in ``artifacts["fine_tuned_state"]``."""
-    model = run.accelerator.unwrap_model(run.model)
+    Leaves the chosen mix in the run's model and M_fine's weights in ``run.artifacts.fine_tuned_state``."""
+    model = run.processes.unwrap(run.model)
     fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    run.artifacts["fine_tuned_state"] = fine
-    pre = run.artifacts["pretrained_state"]
+    run.artifacts.fine_tuned_state = fine
+    pre = run.artifacts.pretrained_state
     search = MixSearch(run, model, pre, fine, train_spec.eval_batch)
     for alpha in spec.alphas:
         search.score(alpha)

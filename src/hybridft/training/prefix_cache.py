@@ -150,10 +150,10 @@ def prefix_cache_for_stage(run, model: nn.Module, max_mb: float) -> PrefixCache 
     depth = frozen_depth(model)
     if depth == 0:
         return None
-    cache = run.artifacts.get("prefix_cache")
+    cache = run.artifacts.prefix_cache
     if cache is None or not cache.valid_for(model, depth):
         cache = PrefixCache(model, depth, max_mb)
-        run.artifacts["prefix_cache"] = cache
+        run.artifacts.prefix_cache = cache
     cache.max_bytes = max_mb * 2**20
     cache.hits = cache.misses = 0  # counted per stage
     return cache

@@ -5,20 +5,17 @@ Such a stage is not checkpointed inside: a resumed run starts it again from its 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from ..training.loop import run_stage
-from .data import MultiTaskCollator
-from .model import MultiTaskModel, unshared
+from ..multitask.data import MultiTaskCollator
+from ..multitask.model import MultiTaskModel, unshared
+from .loop import run_stage
 
 
 def run_per_task_stage(run, index: int, spec) -> list[dict]:
-    model = unshared(run.accelerator.unwrap_model(run.model))
+    model = unshared(run.processes.unwrap(run.model))
     trained, reports = {}, []
     for i, name in enumerate(run.data.names):
         alone = MultiTaskModel({name: model.task_model(name)}, share=False)
-        sub = replace(run, model=alone, data=run.data.subset(i), collator=MultiTaskCollator([run.collator.collators[i]]),
-                      checkpointing=False, stage_reports=[], artifacts=dict(run.artifacts))
+        sub = run.sub_run(model=alone, data=run.data.subset(i), collator=MultiTaskCollator([run.collator.collators[i]]))
         reports.append(run_stage(sub, index, spec.model_copy(update={"name": f"{spec.name or f'stage{index}'}:{name}"})))
         trained[name] = sub.model.task_model(name)
         run.global_step = sub.global_step

@@ -1,4 +1,4 @@
-"""metrics.jsonl (every logged step, one JSON object per line) plus TensorBoard via Accelerate."""
+"""metrics.jsonl (every logged step, one JSON object per line) plus TensorBoard."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, path: Path, accelerator=None, enabled: bool = True):
+    def __init__(self, path: Path, tracker=None, enabled: bool = True):
         """``enabled`` is false on all but the main process: the file is written once; every
-        process still counts lines, which checkpoints record."""
-        self.path, self.accelerator, self.enabled = path, accelerator, enabled
+        process still counts lines, which checkpoints record. ``tracker.track(scalars, step)``
+        also receives every record (TensorBoard)."""
+        self.path, self.tracker, self.enabled = path, tracker, enabled
         self.lines = sum(1 for _ in open(path, encoding="utf-8")) if path.exists() else 0
         self._file = open(path, "a", encoding="utf-8") if enabled else None
 
@@ -23,9 +24,9 @@ class MetricsLog:
                                    for k, v in values.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self.accelerator is not None:
+        if self.tracker is not None:
             scalars = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            self.accelerator.log(scalars, step=step)
+            self.tracker.track(scalars, step)
 
     def truncate(self, lines: int) -> None:
         """Drop what was logged after a checkpoint, so a resumed run does not log steps twice."""

@@ -1,0 +1,29 @@
+"""The recipe: YAML validated by pydantic. ``schema`` holds the sections, ``checks`` what no section
+can check alone, ``io`` files, ``extends:`` and overrides."""
+
+from .io import (
+    apply_cwd_paths,
+    apply_overrides,
+    format_validation_error,
+    load_recipe,
+    read_recipe_data,
+    recipe_json_schema,
+    validate_recipe,
+)
+from .schema import (
+    Columns,
+    DataSpec,
+    GenerationSpec,
+    LanguagePair,
+    MixSpec,
+    MixStageSpec,
+    ModelSpec,
+    OptimizerSpec,
+    Recipe,
+    StageSpec,
+)
+
+__all__ = ["Columns", "DataSpec", "GenerationSpec", "LanguagePair", "MixSpec", "MixStageSpec", "ModelSpec",
+           "OptimizerSpec", "Recipe", "StageSpec",
+           "apply_cwd_paths", "apply_overrides", "format_validation_error", "load_recipe", "read_recipe_data",
+           "recipe_json_schema", "validate_recipe"]

@@ -1,0 +1,219 @@
+"""Recipes in and out: YAML files, ``extends:``, ``key.path=value`` overrides, validation errors as
+one line, and the JSON Schema editors validate recipes with.
+
+Relative paths in a recipe are resolved against the recipe file's folder, so a recipe works from any
+working directory; paths given as command-line overrides are resolved against the shell's working
+directory, where the user typed them.
+
+A recipe may start from another one: ``extends: base.yaml`` (relative to the file) takes the base's
+keys; the variant's mappings are merged into the base's key by key, and its other values (lists
+included) replace the base's. A key with dots patches one place inside the base, lists by index:
+``stages.3.objectives.0.temperature: 1.0``. Paths in the base stay relative to the base's folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import HybridftError
+from ..spec import teacher_is_folder
+from .schema import Recipe
+
+EXTENDS = "extends"
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        parts = list(e["loc"])
+        # drop the stage-kind tag pydantic inserts (stages.0.train.optimizer -> stages.0.optimizer)
+        parts = [p for i, p in enumerate(parts) if not (p in ("train", "mix") and i >= 2 and parts[i - 2] == "stages")]
+        loc = ".".join(str(p) for p in parts) or "(recipe)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML whose mappings may not repeat a key (plain YAML keeps the last one silently)."""
+
+
+def _mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor``: the anchor's keys, then ours win
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        raise HybridftError(f"recipe {path} is a folder; give the YAML file")
+    if not path.is_file():
+        raise HybridftError(f"recipe not found: {path}")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError:
+        raise HybridftError(f"recipe {path} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise HybridftError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise HybridftError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def read_recipe_data(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The recipe's keys with its ``extends:`` chain resolved."""
+    path = Path(path).resolve()
+    if path in _chain:
+        raise HybridftError(f"recipe {path.name}: extends forms a loop ({' -> '.join(p.name for p in (*_chain, path))})")
+    data = read_yaml(path)
+    base_name = data.pop(EXTENDS, None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise HybridftError(f"recipe {path.name}: extends names one recipe file")
+    base_path = path.parent / base_name
+    if not base_path.is_file():
+        raise HybridftError(f"recipe {path.name}: extends {base_name}, which is not found")
+    base = rebase_paths(read_recipe_data(base_path, (*_chain, path)), base_path.parent, path.parent)
+    patches = {k: v for k, v in data.items() if "." in str(k)}
+    merged = deep_merge(base, {k: v for k, v in data.items() if k not in patches})
+    for key, value in patches.items():
+        set_path(merged, str(key), value, f"recipe {path.name}: key {key}")
+    return merged
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def rebase_paths(data: dict, from_dir: Path, to_dir: Path) -> dict:
+    """The base recipe's relative paths, made relative to the extending recipe's folder."""
+    if from_dir == to_dir:
+        return data
+
+    def moved(value):
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        if not (from_dir / value).exists() and not value.startswith("."):
+            return value  # a hub name, not a path
+        return os.path.relpath(from_dir / value, to_dir)
+
+    data = copy.deepcopy(data)
+    sections = [data.get("data")] + [t.get("data") for t in data.get("tasks") or [] if isinstance(t, dict)]
+    for section in (s for s in sections if isinstance(s, dict)):
+        for split in ("train", "validation", "test"):
+            if split in section:
+                section[split] = moved(section[split])
+        if isinstance(section.get("unlabeled"), dict) and "path" in section["unlabeled"]:
+            section["unlabeled"]["path"] = moved(section["unlabeled"]["path"])
+    model = data.get("model")
+    if isinstance(model, dict):
+        for key in ("name", "decoder"):
+            if key in model and model[key] != "embedded":
+                model[key] = moved(model[key])
+    for stage in data.get("stages") or []:
+        for objective in (stage.get("objectives") or []) if isinstance(stage, dict) else []:
+            teacher = objective.get("teacher") if isinstance(objective, dict) else None
+            if isinstance(teacher, str) and teacher_is_folder(teacher):
+                objective["teacher"] = moved(teacher)
+            elif isinstance(teacher, list):
+                objective["teacher"] = [moved(t) if teacher_is_folder(t) else t for t in teacher]
+    return data
+
+
+def set_path(data: dict, key: str, value, what: str) -> None:
+    """``data[a][b][0][c] = value`` for the key ``a.b.0.c`` (mappings are created on the way)."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts):
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise HybridftError(f"{what}: {part!r} is not an index of a list of {len(node)}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise HybridftError(f"{what}: {'.'.join(parts[:i])} is not a mapping")
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.0.c=value`` overrides; the value is parsed as a YAML scalar (1e-4, true, null...)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise HybridftError(f"override {item!r} must look like key.path=value")
+        set_path(data, key, yaml.safe_load(raw) if raw else "", f"override {key}")
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
+    """Read, extend, override and validate a recipe; returns it with the folder its paths are relative to."""
+    data = apply_overrides(read_recipe_data(path), overrides or [])
+    return validate_recipe(data, path), Path(path).resolve().parent
+
+
+def validate_recipe(data: dict, path: str | Path = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        problems = format_validation_error(e)
+        raise HybridftError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems)) from None
+
+
+PATH_KEYS = ("data.train", "data.validation", "data.test", "model.name", "model.decoder")
+
+
+def apply_cwd_paths(overrides: list[str]) -> list[str]:
+    """Overrides of path fields name files relative to the shell's folder: make them absolute."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key in PATH_KEYS and value and not Path(value).is_absolute() and Path(value).exists():
+            item = f"{key}={Path(value).resolve()}"
+        out.append(item)
+    return out
+
+
+def recipe_json_schema() -> dict:
+    """The JSON Schema of a recipe file, for editors (yaml-language-server) and ``hybridft schema``.
+    A file with ``extends:`` states only what differs from its base, so it is checked against the
+    same keys with none required, and may patch with dotted keys."""
+    full = Recipe.model_json_schema()
+    defs = full.pop("$defs", {})
+    variant = {"type": "object", "required": [EXTENDS],
+               "properties": {EXTENDS: {"type": "string", "description": "the recipe file this one starts from"},
+                              **full["properties"]},
+               "patternProperties": {r"^[A-Za-z_]+(\.[A-Za-z0-9_-]+)+$": {"description": "one value inside the base"}},
+               "additionalProperties": False}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "hybridft recipe",
+            "anyOf": [full, variant], "$defs": defs}
+
+
+def schema_text() -> str:
+    return json.dumps(recipe_json_schema(), indent=2)

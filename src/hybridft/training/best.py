@@ -1,0 +1,43 @@
+"""The best weights a stage has evaluated, kept on disk and put back at its end (``keep_best``).
+
+Only the trainable tensors are kept (the others cannot have changed). The file is part of every
+checkpoint, so a resumed stage compares against the best weights as they were at its checkpoint,
+not as a later or an interrupted attempt's evaluation left them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import HybridftError
+
+
+class BestWeights:
+    def __init__(self, run, index: int, resume_from: Path | None = None):
+        self.path = run.checkpoint_dir / f"best-stage{index}.safetensors"
+        self.is_main = run.processes.is_main  # every process has the same weights; one file
+        if self.is_main:
+            self.path.unlink(missing_ok=True)
+            if resume_from is not None and (resume_from / self.path.name).is_file():
+                shutil.copy2(resume_from / self.path.name, self.path)
+
+    def save(self, model: torch.nn.Module) -> None:
+        if not self.is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, tmp)
+        tmp.replace(self.path)
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if not self.path.is_file():
+            return
+        # the file holds the trainable tensors only: the others are "missing" by design, but a name
+        # the model does not have means the file is not this stage's
+        unexpected = model.load_state_dict(load_file(self.path), strict=False).unexpected_keys
+        if unexpected:
+            raise HybridftError(f"{self.path} does not fit the stage's model (e.g. {unexpected[0]})")

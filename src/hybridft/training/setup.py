@@ -1,0 +1,113 @@
+"""Starting a run: check the output folder, load tokenizer, data and model (all before anything is
+written), then create the run folder with its resolved recipe, logs and trackers."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+from accelerate.utils import set_seed
+
+from ..architecture import base_prefix
+from ..data import load_task_data
+from ..data.collate import collator_for
+from ..errors import HybridftError
+from ..folders import RUN_MARKER, check_output, mark
+from ..generative.data import load_generative_data
+from ..generative.models import decoder_source
+from ..models import load_model, load_tokenizer, resolve_model
+from ..multitask.data import MultiTaskCollator, load_multitask_data
+from ..multitask.model import MultiTaskModel
+from ..preflight import check_paths, check_selection
+from ..tasks import GENERATIVE_TASKS, MULTI_TASK
+from .metrics_log import MetricsLog
+from .parallel import launch
+from .precision import Precision
+from .state import Run, load_recipe_model
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder. Deletes nothing: that waits until the new run's
+    inputs have all been loaded and checked."""
+    if resume:
+        if not (run_dir / RUN_MARKER).is_file() or not (run_dir / "recipe.yaml").is_file():
+            raise HybridftError(f"nothing to resume in {run_dir}: it holds no hybridft run")
+        return
+    check_output(run_dir, RUN_MARKER, overwrite, flag="--resume to continue it or --overwrite")
+
+
+def check_model_fits(recipe, base_dir: Path) -> None:
+    """Every stage's selection and the max length, on a weightless skeleton: before anything is written."""
+    problems = check_paths(recipe, base_dir) + check_selection(recipe, base_dir)
+    if problems:
+        raise HybridftError("; ".join(problems))
+
+
+def resolved_recipe_text(recipe, base_dir: Path, source: str) -> str:
+    """The recipe as run: every default filled in, model and data paths absolute."""
+    data = recipe.model_dump(mode="json")
+    data["model"]["name"] = source
+    if recipe.model.decoder:
+        data["model"]["decoder"] = decoder_source(recipe.model.decoder, base_dir)
+    for section in [data["data"]] if data["data"] else [t["data"] for t in data["tasks"]]:
+        for split in ("train", "validation", "test"):
+            if section[split]:
+                section[split] = str((base_dir / section[split]).resolve())
+        if section.get("unlabeled"):
+            section["unlabeled"]["path"] = str((base_dir / section["unlabeled"]["path"]).resolve())
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def load_inputs(recipe, base_dir: Path, source: str, tokenizer):
+    """(data, model, collator) of a recipe."""
+    if recipe.task == MULTI_TASK:  # each task's data and head; the heads share the first task model's encoder
+        data = load_multitask_data(recipe, base_dir, tokenizer)
+        models = {t.name: load_model(source, t.task, labels, recipe.model.trust_remote_code)
+                  for t, labels in zip(recipe.tasks, data.label_names.values(), strict=True)}
+        collator = MultiTaskCollator([collator_for(t.task, tokenizer) for t in recipe.tasks])
+        return data, MultiTaskModel(models), collator
+    data = load_generative_data(recipe, base_dir, tokenizer) if recipe.task in GENERATIVE_TASKS \
+        else load_task_data(recipe, base_dir, tokenizer)
+    model = load_recipe_model(recipe, source, base_dir, tokenizer, data.label_names)
+    return data, model, collator_for(recipe.task, tokenizer, model)
+
+
+def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
+              progress: bool = True) -> Run:
+    """Several processes (accelerate launch, torchrun): all check and load, then only the main one writes."""
+    processes = launch(run_dir)
+    check_run_dir(run_dir, resume, overwrite)
+    set_seed(recipe.seed)
+    source = resolve_model(recipe.model.name, base_dir)
+    tokenizer = load_tokenizer(source, recipe.model.trust_remote_code)
+    data, model, collator = load_inputs(recipe, base_dir, source, tokenizer)
+    check_model_fits(recipe, base_dir)
+
+    recipe_text = resolved_recipe_text(recipe, base_dir, source)
+    if resume and (run_dir / "recipe.yaml").read_text(encoding="utf-8") != recipe_text:
+        raise HybridftError(f"the recipe differs from the one {run_dir} was started with; resume with the same recipe")
+    processes.barrier()
+    if processes.is_main:
+        if not resume and run_dir.exists() and overwrite:
+            shutil.rmtree(run_dir)  # a hybridft run (checked above), replaced only now that the new one can start
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mark(run_dir, RUN_MARKER)
+        (run_dir / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
+    processes.barrier()
+    processes.start_tracking()
+    log = MetricsLog(run_dir / "metrics.jsonl", processes, enabled=processes.is_main)
+    run = Run(recipe, run_dir, model.to(processes.device), tokenizer, data, collator, processes,
+              Precision(recipe.model.precision, processes.device), log, source, base_dir,
+              progress=progress and processes.is_main)
+    # M_pre for the mix step and L2-SP, kept before any training (works for hub names too)
+    if recipe.needs_pretrained_state:
+        run.artifacts.pretrained_state = pretrained_state(model)
+    return run
+
+
+def pretrained_state(model) -> dict:
+    """A copy of the pretrained encoder's tensors (the new task head is not pretrained)."""
+    prefix = base_prefix(model)
+    base = getattr(model, prefix) if prefix else model
+    return {k: v.detach().clone() for k, v in base.state_dict().items()}
