@@ -178,3 +178,83 @@ def test_a_noisy_student_is_taught_from_the_clean_text(tiny_model, sentiment_csv
     # between differently padded forwards would be ~(1e-7)^2
     assert losses[0.0] < 1e-10 < losses[0.5]
 
+
+
+@pytest.mark.parametrize("select", [
+    [{"name": "lora", "r": 2, "target_modules": ["query", "value"], "head": False}],
+    [{"name": "adapter", "reduction_factor": 4, "head": False}],
+])
+def test_l2_sp_pulls_lora_and_adapters_towards_the_pretrained_function(tiny_model, sentiment_csv, tmp_path, select):
+    """LoRA and adapter parameters have no pretrained value of their own: L2-SP used to be silently
+    zero on them. Now a LoRA layer is penalised by its merged weight's distance to the pretrained one
+    (W0 - W_pre + s B A), an adapter by its up-projection (zero exactly when it is the identity)."""
+    import json
+
+    from hybridft.selectors.adapter import Bottleneck
+    from hybridft.selectors.lora import lora_layers
+    from hybridft.training.loop import build_selection
+
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=3, select=select, optimizer={"lr": 5e-2},
+                         objectives=[{"name": "task"}, {"name": "regularize", "kind": "l2_sp", "weight": 1.0}])
+    run = make_run(recipe, tmp_path / "unit")
+    model = run.model = build_selection(run, run.recipe.stages[0], "s").model
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01)  # B (LoRA) and up (adapters) start at zero: move them
+    objective = OBJECTIVES.build(run.recipe.stages[0].objectives[1])
+    objective.on_stage_start(run)
+    penalty = float(objective.loss(model, None, None, None).detach())
+    pretrained = run.artifacts.pretrained_state
+    if select[0]["name"] == "lora":
+        assert objective.summary() == {"anchored_tensors": 0, "lora_layers": 4, "adapter_up_tensors": 0,
+                                       "new_tensors": 0}
+        expected = sum(float((layer.get_base_layer().weight - pretrained[name.removeprefix("bert.").replace(
+            ".base_layer", "") + ".weight"] + layer.get_delta_weight("default")).square().sum())
+            for name, layer in lora_layers(model))
+    else:
+        assert objective.summary() == {"anchored_tensors": 0, "lora_layers": 0, "adapter_up_tensors": 8,
+                                       "new_tensors": 8}
+        expected = sum(float(p.square().sum()) for m in model.modules() if isinstance(m, Bottleneck)
+                       for p in m.up.parameters())
+    assert penalty > 0 and penalty == pytest.approx(expected, rel=1e-4)
+
+    train_and_load(recipe, tmp_path / "run")  # and in a run: after the first update the term is not zero
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss/regularize"] > 0 for r in logged if "loss/regularize" in r][1:] == [True, True]
+
+
+def test_l2_sp_with_nothing_to_anchor_is_an_error(tiny_model, sentiment_csv, tmp_path):
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=1, objectives=[{"name": "task"}, {"name": "regularize"}],
+                         select=[{"name": "layers", "top_k": 0, "head": False, "patterns": [r"^classifier\."]}])
+    from hybridft.errors import HybridftError
+
+    with pytest.raises(HybridftError, match="no trainable parameter has a pretrained value"):
+        train_and_load(recipe, tmp_path / "run")
+
+
+def test_an_unreadable_checkpoint_is_an_error_for_the_mlm_head_not_a_silent_identity(monkeypatch, tmp_path):
+    import hybridft.objectives.mlm as mlm
+
+    def broken(source):
+        raise OSError("disk read error")
+
+    monkeypatch.setattr(mlm, "read_state_dict", broken)
+    with pytest.raises(OSError, match="disk read error"):
+        mlm.pretrained_mlm_head(str(tmp_path))
+    assert mlm.pretrained_mlm_head("some-org/some-hub-model") == {}  # no local folder: the identity start
+
+
+def test_the_mlm_head_starts_from_the_checkpoints_own_head(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from hybridft.objectives.mlm import pretrained_mlm_head
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)
+    model = BertForMaskedLM(config)
+    model.save_pretrained(tmp_path)
+    head = pretrained_mlm_head(str(tmp_path))
+    assert torch.equal(head["dense.weight"], model.cls.predictions.transform.dense.weight)
+    assert torch.equal(head["norm.bias"], model.cls.predictions.transform.LayerNorm.bias)

@@ -206,6 +206,8 @@ def recipe_json_schema() -> dict:
     same keys with none required, and may patch with dotted keys."""
     full = Recipe.model_json_schema()
     defs = full.pop("$defs", {})
+    full["properties"]["mix"] = {"$ref": "#/$defs/MixSpec", "description": "shorthand for a last stage "
+                                 "{name: mix, mix: ...}: mix the trained model with the pretrained one"}
     variant = {"type": "object", "required": [EXTENDS],
                "properties": {EXTENDS: {"type": "string", "description": "the recipe file this one starts from"},
                               **full["properties"]},
