@@ -62,8 +62,7 @@ def make_run(recipe_dict: dict, run_dir: Path):
 
 def train_one_stage(run, stage_index: int = 0):
     """Prepare the stage's selection, snapshot it, train; returns (before, after, selection, report)."""
-    from hybridft.training.loop import run_stage
-    from hybridft.training.loop import build_selection
+    from hybridft.training.loop import build_selection, run_stage
 
     spec = run.recipe.stages[stage_index]
     selection = build_selection(run, spec, "s")

@@ -139,7 +139,7 @@ def test_bf16_autocast_trains_fp32_weights_and_is_recorded(tiny_model, sentiment
 
 
 def test_the_stages_table_scores_the_weights_each_stage_kept():
-    from hybridft.report.summary import kept_evaluation
+    from hybridft.report.markdown import kept_evaluation
 
     stage = {"best_metric": {"accuracy": 0.9, "step": 10},
              "evaluations": [{"step": 10, "accuracy": 0.9}, {"step": 20, "accuracy": 0.7}]}

@@ -20,10 +20,10 @@ import yaml
 
 from .errors import HybridftError
 from .folders import COMPARE_MARKER, RUN_MARKER, mark, write_atomic
-from .report.html import comparison_html
-from .training.setup import resolved_recipe_text
 from .recipe import load_recipe
+from .report.html import comparison_html
 from .tasks import lower_is_better
+from .training.setup import resolved_recipe_text
 
 # name -> (select, learning-rate scale relative to the base recipe)
 PRESETS = {

@@ -19,9 +19,9 @@ from .folders import MODEL_MARKER, mark, replace_folder, temporary_sibling
 from .generative.data import ensure_pad_token
 from .generative.generate import generation_kwargs
 from .models import HEAD_CLASSES, check_model_dir, load_tokenizer, quiet_transformers
-from .tasks import GENERATIVE_TASKS
 from .selectors.adapter import adapter_layout, wrap_with_adapter
 from .selectors.lora import lora_layers, merge_lora
+from .tasks import GENERATIVE_TASKS
 
 ADAPTERS_FILE = "adapters.safetensors"
 

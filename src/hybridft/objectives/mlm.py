@@ -82,11 +82,12 @@ class MaskedLM(Objective):
         self.head = MaskedLMHead(config.hidden_size, config.vocab_size, getattr(config, "layer_norm_eps", 1e-12))
         restored = getattr(self, "restored", None)  # a resumed stage continues with its trained head
         if restored:
+            self.from_checkpoint = bool(restored.pop("from_checkpoint"))
             self.head.load_state_dict(restored)
         else:
             found = pretrained_mlm_head(run.model_source)
             self.head.load_state_dict(found, strict=False)  # what the checkpoint lacks starts as described above
-            self.head_start = "the checkpoint's MLM head" if found else "identity transform (no MLM head found)"
+            self.from_checkpoint = bool(found)
         self.head.to(run.device)
         self.embeddings = model.get_input_embeddings()
 
@@ -102,13 +103,15 @@ class MaskedLM(Objective):
         return sum(terms) / len(terms)
 
     def summary(self) -> dict:
-        return {"head_start": getattr(self, "head_start", "restored from the checkpoint")}
+        return {"head_start": "the checkpoint's MLM head" if self.from_checkpoint else
+                "identity transform (the checkpoint has no MLM head)"}
 
     def trainable_parameters(self):
         return list(self.head.parameters())
 
     def state_dict(self):
-        return {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        return {**{f"head.{k}": v for k, v in self.head.state_dict().items()},
+                "from_checkpoint": torch.tensor([self.from_checkpoint])}
 
     def load_state_dict(self, state):
         self.restored = {k.removeprefix("head."): v for k, v in state.items()}

@@ -17,7 +17,6 @@ from ..spec import STAGE_REF, StageContext
 from .base import ObjectiveSpec
 
 
-
 class TeacherSpec(ObjectiveSpec):
     """The ``teacher`` key that distillation and pseudo-labeling share, and its checks."""
 

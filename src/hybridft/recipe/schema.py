@@ -13,7 +13,13 @@ from pydantic import Discriminator, Field, Tag, model_validator
 from .. import objectives, selectors  # noqa: F401  (importing them registers every method)
 from ..registry import OBJECTIVES, SELECTORS
 from ..spec import STAGE_REF, Spec
-from ..tasks import ALL_TASKS, CLASSIFICATION_METRICS, GENERATIVE_TASKS, MULTI_TASK, TAGGING_METRICS, default_metric
+from ..tasks import (
+    ALL_TASKS,
+    CLASSIFICATION_METRICS,
+    MULTI_TASK,
+    TAGGING_METRICS,
+    default_metric,
+)
 from .checks import check_recipe, check_stage
 
 SelectorSpec = Annotated[Union[SELECTORS.configs()], Field(discriminator="name")]  # noqa: UP007

@@ -15,9 +15,9 @@ from ..data import TaskData
 from ..generative.models import decoder_source, load_generative_model
 from ..models import load_model
 from ..recipe import Recipe
-from .metrics_log import MetricsLog
 from ..selectors import since_restart, stage_structure
 from ..tasks import GENERATIVE_TASKS
+from .metrics_log import MetricsLog
 from .parallel import SingleProcess
 from .precision import Precision
 
