@@ -182,7 +182,7 @@ def reset_accelerate() -> None:
 
 
 def run_hybridft(recipe, workdir: Path) -> dict:
-    from hybridft.training.stages import run_recipe
+    from hybridft.api import run_recipe
 
     reset_accelerate()
     run_dir = workdir / "run"

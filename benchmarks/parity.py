@@ -22,27 +22,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["data.max_train_samples=300", "data.max_eval_samples=200"]
 POOL = ["data.unlabeled.max_samples=300"]
-# recipe (under recipes/ or benchmarks/recipes/) -> overrides that keep it short
-CASES = {
-    "sst2-full": SHORT,
-    "sst2-lora": SHORT,
-    "sst2-adapter": SHORT,
-    "sst2-layers-top2": SHORT,
-    "sst2-importance": SHORT,
-    "sst2-importance-cv": SHORT,
-    "sst2-union": SHORT,
-    "sst2-combined-loss": SHORT,
-    "sst2-l2sp": SHORT,
-    "sst2-mix": SHORT,
-    "sst2-lp-ft": SHORT,
-    "sst2-three-step": SHORT,
-    "sst2-gradual-unfreezing": SHORT,
-    "sst2-mix-distill": SHORT + POOL,
-    "sst2-dapt-contrastive": SHORT + POOL,
-    "sst2-500-pseudo-smart": SHORT + POOL,
-    "sst2-500-pseudo-mlm": SHORT + POOL,
-    "sst2-500-noisy-student-mean-2-rounds": SHORT + POOL,
-}
+TASKS = [f"tasks.{i}.data.{key}" for i in range(3) for key in ("max_train_samples=200", "max_eval_samples=100")]
+# label -> (recipe under recipes/ or benchmarks/recipes/, overrides that keep it short)
+CASES = {name: (name, SHORT) for name in (
+    "sst2-full", "sst2-lora", "sst2-adapter", "sst2-layers-top2", "sst2-importance", "sst2-importance-cv",
+    "sst2-union", "sst2-combined-loss", "sst2-l2sp", "sst2-mix", "sst2-lp-ft", "sst2-three-step",
+    "sst2-gradual-unfreezing")}
+CASES.update({name: (name, SHORT + POOL) for name in (
+    "sst2-mix-distill", "sst2-dapt-contrastive", "sst2-500-pseudo-smart", "sst2-500-pseudo-mlm",
+    "sst2-500-noisy-student-mean-2-rounds")})
+CASES.update({
+    # accumulation, early stopping, length grouping and evaluation inside an epoch on one run
+    "sst2-full-accum-early-stop": ("sst2-full", SHORT + ["stages.0.grad_accum_steps=2", "stages.0.eval_every=3",
+                                                       "stages.0.early_stopping.patience=1",
+                                                       "stages.0.group_by_length=true"]),
+    "mrpc-full": ("mrpc-full", SHORT + ["stages.0.epochs=1"]),
+    "conll2003-ner": ("conll2003-ner", SHORT),
+    "multitask-sst2-mrpc-conll": ("multitask-sst2-mrpc-conll", TASKS + ["stages.0.epochs=1"]),
+    "wikitext2-causal-lm": ("wikitext2-causal-lm", ["data.max_train_samples=200", "data.max_eval_samples=50",
+                                                    "stages.0.epochs=1"]),
+})
 
 
 def recipe_path(name: str) -> Path:
@@ -53,8 +52,9 @@ def recipe_path(name: str) -> Path:
     raise SystemExit(f"no recipe {name}.yaml under recipes/ or benchmarks/recipes/")
 
 
-def run_case(name: str, overrides: list[str], runs_dir: Path) -> dict:
-    out = runs_dir / name
+def run_case(label: str, runs_dir: Path) -> dict:
+    name, overrides = CASES[label]
+    out = runs_dir / label
     cmd = [sys.executable, "-m", "hybridft", "run", str(recipe_path(name)), "--out", str(out), "--overwrite",
            "--no-progress", *overrides]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -82,14 +82,14 @@ def differences(before: dict, after: dict) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs-dir", type=Path, required=True)
-    p.add_argument("--only", help="comma-separated recipe names (default: all)")
+    p.add_argument("--only", help="comma-separated case names (default: all)")
     p.add_argument("--save", type=Path, help="write the results here")
     p.add_argument("--against", type=Path, help="compare with results saved by --save")
     args = p.parse_args()
     names = args.only.split(",") if args.only else list(CASES)
     results = {}
     for name in names:
-        results[name] = run_case(name, CASES[name], args.runs_dir)
+        results[name] = run_case(name, args.runs_dir)
         print(f"{name}: {results[name].get('model_sha256', results[name].get('error'))[:16]} "
               f"{results[name].get('metrics', '')}", flush=True)
     if args.save:

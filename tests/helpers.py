@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
+from hybridft.api import run_recipe
 from hybridft.data.prepare import load_task_data
 from hybridft.models import load_model, load_tokenizer
 from hybridft.recipe import validate_recipe
-from hybridft.training.stages import run_recipe
 
 
 def tiny_classifier(model_dir: Path, labels=("negative", "positive"), dropout: float | None = None):

@@ -15,6 +15,7 @@ from .conftest import base_recipe, write_recipe
 def test_run_from_a_dict_with_keyword_overrides_then_load_and_predict(tiny_model, sentiment_csv, tmp_path):
     recipe = base_recipe(tiny_model, sentiment_csv, max_steps=3)
     result = hybridft.run(recipe, out=tmp_path / "run", seed=7, stages__0__optimizer__lr=2e-3)
+    assert recipe == base_recipe(tiny_model, sentiment_csv, max_steps=3)  # the caller's dict is left as it was
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert result.report == report and result.metrics == report["metrics"] and result.test_metrics is None
     assert report["seed"] == 7 and report["stages"][0]["steps"] == 3
@@ -28,6 +29,7 @@ def test_run_from_a_dict_with_keyword_overrides_then_load_and_predict(tiny_model
     assert [r["text"] for r in records] == texts  # one record per input, in order
     assert records[1] == {"text": "", "error": "empty text"}
     assert all(r["label"] in saved.labels for r in (records[0], records[2]))
+    assert saved.predict("the film was good") == records[:1]  # one text is one text, not its characters
     # the same labels and scores as a plain forward pass of the loaded model
     enc = saved.tokenizer(["the film was good"], return_tensors="pt")
     with torch.no_grad():
@@ -49,10 +51,11 @@ def test_recipe_is_importable_for_building_recipes_in_code(tiny_model, sentiment
     recipe = hybridft.Recipe.model_validate(base_recipe(tiny_model, sentiment_csv, max_steps=1))
     assert recipe.stages[0].select[0].name == "full"
     assert hybridft.run(recipe, out=tmp_path / "run").report["stages"][0]["steps"] == 1
-    with pytest.raises(HybridftError, match="resume needs out"):
+    with pytest.raises(HybridftError, match="give the run folder"):
         hybridft.run(recipe, resume=True)
     with pytest.raises(AttributeError):
         hybridft.nothing  # noqa: B018
+    assert {"run", "load", "Recipe"} <= set(dir(hybridft))
 
 
 def test_load_restores_adapters(tiny_model, sentiment_csv, tmp_path):
@@ -66,3 +69,12 @@ def test_load_restores_adapters(tiny_model, sentiment_csv, tmp_path):
 
     plain = AutoModelForSequenceClassification.from_pretrained(result.model_dir).eval()
     assert not torch.allclose(saved.model(**enc).logits, plain(**enc).logits)  # plain transformers drops them
+
+
+def test_resuming_a_complete_run_returns_it_unless_the_recipe_changed(tiny_model, sentiment_csv, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1))
+    first = hybridft.run(recipe, out=tmp_path / "run")
+    again = hybridft.run(recipe, out=tmp_path / "run", resume=True)
+    assert again.already_complete and again.report == first.report
+    with pytest.raises(HybridftError, match="recipe differs"):
+        hybridft.run(recipe, out=tmp_path / "run", resume=True, seed=5)

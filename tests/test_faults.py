@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hybridft.api import run_recipe
 from hybridft.errors import HybridftError
 from hybridft.objectives import task as task_module
 from hybridft.recipe import validate_recipe
 from hybridft.training import checkpoint as checkpoint_module
-from hybridft.training.stages import run_recipe
 
 from .conftest import base_recipe
 from .helpers import train_and_load

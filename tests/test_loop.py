@@ -39,8 +39,8 @@ def _without_timing(log: str) -> list[dict]:
 
 
 def test_resume_from_an_earlier_checkpoint_gives_bit_identical_weights(tiny_model, sentiment_csv, tmp_path):
+    from hybridft.api import run_recipe
     from hybridft.recipe import validate_recipe
-    from hybridft.training.stages import run_recipe
 
     recipe = base_recipe(tiny_model, sentiment_csv, epochs=2, eval_every=3)
     recipe["output"] = {"keep_checkpoints": 20, "keep_checkpoints_after_run": True}

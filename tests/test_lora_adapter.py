@@ -104,8 +104,8 @@ def test_three_stage_recipe_flows_weights_and_resumes_between_stages(tiny_model,
     # resume from the checkpoint written after stage 2: adapters of stage 3 are rebuilt and trained again
     import shutil
 
+    from hybridft.api import run_recipe
     from hybridft.recipe import validate_recipe
-    from hybridft.training.stages import run_recipe
 
     shutil.copytree(tmp_path / "run", tmp_path / "again")
     (tmp_path / "again" / "checkpoints" / "latest").write_text("stage-1-done")

@@ -56,8 +56,9 @@ def test_inference_uses_the_gpu_when_there_is_one(monkeypatch):
     from hybridft import inference
 
     moved = []
-    model = type("Model", (), {"to": lambda self, device: moved.append(device)})()
+    model = type("Model", (), {"to": lambda self, device: moved.append(device),
+                               "parameters": lambda self: iter([torch.zeros(1)])})()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert inference.device_for(model).type == "cuda" and moved[0].type == "cuda"
+    assert inference.device_for(model).type == "cuda" and moved == ["cuda"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert inference.device_for(model).type == "cpu"
+    assert inference.device_for(model).type == "cpu" and moved == ["cuda"]  # left where it is

@@ -45,7 +45,7 @@ def test_one_run_trains_every_task_and_saves_a_loadable_model_per_task(tiny_mode
 
 
 def train_and_load_multitask(recipe, run_dir):
-    from hybridft.training.stages import run_recipe
+    from hybridft.api import run_recipe
 
     return run_recipe(validate_recipe(recipe), run_dir.parent, run_dir, progress=False), None
 
@@ -90,7 +90,7 @@ def test_multitask_recipe_errors(tiny_model, sentiment_csv, conll_file, change, 
 def test_task_specific_stages_after_the_shared_one_and_resume(tiny_model, sentiment_csv, conll_file, tmp_path):
     import shutil
 
-    from hybridft.training.stages import run_recipe
+    from hybridft.api import run_recipe
 
     recipe = multitask_recipe(tiny_model, sentiment_csv, conll_file, epochs=1)
     recipe["stages"].append({"name": "tune", "per_task": True, "optimizer": {"lr": 3e-3}, "batch_size": 4,

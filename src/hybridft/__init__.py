@@ -5,8 +5,14 @@ restored), ``hybridft.Recipe`` builds recipes in code. They are imported on firs
 ``import hybridft`` (and the command line's ``--help``) starts without loading torch.
 """
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.2.0"
 __all__ = ["Recipe", "RunResult", "SavedModel", "load", "run"]
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on first use
+    from .api import RunResult, SavedModel, load, run
+    from .recipe import Recipe
 
 
 def __getattr__(name: str):
@@ -19,3 +25,7 @@ def __getattr__(name: str):
 
         return Recipe
     raise AttributeError(f"module 'hybridft' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,4 +1,4 @@
-"""The Python API for notebooks and scripts; the command line is a thin layer over it.
+"""The Python API for notebooks and scripts; the command line's ``run`` is a thin layer over it.
 
     import hybridft
     result = hybridft.run("recipes/quickstart.yaml", out="runs/q", seed=3)
@@ -9,24 +9,40 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import HybridftError
+from .folders import RunLock
 from .inference import predict_with
 from .model_io import load_saved
-from .recipe import Recipe, apply_overrides, load_recipe, validate_recipe
-from .training.stages import run_recipe
+from .models import resolve_model
+from .recipe import (
+    Recipe,
+    apply_cwd_paths,
+    apply_overrides,
+    cwd_path,
+    load_recipe,
+    resolved_recipe_text,
+    validate_recipe,
+)
+from .report.outputs import finish_run
+from .training.parallel import launch
+from .training.stages import train
 
 
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
     report: dict  # report.json
+    already_complete: bool = False  # resume found the run complete and trained nothing
 
     @property
     def metrics(self) -> dict:
@@ -38,16 +54,31 @@ class RunResult:
         return self.report["test_metrics"]
 
     @property
-    def model_dir(self) -> Path:
-        return self.run_dir / "model"
+    def model_dir(self) -> Path | None:
+        """The saved model (None when the recipe's output.save_model is off)."""
+        folder = self.run_dir / "model"
+        return folder if folder.is_dir() else None
+
+
+def run_recipe(recipe: Recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
+               progress: bool = True) -> dict:
+    """Train a validated recipe into ``run_dir`` and write its model and report; returns the report.
+    The main process holds the run folder's lock throughout (one run at a time in a folder)."""
+    processes = launch(run_dir)
+    with RunLock(run_dir) if processes.is_main else nullcontext():
+        started = time.perf_counter()
+        run, final = train(recipe, base_dir, run_dir, resume, overwrite, progress, processes)
+        return finish_run(run, final, started)
 
 
 def overrides_of(overrides: dict | list[str] | None, keywords: dict) -> list[str]:
     """``{"stages.0.optimizer.lr": 1e-4}``, ``["stages.0.optimizer.lr=1e-4"]`` and
-    ``stages__0__optimizer__lr=1e-4`` as ``key.path=value`` strings."""
-    given = [] if overrides is None else list(overrides) if isinstance(overrides, list) else \
-        [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    return given + [f"{key.replace('__', '.')}={json.dumps(value)}" for key, value in keywords.items()]
+    ``stages__0__optimizer__lr=1e-4`` as ``key.path=value`` strings; relative paths (data files,
+    model folders) start from the current folder, as on the command line."""
+    if isinstance(overrides, list):
+        return apply_cwd_paths(overrides) + overrides_of(None, keywords)
+    items = {**(overrides or {}), **{key.replace("__", "."): value for key, value in keywords.items()}}
+    return [f"{key}={json.dumps(cwd_path(key, value), default=str)}" for key, value in items.items()]
 
 
 def resolve_recipe(recipe: str | Path | dict | Recipe, overrides: list[str],
@@ -56,24 +87,45 @@ def resolve_recipe(recipe: str | Path | dict | Recipe, overrides: list[str],
     if isinstance(recipe, (str, Path)):
         validated, folder = load_recipe(recipe, overrides)
         return validated, Path(base_dir) if base_dir is not None else folder
-    data = recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else dict(recipe)
+    data = recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else copy.deepcopy(dict(recipe))
     return validate_recipe(apply_overrides(data, overrides)), Path(base_dir or Path.cwd())
 
 
 def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, resume: bool = False,
-        overwrite: bool = False, progress: bool = False, base_dir: str | Path | None = None,
+        overwrite: bool = False, progress: bool = True, base_dir: str | Path | None = None,
         overrides: dict | list[str] | None = None, **keyword_overrides) -> RunResult:
     """Train from a recipe (a YAML path, a dict or a ``Recipe``) into ``out`` (default
     ``runs/<name>-<time>``). Overrides: ``seed=3``, nested keys with double underscores
     (``stages__0__optimizer__lr=1e-4``), ``overrides={"stages.0.optimizer.lr": 1e-4}`` or the command
     line's ``["stages.0.optimizer.lr=1e-4"]``. Relative paths in a recipe file start from its folder;
-    in a dict or ``Recipe``, from ``base_dir`` (default: here)."""
-    validated, folder = resolve_recipe(recipe, overrides_of(overrides, keyword_overrides), base_dir)
-    if resume and out is None:
-        raise HybridftError("resume needs out, the run folder to continue")
+    in a dict or ``Recipe``, from ``base_dir`` (default: here). ``progress``: bars on a terminal,
+    else a status line every 30 s."""
+    changes = overrides_of(overrides, keyword_overrides)
+    validated, folder = resolve_recipe(recipe, changes, base_dir)
+    if out is None and (resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):  # set by accelerate / torchrun
+        raise HybridftError("give the run folder (--out): resume continues one, and several processes must all "
+                            "write to the same one")
+    if resume and overwrite:
+        raise HybridftError("resume continues the run in the folder, overwrite replaces it: give one of them")
     run_dir = Path(out) if out is not None else Path("runs") / f"{validated.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress)
+    if resume and (run_dir / "report.json").is_file():  # written last: the run is complete
+        return complete_run(run_dir, validated, folder)
+    try:
+        report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress)
+    except KeyboardInterrupt:
+        how = f"hybridft run {recipe} {' '.join(changes)} --out {run_dir} --resume".replace("  ", " ") \
+            if isinstance(recipe, (str, Path)) else f"hybridft.run(..., out={str(run_dir)!r}, resume=True)"
+        raise KeyboardInterrupt(f"continue from the last checkpoint with: {how}") from None
     return RunResult(run_dir, report)
+
+
+def complete_run(run_dir: Path, recipe: Recipe, base_dir: Path) -> RunResult:
+    """The result of a run that is already complete, if it ran this recipe."""
+    started_with = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
+    if started_with != resolved_recipe_text(recipe, base_dir, resolve_model(recipe.model.name, base_dir)):
+        raise HybridftError(f"the recipe differs from the one {run_dir} was started with; resume with the same "
+                            "recipe")
+    return RunResult(run_dir, json.loads((run_dir / "report.json").read_text(encoding="utf-8")), already_complete=True)
 
 
 @dataclass
@@ -86,9 +138,14 @@ class SavedModel:
     labels: list[str]
     meta: dict  # hybridft.json
 
-    def predict(self, texts: list[str], batch_size: int = 64, **generation) -> list[dict]:
-        """Labels (or tags, or generated text) for each text; a pair is ``"first\\tsecond"``."""
-        return predict_with(self.model, self.tokenizer, self.meta, self.labels, list(texts), batch_size, generation)
+    def predict(self, texts: str | list[str], batch_size: int = 64, pairs: bool | None = None, seed: int = 0,
+                **generation) -> list[dict]:
+        """One record per text: its label (or tags, or generated text). A pair model reads
+        ``"first\\tsecond"``; ``pairs`` overrides what the model's task says. ``generation``: e.g.
+        ``max_new_tokens=20``; sampling is reproducible by ``seed``."""
+        lines = [texts] if isinstance(texts, str) else list(texts)
+        return predict_with(self.model, self.tokenizer, self.meta, self.labels, lines, batch_size, generation, seed,
+                            pairs)
 
 
 def load(model_dir: str | Path) -> SavedModel:

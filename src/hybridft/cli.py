@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=_positive_int, default=64)
     pr.add_argument("--pair", action="store_true", default=None,
                     help="the model classifies pairs: each line is text<TAB>text (default: as the model was trained)")
+    _progress_flags(pr)
     gen = pr.add_argument_group("text generation (causal_lm and seq2seq models; default: as the recipe evaluated)")
     gen.add_argument("--max-new-tokens", type=_positive_int)
     gen.add_argument("--num-beams", type=_positive_int, help="beam search with this many beams")
@@ -102,22 +103,19 @@ def _column_flags(p):
 
 
 def _show_progress(flag) -> bool:
-    return sys.stderr.isatty() if flag is None else flag
+    """Bars on a terminal, else a status line every 30 s (hybridft.progress); off with --no-progress."""
+    return True if flag is None else flag
 
 
 def cmd_run(args) -> int:
     from .api import run
-    from .recipe import apply_cwd_paths
 
-    if args.resume and not args.out:
-        raise HybridftError("--resume needs --out, the run folder to continue")
-    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
-    if processes > 1 and not args.out:
-        raise HybridftError("with several processes, give --out so that they all write to the same run folder")
     result = run(args.recipe, args.out, resume=args.resume, overwrite=args.overwrite,
-                 progress=_show_progress(args.progress), overrides=apply_cwd_paths(args.overrides))
+                 progress=_show_progress(args.progress), overrides=args.overrides)
     if os.environ.get("RANK", "0") != "0":
         return 0  # the main process reports
+    if result.already_complete:
+        print(f"{result.run_dir} holds a complete run: nothing to resume", file=sys.stderr)
     print(f"report: {result.run_dir / 'report.md'}")
     print(f"model:  {result.model_dir}")
     print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
@@ -193,7 +191,8 @@ def cmd_predict(args) -> int:
     if not lines:
         raise HybridftError("no input: give --text, --input FILE, or lines on stdin")
     records = predict_lines(args.model_dir, lines, args.batch_size,
-                            {k: v for k, v in generation.items() if v is not None}, args.seed, args.pair)
+                            {k: v for k, v in generation.items() if v is not None}, args.seed, args.pair,
+                            _show_progress(args.progress))
     for record in records:
         print(json.dumps(record, ensure_ascii=False))
     return 0
@@ -244,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     except HybridftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"error: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -20,10 +20,9 @@ import yaml
 
 from .errors import HybridftError
 from .folders import COMPARE_MARKER, RUN_MARKER, mark, write_atomic
-from .recipe import load_recipe
+from .recipe import load_recipe, resolved_recipe_text
 from .report.html import comparison_html
 from .tasks import lower_is_better
-from .training.setup import resolved_recipe_text
 
 # name -> (select, learning-rate scale relative to the base recipe)
 PRESETS = {

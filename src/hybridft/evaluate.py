@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .data.batching import length_sorted_batches
 from .generative.evaluate import evaluate_generative
+from .progress import track
 from .tasks import IGNORE_INDEX, task_loss
 
 
@@ -57,7 +57,7 @@ def predict(model, examples: list[dict], collator, batch_size: int, device, desc
     outputs: list = [None] * len(examples)
     loss_sum, loss_n = 0.0, 0
     batches = length_sorted_batches(examples, batch_size)
-    for idx in tqdm(batches, desc=desc, leave=False, disable=not progress, mininterval=1.0):
+    for idx in track(batches, desc, progress):
         batch = {k: v.to(device) for k, v in collator([examples[i] for i in idx]).items()}
         labels = batch.pop("labels", None)
         logits = model(**batch).logits.float()

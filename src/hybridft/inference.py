@@ -16,6 +16,7 @@ from .generative.evaluate import teacher_forced_metrics
 from .generative.generate import generate_texts
 from .generative.metrics import is_uncased, translation_metrics
 from .model_io import load_saved
+from .progress import track
 from .recipe import Columns, DataSpec, GenerationSpec, LanguagePair, format_validation_error
 
 
@@ -30,7 +31,10 @@ def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, col
         task = "pair_classification"
     path = str(Path(data_path).resolve())
     data = DataSpec(train=path, test=path, format=fmt, columns=cols)
-    rows, _ = read_rows(data, task, Path.cwd(), "test", deduplicate=False)
+    try:
+        rows, _ = read_rows(data, task, Path.cwd(), "test", deduplicate=False, role="eval")
+    except HybridftError as e:
+        raise HybridftError(f"{e} (--text-column, --pair-column and --label-column name the columns)") from None
     check_labels(rows, task, cols, labels, "eval")
     examples, _ = encode(rows, tokenizer, task, cols, {n: i for i, n in enumerate(labels)},
                          meta.get("max_length", 128))
@@ -67,10 +71,13 @@ def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: 
 
 
 def device_for(model) -> torch.device:
-    """The GPU when there is one, else the CPU; the model is moved there."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    return device
+    """Where the model runs: the GPU when there is one and the model is still on the CPU (as loaded),
+    else where the caller put it."""
+    current = next(model.parameters()).device
+    if current.type == "cpu" and torch.cuda.is_available():
+        model.to("cuda")
+        return torch.device("cuda")
+    return current
 
 
 def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: int, generation: dict,
@@ -134,7 +141,8 @@ def label_batch(model, tokenizer, chunk: list[str], labels: list[str], max_lengt
 
 @torch.no_grad()
 def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[str], batch_size: int,
-                 generation: dict | None = None, seed: int = 0, pairs: bool | None = None) -> list[dict]:
+                 generation: dict | None = None, seed: int = 0, pairs: bool | None = None,
+                 progress: bool = False) -> list[dict]:
     """One record per line, in order: a label (a pair model reads ``first<TAB>second``; whether the
     model reads pairs comes from its task, or ``pairs``), tags (words split on spaces), or generated
     text. An empty line gets a record with an error instead of being dropped."""
@@ -146,7 +154,7 @@ def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[st
         device, max_length = device_for(model), meta.get("max_length", 128)
         texts = [x for x in lines if x.strip()]
         predicted = []
-        for start in range(0, len(texts), batch_size):
+        for start in track(range(0, len(texts), batch_size), "predict", progress):
             chunk = texts[start:start + batch_size]
             predicted += tag_batch(model, tokenizer, chunk, labels, max_length, device) \
                 if meta["task"] == "token_classification" else \
@@ -156,7 +164,7 @@ def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[st
 
 
 def predict_lines(model_dir: str, lines: list[str], batch_size: int, generation: dict | None = None,
-                  seed: int = 0, pairs: bool | None = None) -> list[dict]:
+                  seed: int = 0, pairs: bool | None = None, progress: bool = False) -> list[dict]:
     """``predict_with`` on a saved model folder."""
     model, tokenizer, meta, labels = load_saved(model_dir)
-    return predict_with(model, tokenizer, meta, labels, lines, batch_size, generation, seed, pairs)
+    return predict_with(model, tokenizer, meta, labels, lines, batch_size, generation, seed, pairs, progress)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 from .errors import HybridftError
-from .folders import MODEL_MARKER, mark, replace_folder, temporary_sibling
+from .folders import MODEL_MARKER, mark, new_folder
 from .generative.data import ensure_pad_token
 from .generative.generate import generation_kwargs
 from .models import HEAD_CLASSES, check_model_dir, load_tokenizer, quiet_transformers
@@ -43,13 +42,8 @@ def split_adapter_state(model) -> tuple[dict, dict]:
 
 def save_folder(model, tokenizer, meta: dict, path: Path) -> None:
     """Write to a temporary folder and rename, so the folder is either complete or absent."""
-    tmp = temporary_sibling(path)
-    try:
+    with new_folder(path, MODEL_MARKER) as tmp:
         write_model(model, tokenizer, meta, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
-        raise
-    replace_folder(tmp, path, MODEL_MARKER)
 
 
 def write_model(model, tokenizer, meta: dict, tmp: Path) -> None:
@@ -64,7 +58,7 @@ def write_model(model, tokenizer, meta: dict, tmp: Path) -> None:
         save_file(adapters, str(tmp / ADAPTERS_FILE))
         meta = {**meta, "adapters": adapter_layout(model)}
     (tmp / "hybridft.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    mark(tmp, MODEL_MARKER)
+    mark(tmp, MODEL_MARKER)  # each task's folder of a multi-task model is a model folder too
 
 
 def save_model_folder(run, path: Path) -> None:
@@ -80,19 +74,18 @@ def save_model_folder(run, path: Path) -> None:
             set_generation_defaults(model, recipe.generation)
         save_folder(model, run.tokenizer, meta, path)
         return
-    tmp = temporary_sibling(path)
-    for task in recipe.tasks:
-        meta = {"task": task.task, "max_length": recipe.model.max_length, "columns": task.data.columns.model_dump(),
-                "labels": run.data.label_names[task.name], "multi_task": [t.name for t in recipe.tasks]}
-        (tmp / task.name).mkdir()
-        write_model(model.task_model(task.name), run.tokenizer, meta, tmp / task.name)
-    if model.shared:  # after task-specific stages each task folder has its own encoder
-        encoder = merge_lora(copy.deepcopy(model.encoder)) if lora_layers(model.encoder) else model.encoder
-        plain, _ = split_adapter_state(encoder)
-        encoder.save_pretrained(tmp / "encoder", state_dict=plain, safe_serialization=True)
-        run.tokenizer.save_pretrained(tmp / "encoder")
-    mark(tmp, MODEL_MARKER)
-    replace_folder(tmp, path, MODEL_MARKER)
+    with new_folder(path, MODEL_MARKER) as tmp:
+        for task in recipe.tasks:
+            meta = {"task": task.task, "max_length": recipe.model.max_length,
+                    "columns": task.data.columns.model_dump(), "labels": run.data.label_names[task.name],
+                    "multi_task": [t.name for t in recipe.tasks]}
+            (tmp / task.name).mkdir()
+            write_model(model.task_model(task.name), run.tokenizer, meta, tmp / task.name)
+        if model.shared:  # after task-specific stages each task folder has its own encoder
+            encoder = merge_lora(copy.deepcopy(model.encoder)) if lora_layers(model.encoder) else model.encoder
+            plain, _ = split_adapter_state(encoder)
+            encoder.save_pretrained(tmp / "encoder", state_dict=plain, safe_serialization=True)
+            run.tokenizer.save_pretrained(tmp / "encoder")
 
 
 def set_generation_defaults(model, spec) -> None:
@@ -129,6 +122,8 @@ def load_saved(model_dir: str | Path):
     path = Path(model_dir)
     if not path.is_dir():
         raise HybridftError(f"model folder not found: {model_dir}")
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        raise HybridftError(f"{path} is a run folder; its model is {path / 'model'}")
     check_model_dir(path)
     meta_file = path / "hybridft.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}

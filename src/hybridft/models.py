@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 from .architecture import head_param_names
@@ -61,6 +63,28 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def ships_code(source: str) -> bool:
+    """A local model folder whose config points at model code of its own (``auto_map``)."""
+    config = Path(source) / "config.json"
+    try:
+        return config.is_file() and "auto_map" in json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return False
+
+
+def remote_code_hint(source: str, trusted: bool) -> str:
+    if trusted or not ships_code(source):
+        return ""
+    return "; the folder ships its own model code: set model.trust_remote_code: true if you trust it"
+
+
+def note_ignored_code(source: str, trusted: bool, used: str) -> None:
+    """transformers knows the model type, so it loads without the folder's own code: say so."""
+    if not trusted and ships_code(source):
+        print(f"note: {source} ships its own model code, which is not run without model.trust_remote_code: "
+              f"true; the stock {used} is used instead", file=sys.stderr)
+
+
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -68,7 +92,8 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise HybridftError(f"cannot load a tokenizer from {source}: {str(e).splitlines()[0]}") from None
+        raise HybridftError(f"cannot load a tokenizer from {source}: {str(e).splitlines()[0]}"
+                            f"{remote_code_hint(source, trust_remote_code)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise HybridftError(f"{source} has no fast tokenizer; hybridft needs one for word alignment")
     return tokenizer
@@ -93,7 +118,9 @@ def load_model(source: str, task: str, label_names: list[str], trust_remote_code
             output_loading_info=True,
         )
     except (OSError, ValueError, KeyError) as e:
-        raise HybridftError(f"cannot load model {source}: {str(e).splitlines()[0]}") from None
+        raise HybridftError(f"cannot load model {source}: {str(e).splitlines()[0]}"
+                            f"{remote_code_hint(source, trust_remote_code)}") from None
+    note_ignored_code(source, trust_remote_code, type(model).__name__)
     head = set(head_param_names(model))
     body = [(name, stored, wanted) for name, stored, wanted in info["mismatched_keys"] if name not in head]
     if body:

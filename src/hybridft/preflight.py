@@ -15,7 +15,7 @@ import transformers
 from .data.readers import LANG, parallel_files
 from .errors import HybridftError
 from .generative.models import decoder_source, generative_skeleton
-from .models import HEAD_CLASSES, check_model_dir, resolve_model
+from .models import HEAD_CLASSES, check_model_dir, remote_code_hint, resolve_model
 from .pooling import supports_mean_pooling
 from .registry import SELECTORS
 from .spec import teacher_is_folder
@@ -63,6 +63,7 @@ def model_skeleton(source: str, task: str, num_labels: int = 2, trust_remote_cod
 
 
 def check_selection(recipe, base_dir: Path) -> list[str]:
+    source = recipe.model.name or ""
     try:
         source = resolve_model(recipe.model.name, base_dir)
         task = recipe.tasks[0].task if recipe.task == "multi_task" else recipe.task  # layers live in the encoder
@@ -74,7 +75,8 @@ def check_selection(recipe, base_dir: Path) -> list[str]:
     except HybridftError as e:
         return [f"model.name: {e}"]
     except (OSError, ValueError) as e:
-        return [f"model.name: cannot read the model config of {recipe.model.name}: {str(e).splitlines()[0]}"]
+        return [f"model.name: cannot read the model config of {recipe.model.name}: {str(e).splitlines()[0]}"
+                f"{remote_code_hint(source, recipe.model.trust_remote_code)}"]
     # the selectors' new modules (LoRA, adapters) draw their initial weights: a check must not move
     # the run's RNG, or adding a LoRA stage would change what every earlier stage trains
     with torch.random.fork_rng(devices=[]):

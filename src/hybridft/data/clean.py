@@ -46,6 +46,17 @@ def _label(value, column: str, where: str) -> str:
     )
 
 
+def check_label_kinds(values: list, column: str, where: str) -> None:
+    """Labels written as numbers in some rows and as text in others (1, "1", "pos" in one JSON
+    column) would be merged or split silently: one kind per column."""
+    number = next((v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and not _is_missing(v)), None)
+    text = next((v for v in values if isinstance(v, str)), None)
+    if number is not None and text is not None:
+        raise HybridftError(f"{where}: label column {column!r} mixes numbers and text (e.g. {number!r} and "
+                            f"{text!r}); write every label the same way")
+
+
 def clean_rows(frame: pd.DataFrame, text_columns: list[str], list_columns: list[str], label_column: str | None,
                strip: bool, drop_empty: bool, drop_duplicates: bool, where: str) -> tuple[list[dict], dict]:
     """The cleaned rows as dicts keyed by column, and counts of what was dropped and why."""
@@ -54,6 +65,8 @@ def clean_rows(frame: pd.DataFrame, text_columns: list[str], list_columns: list[
     absent = [c for c in columns if c not in frame.columns]
     if absent:
         raise HybridftError(f"{where}: no column {absent[0]!r}; columns are {', '.join(map(str, frame.columns))}")
+    if label_column:
+        check_label_kinds(frame[label_column].tolist(), label_column, where)
     counts = {"rows_read": len(frame), "dropped_missing": 0, "dropped_empty": 0, "dropped_duplicates": 0}
     rows, seen = [], set()
     for record in frame[columns].to_dict("records"):

@@ -41,10 +41,12 @@ def input_columns(task: str, cols) -> tuple[list[str], list[str]]:
     return [cols.text] + ([cols.text_pair] if task == "pair_classification" else []), []
 
 
-def read_rows(data, task: str, base_dir: Path, split: str, deduplicate: bool) -> tuple[list[dict], dict]:
+def read_rows(data, task: str, base_dir: Path, split: str, deduplicate: bool,
+              role: str | None = None) -> tuple[list[dict], dict]:
     """Read and clean one split. Duplicates are only dropped from train: evaluation sets stay as
-    published, so metrics compare with the literature."""
+    published, so metrics compare with the literature. ``role`` names the data in errors (the split)."""
     path = resolve_path(getattr(data, split), base_dir)
+    where = f"{role or split} data {path.name}"
     frame = read_table(path, data.format, task, split, data.bad_rows)
     cols = data.columns
     text_cols, list_cols = input_columns(task, cols)
@@ -53,16 +55,16 @@ def read_rows(data, task: str, base_dir: Path, split: str, deduplicate: bool) ->
     else:
         label_col = cols.label
     rows, counts = clean_rows(frame, text_cols, list_cols, label_col, data.clean.strip, data.clean.drop_empty,
-                              data.clean.drop_duplicates and deduplicate, where=f"{split} data {path.name}")
+                              data.clean.drop_duplicates and deduplicate, where=where)
     if task == "token_classification":
         for i, row in enumerate(rows):
             if len(row[cols.tokens]) != len(row[cols.tags]):
-                raise HybridftError(f"{split} data {path.name}: row {i} has {len(row[cols.tokens])} tokens "
+                raise HybridftError(f"{where}: row {i} has {len(row[cols.tokens])} tokens "
                                     f"but {len(row[cols.tags])} tags")
     if frame.attrs.get("malformed_rows_skipped"):
         counts["skipped_malformed"] = frame.attrs["malformed_rows_skipped"]
     if not rows:
-        raise HybridftError(f"{split} data {path.name} has no usable rows after cleaning ({counts})")
+        raise HybridftError(f"{where} has no usable rows after cleaning ({counts})")
     return rows, counts
 
 
@@ -104,6 +106,17 @@ def infer_labels(rows: list[dict], task: str, cols) -> list[str]:
     return sorted(names)
 
 
+def check_two_classes(train: list[dict], task: str, cols) -> None:
+    """A classifier trained on one class learns nothing, and a one-label model would be read as a
+    regression by plain transformers."""
+    seen = {t for r in train for t in r[cols.tags]} if task == "token_classification" else \
+        {r[cols.label] for r in train}
+    if len(seen) < 2:
+        what = "tag" if task == "token_classification" else "label"
+        raise HybridftError(f"train data has a single {what} ({next(iter(seen))!r}) in {len(train)} rows; "
+                            f"training needs at least two")
+
+
 def check_labels(rows: list[dict], task: str, cols, known: list[str], split: str) -> None:
     known_set = set(known)
     for r in rows:
@@ -131,6 +144,7 @@ def load_rows(recipe, base_dir: Path) -> tuple[dict[str, list[dict]], list[str],
         test, stats["test"] = read_rows(data, task, base_dir, "test", deduplicate=False)
         splits["test"] = seeded_subset(test, data.max_eval_samples, seed)
     labels = list(data.labels) if data.labels else infer_labels(train, task, data.columns)
+    check_two_classes(train, task, data.columns)
     for name, rows in splits.items():
         check_labels(rows, task, data.columns, labels, name)
     stats["rows_used"] = {k: len(v) for k, v in splits.items()}

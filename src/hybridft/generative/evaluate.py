@@ -7,9 +7,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data.batching import length_sorted_batches
+from ..progress import track
 from ..tasks import IGNORE_INDEX, token_positions
 from .generate import generate_texts
 from .metrics import is_uncased, translation_metrics
@@ -25,8 +25,7 @@ def teacher_forced_metrics(model, examples: list[dict], collator, batch_size: in
     was_training = model.training
     model.eval()
     loss_sum, correct, tokens = 0.0, 0, 0
-    for idx in tqdm(length_sorted_batches(examples, batch_size), desc=desc, leave=False, disable=not progress,
-                    mininterval=1.0):
+    for idx in track(length_sorted_batches(examples, batch_size), desc, progress):
         batch = {k: v.to(device) for k, v in collator([examples[i] for i in idx]).items()}
         labels = batch.pop("labels")
         logits, labels = token_positions(model(**batch).logits.float(), labels, causal)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+
+from ..progress import track
 
 
 def generation_kwargs(spec) -> dict:
@@ -40,7 +41,7 @@ def generate_texts(model, tokenizer, inputs: list[list[int]], spec, batch_size: 
     model.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for idx in tqdm(batches, desc=desc, leave=False, disable=not progress, mininterval=1.0):
+        for idx in track(batches, desc, progress):
             width = max(len(inputs[i]) for i in idx)
             ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)

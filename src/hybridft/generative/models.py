@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import HybridftError
-from ..models import quiet_transformers, resolve_model
+from ..models import note_ignored_code, quiet_transformers, remote_code_hint, resolve_model
 from .data import bos_id, eos_id
 
 
@@ -68,7 +68,9 @@ def load_generative_model(source: str, task: str, tokenizer, decoder: str | None
             model = auto.from_pretrained(source, config=config, use_safetensors=True,
                                          trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
-        raise HybridftError(f"cannot load {task} model {source}: {str(e).splitlines()[0]}") from None
+        raise HybridftError(f"cannot load {task} model {source}: {str(e).splitlines()[0]}"
+                            f"{remote_code_hint(source, trust_remote_code)}") from None
+    note_ignored_code(source, trust_remote_code, type(model).__name__)
     vocab = model.get_output_embeddings().weight.shape[0]
     if vocab < len(tokenizer):
         raise HybridftError(f"the model predicts {vocab} token ids but the tokenizer has {len(tokenizer)}; "

@@ -13,7 +13,7 @@ the word embeddings, before position embeddings and LayerNorm, as in those paper
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +39,12 @@ class AdversarialSpec(ObjectiveSpec):
     def needs_labels(self) -> bool:
         return self.method != "smart"
 
-    @property
-    def tasks(self) -> tuple[str, ...]:  # smart in multi-task recipes: not supported yet
-        return SINGLE_HEAD_TASKS if self.method == "smart" else (*SINGLE_HEAD_TASKS, MULTI_TASK)
+    tasks: ClassVar[tuple[str, ...]] = (*SINGLE_HEAD_TASKS, MULTI_TASK)
+
+    def unsupported(self, task: str) -> str | None:
+        if self.method == "smart" and task == MULTI_TASK:
+            return "with method smart is not supported in multi-task recipes"
+        return super().unsupported(task)
 
     @model_validator(mode="after")
     def _labels_for_fgm_pgd(self):

@@ -8,14 +8,14 @@ positive. When the source is the stage's batch, the loop's forward pass is the f
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ..registry import OBJECTIVES
-from ..tasks import CLASSIFICATION, MULTI_TASK, SINGLE_HEAD_TASKS
+from ..tasks import MULTI_TASK, SINGLE_HEAD_TASKS, TAGGING
 from .base import Objective, ObjectiveSpec, model_inputs
 
 
@@ -31,13 +31,13 @@ class ContrastiveSpec(ObjectiveSpec):
     def needs_labels(self) -> bool:
         return self.mode == "supervised"
 
-    @property
-    def tasks(self) -> tuple[str, ...]:  # supervised positives share a sentence label
-        return CLASSIFICATION if self.mode == "supervised" else (*SINGLE_HEAD_TASKS, MULTI_TASK)
+    tasks: ClassVar[tuple[str, ...]] = (*SINGLE_HEAD_TASKS, MULTI_TASK)
 
     def unsupported(self, task: str) -> str | None:
-        if self.mode == "supervised" and task == "token_classification":
+        if self.mode == "supervised" and task == TAGGING:  # its positives share a sentence label
             return "in supervised mode needs one label per sentence; the task tags tokens"
+        if self.mode == "supervised" and task == MULTI_TASK:
+            return "in supervised mode is not supported in multi-task recipes"
         return super().unsupported(task)
 
     @model_validator(mode="after")

@@ -82,7 +82,7 @@ class MaskedLM(Objective):
         self.head = MaskedLMHead(config.hidden_size, config.vocab_size, getattr(config, "layer_norm_eps", 1e-12))
         restored = getattr(self, "restored", None)  # a resumed stage continues with its trained head
         if restored:
-            self.from_checkpoint = bool(restored.pop("from_checkpoint"))
+            self.from_checkpoint = bool(restored.pop("from_checkpoint", False))
             self.head.load_state_dict(restored)
         else:
             found = pretrained_mlm_head(run.model_source)

@@ -4,10 +4,12 @@ can check alone, ``io`` files, ``extends:`` and overrides."""
 from .io import (
     apply_cwd_paths,
     apply_overrides,
+    cwd_path,
     format_validation_error,
     load_recipe,
     read_recipe_data,
     recipe_json_schema,
+    resolved_recipe_text,
     validate_recipe,
 )
 from .schema import (
@@ -25,5 +27,5 @@ from .schema import (
 
 __all__ = ["Columns", "DataSpec", "GenerationSpec", "LanguagePair", "MixSpec", "MixStageSpec", "ModelSpec",
            "OptimizerSpec", "Recipe", "StageSpec",
-           "apply_cwd_paths", "apply_overrides", "format_validation_error", "load_recipe", "read_recipe_data",
-           "recipe_json_schema", "validate_recipe"]
+           "apply_cwd_paths", "apply_overrides", "cwd_path", "format_validation_error", "load_recipe", "read_recipe_data",
+           "recipe_json_schema", "resolved_recipe_text", "validate_recipe"]

@@ -14,7 +14,6 @@ included) replace the base's. A key with dots patches one place inside the base,
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import HybridftError
+from ..generative.models import decoder_source
 from ..spec import teacher_is_folder
 from .schema import Recipe
 
@@ -189,15 +189,38 @@ def validate_recipe(data: dict, path: str | Path = "recipe") -> Recipe:
 PATH_KEYS = ("data.train", "data.validation", "data.test", "model.name", "model.decoder")
 
 
+def cwd_path(key: str, value):
+    """An override of a path field names a file relative to the shell's (or the script's) folder:
+    made absolute, so that it does not resolve against the recipe's folder."""
+    if key in PATH_KEYS and isinstance(value, (str, Path)) and str(value) and not Path(value).is_absolute() \
+            and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
 def apply_cwd_paths(overrides: list[str]) -> list[str]:
-    """Overrides of path fields name files relative to the shell's folder: make them absolute."""
+    """``cwd_path`` on command-line overrides (``key=value``)."""
     out = []
     for item in overrides:
         key, sep, value = item.partition("=")
-        if sep and key in PATH_KEYS and value and not Path(value).is_absolute() and Path(value).exists():
-            item = f"{key}={Path(value).resolve()}"
-        out.append(item)
+        out.append(f"{key}={cwd_path(key, value)}" if sep else item)
     return out
+
+
+def resolved_recipe_text(recipe, base_dir: Path, source: str) -> str:
+    """The recipe as run: every default filled in, model and data paths absolute."""
+    data = recipe.model_dump(mode="json")
+    data["model"]["name"] = source
+    if recipe.model.decoder:
+        data["model"]["decoder"] = decoder_source(recipe.model.decoder, base_dir)
+    for section in [data["data"]] if data["data"] else [t["data"] for t in data["tasks"]]:
+        for split in ("train", "validation", "test"):
+            if section[split]:
+                section[split] = str((base_dir / section[split]).resolve())
+        if section.get("unlabeled"):
+            section["unlabeled"]["path"] = str((base_dir / section["unlabeled"]["path"]).resolve())
+    return yaml.safe_dump(data, sort_keys=False)
+
 
 
 def recipe_json_schema() -> dict:
@@ -215,7 +238,3 @@ def recipe_json_schema() -> dict:
                "additionalProperties": False}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "hybridft recipe",
             "anyOf": [full, variant], "$defs": defs}
-
-
-def schema_text() -> str:
-    return json.dumps(recipe_json_schema(), indent=2)

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import HybridftError
+from ..folders import WRITE_ERRORS
+from .checkpoint import write_failure
 
 
 class BestWeights:
@@ -28,16 +30,22 @@ class BestWeights:
     def save(self, model: torch.nn.Module) -> None:
         if not self.is_main:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, tmp)
-        tmp.replace(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, tmp)
+            tmp.replace(self.path)
+        except WRITE_ERRORS as e:
+            tmp.unlink(missing_ok=True)
+            raise write_failure(f"the best weights {self.path.name}", e, self.path.parent) from None
 
     def restore(self, model: torch.nn.Module) -> None:
         if not self.path.is_file():
             return
-        # the file holds the trainable tensors only: the others are "missing" by design, but a name
-        # the model does not have means the file is not this stage's
-        unexpected = model.load_state_dict(load_file(self.path), strict=False).unexpected_keys
-        if unexpected:
-            raise HybridftError(f"{self.path} does not fit the stage's model (e.g. {unexpected[0]})")
+        # the file holds exactly the trainable tensors (the others cannot have changed)
+        stored = load_file(self.path)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(stored) != trainable:
+            odd = sorted(set(stored) ^ trainable)[0]
+            raise HybridftError(f"{self.path} does not fit the stage's trainable parameters (e.g. {odd})")
+        model.load_state_dict(stored, strict=False)

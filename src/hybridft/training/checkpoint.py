@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..errors import HybridftError
-from ..folders import write_atomic
+from ..folders import WRITE_ERRORS, write_atomic
 
 LATEST = "latest"
 SELECTOR_STATE = "selectors.safetensors"
@@ -123,11 +124,27 @@ def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: d
     try:
         return _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep, extra_files,
                                  extra_tensors, rng_states or [rng_state()])
-    except OSError as e:
+    except WRITE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        previous = latest_checkpoint(root)
-        kept = f"; the last complete checkpoint, {previous.name}, is intact" if previous else ""
-        raise HybridftError(f"cannot write checkpoint {name} in {root}: {e.strerror or e}{kept}") from None
+        raise write_failure(f"checkpoint {name} in {root}", e, root) from None
+
+
+def write_failure(what: str, error: Exception, checkpoint_dir: Path) -> HybridftError:
+    """The one-line error of a failed write (a full disk, a read-only folder) during a run: it names
+    the checkpoint that ``--resume`` continues from once the write can succeed."""
+    reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+    previous = latest_checkpoint(checkpoint_dir)
+    kept = f"; the last complete checkpoint, {previous.name}, is intact: free space, then continue with --resume" \
+        if previous else ""
+    return HybridftError(f"cannot write {what}: {reason}{kept}")
+
+
+@contextmanager
+def guarded_write(what: str, checkpoint_dir: Path):
+    try:
+        yield
+    except WRITE_ERRORS as e:
+        raise write_failure(what, e, checkpoint_dir) from None
 
 
 def _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep, extra_files, extra_tensors,

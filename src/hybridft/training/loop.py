@@ -9,14 +9,15 @@ work spreads over processes is ``run.processes`` (training.parallel) and the for
 
 from __future__ import annotations
 
-from . import selection as parameters
+from .selection import Selection, select
 from .stage import Stage, stage_name
 
 
-def build_selection(run, spec, name: str, resume_from=None) -> parameters.Selection:
+def build_selection(run, spec, name: str, resume_from=None) -> Selection:
     """The stage's selectors prepared on the run's model, all else frozen. The trials of a selector
-    that chooses its value on held-out data (importance densities) train with this same loop."""
-    return parameters.select(run, spec, name, resume_from, train_stage=run_stage)
+    that chooses its value on held-out data (importance densities) train with this same loop: it is
+    handed down to ``select``, which sits below this module."""
+    return select(run, spec, name, resume_from, train_stage=run_stage)
 
 
 def run_stage(run, index: int, spec, resume_from=None, selection=None) -> dict:
@@ -24,9 +25,9 @@ def run_stage(run, index: int, spec, resume_from=None, selection=None) -> dict:
     selection = selection or build_selection(run, spec, stage_name(spec, index), resume_from)
     stage = Stage.open(run, index, spec, selection, resume_from)
     st = stage.state
-    with stage.progress_bar() as bar:
+    with stage.started() as bar:
         while not stage.done:
-            batches = stage.epoch_batches()
+            batches = stage.begin_epoch()
             while st.micro < len(batches) and not stage.done:
                 if stage.forward_backward(batches):  # the last micro-batch of an optimizer step
                     stage.step(bar)

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from .checkpoint import guarded_write
+
 
 class MetricsLog:
     def __init__(self, path: Path, tracker=None, enabled: bool = True):
@@ -22,11 +24,16 @@ class MetricsLog:
             return
         record = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                    for k, v in values.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        # a line cut short by a failed write is dropped on --resume, which keeps the checkpoint's lines
+        with guarded_write(self.path.name, self.path.parent / "checkpoints"):
+            self._append(json.dumps(record) + "\n")
         if self.tracker is not None:
             scalars = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.tracker.track(scalars, step)
+
+    def _append(self, line: str) -> None:
+        self._file.write(line)
+        self._file.flush()
 
     def truncate(self, lines: int) -> None:
         """Drop what was logged after a checkpoint, so a resumed run does not log steps twice."""

@@ -9,7 +9,9 @@ Accelerate (or torchrun) launches the processes and owns the process group; a st
   of every global batch; gradients are averaged by DDP (the model's) or here (an objective's own).
 
 A sharded strategy (FSDP2) plugs in here: it wraps with ``fully_shard``, and its optimizer is built
-after wrapping (the loop always builds it after ``wrap``).
+after wrapping (the loop always builds it after ``wrap``). What still assumes whole tensors, and will
+need a hook here for sharding: checkpoint and best-weights saving, entry masks restored in place, and
+the prefix cache.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from ..errors import HybridftError
 
 
 class SingleProcess:
-    name = "single process"
-
     def __init__(self, accelerator):
         self.accelerator = accelerator
 
@@ -87,8 +87,6 @@ class SingleProcess:
 
 
 class DataParallel(SingleProcess):
-    name = "DDP"
-
     def wrap(self, model):
         return self.accelerator.prepare_model(model)
 

@@ -3,24 +3,23 @@ written), then create the run folder with its resolved recipe, logs and trackers
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import yaml
 from accelerate.utils import set_seed
 
 from ..architecture import base_prefix
 from ..data import load_task_data
 from ..data.collate import collator_for
 from ..errors import HybridftError
-from ..folders import RUN_MARKER, check_output, mark
+from ..folders import RUN_MARKER, check_output, clear_folder, mark, write_atomic
 from ..generative.data import load_generative_data
-from ..generative.models import decoder_source
 from ..models import load_model, load_tokenizer, resolve_model
 from ..multitask.data import MultiTaskCollator, load_multitask_data
 from ..multitask.model import MultiTaskModel
 from ..preflight import check_paths, check_selection
+from ..recipe import resolved_recipe_text
 from ..tasks import GENERATIVE_TASKS, MULTI_TASK
+from .checkpoint import guarded_write
 from .metrics_log import MetricsLog
 from .parallel import launch
 from .precision import Precision
@@ -44,21 +43,6 @@ def check_model_fits(recipe, base_dir: Path) -> None:
         raise HybridftError("; ".join(problems))
 
 
-def resolved_recipe_text(recipe, base_dir: Path, source: str) -> str:
-    """The recipe as run: every default filled in, model and data paths absolute."""
-    data = recipe.model_dump(mode="json")
-    data["model"]["name"] = source
-    if recipe.model.decoder:
-        data["model"]["decoder"] = decoder_source(recipe.model.decoder, base_dir)
-    for section in [data["data"]] if data["data"] else [t["data"] for t in data["tasks"]]:
-        for split in ("train", "validation", "test"):
-            if section[split]:
-                section[split] = str((base_dir / section[split]).resolve())
-        if section.get("unlabeled"):
-            section["unlabeled"]["path"] = str((base_dir / section["unlabeled"]["path"]).resolve())
-    return yaml.safe_dump(data, sort_keys=False)
-
-
 def load_inputs(recipe, base_dir: Path, source: str, tokenizer):
     """(data, model, collator) of a recipe."""
     if recipe.task == MULTI_TASK:  # each task's data and head; the heads share the first task model's encoder
@@ -74,9 +58,9 @@ def load_inputs(recipe, base_dir: Path, source: str, tokenizer):
 
 
 def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
-              progress: bool = True) -> Run:
+              progress: bool = True, processes=None) -> Run:
     """Several processes (accelerate launch, torchrun): all check and load, then only the main one writes."""
-    processes = launch(run_dir)
+    processes = processes or launch(run_dir)
     check_run_dir(run_dir, resume, overwrite)
     set_seed(recipe.seed)
     source = resolve_model(recipe.model.name, base_dir)
@@ -90,10 +74,11 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     processes.barrier()
     if processes.is_main:
         if not resume and run_dir.exists() and overwrite:
-            shutil.rmtree(run_dir)  # a hybridft run (checked above), replaced only now that the new one can start
-        run_dir.mkdir(parents=True, exist_ok=True)
-        mark(run_dir, RUN_MARKER)
-        (run_dir / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
+            clear_folder(run_dir)  # a hybridft run (checked above), replaced only now that the new one can start
+        with guarded_write(f"the run folder {run_dir}", run_dir / "checkpoints"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            mark(run_dir, RUN_MARKER)
+            write_atomic(run_dir / "recipe.yaml", recipe_text)
     processes.barrier()
     processes.start_tracking()
     log = MetricsLog(run_dir / "metrics.jsonl", processes, enabled=processes.is_main)

@@ -9,17 +9,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.batching import epoch_batches
 from ..errors import HybridftError
 from ..evaluate import evaluate_data, scalar_metrics
 from ..multitask.sampling import multitask_batches
 from ..objectives.base import StepContext, model_inputs
+from ..progress import Progress
 from ..registry import OBJECTIVES
 from ..tasks import GENERATIVE_TASKS, MULTI_TASK, lower_is_better
 from .best import BestWeights
 from .checkpoint import (
+    guarded_write,
     load_checkpoint,
     objective_state,
     process_rng_states,
@@ -66,6 +67,7 @@ class Stage:
     state: StageState
     wrapped: torch.nn.Module  # what the forward pass runs through (the model itself on one process)
     extra: tuple  # parameters outside the model that train with it (an objective's MLM head)
+    trainable: list  # everything the optimizer updates (whose gradient norm is clipped)
     cache: PrefixCache | None = None
     cache_note: str | None = None
     entry_masks: EntryMasks | None = None
@@ -111,27 +113,32 @@ class Stage:
         run.processes.barrier()
         # after loading: the entries a mask leaves out are kept at their stage-start values
         masks = EntryMasks(selection.model, selection.masks) if selection.masks else None
+        trainable = [p for p in selection.model.parameters() if p.requires_grad] + list(extra)
         return cls(run, index, spec, name, selection, objectives, examples, total, optimizer, scheduler, best,
-                   state, wrapped, extra, cache, note, masks)
+                   state, wrapped, extra, trainable, cache, note, masks)
 
     @contextmanager
-    def progress_bar(self):
+    def started(self):
+        """The stage under way (a language model's first stage evaluates where it starts), with its
+        progress display."""
         run, st = self.run, self.state
         if self.index == 0 and st.step == 0 and st.start is None and run.data.task in GENERATIVE_TASKS:
             # where a language model starts (its new LM head or cross-attention is untrained): the
             # report shows perplexity before and after
             st.start = self.evaluation(f"eval {self.name} (start)")
             run.log.write(run.global_step, {"stage": self.name, **{f"eval/{k}": v for k, v in st.start.items()}})
-        bar = tqdm(total=self.total_steps, initial=st.step, desc=f"train {self.name}", disable=not run.progress,
-                   mininterval=1.0, dynamic_ncols=True)
+        bar = Progress(self.total_steps, f"train {self.name}", run.progress, initial=st.step)
         self.model.train()
         if self.cache:
             self.cache.eval_prefix()
-        yield bar
-        bar.close()
+        try:
+            yield bar
+        finally:
+            bar.close()
 
-    def epoch_batches(self) -> list[list[int]]:
-        """This epoch's batches (example indices), the same for every attempt at it."""
+    def begin_epoch(self) -> list[list[int]]:
+        """This epoch's batches (example indices, the same for every attempt at it); the objectives'
+        epoch hook runs when the epoch starts from its beginning."""
         run, st, spec = self.run, self.state, self.spec
         seed = stage_seed(run, self.index) + st.epoch
         if run.data.task == MULTI_TASK:
@@ -192,9 +199,8 @@ class Stage:
             self.entry_masks.zero_unselected_grads()
         for s in self.selection.selectors:
             s.after_backward(model)
-        trainable = [p for p in model.parameters() if p.requires_grad] + list(self.extra)
         # the norm is needed anyway to catch inf/NaN gradients; inf as the limit means no clipping
-        grad_norm = run.processes.clip_grad_norm(trainable, self.spec.max_grad_norm or math.inf)
+        grad_norm = run.processes.clip_grad_norm(self.trainable, self.spec.max_grad_norm or math.inf)
         if math.isfinite(self.running["loss"]) and bool(torch.isfinite(grad_norm)):
             self.optimizer.step()
             st.bad_run = 0
@@ -225,8 +231,7 @@ class Stage:
         throughput = st.samples / max(st.train_time_s, 1e-9)
         run.log.write(run.global_step, {"stage": self.name, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0],
                                         **running, "samples_per_s": throughput})
-        bar.set_postfix(loss=f"{running['loss']:.4f}", sps=f"{throughput:.1f}", refresh=False)
-        bar.update(1)
+        bar.update(1, loss=f"{running['loss']:.4f}", samples_per_s=f"{throughput:.1f}")
         self.running = {}
 
     def evaluate_and_checkpoint(self, end_of_epoch: bool) -> None:
@@ -294,7 +299,8 @@ class Stage:
         export = run.recipe.single_selector()
         for s in self.selection.selectors:
             if s.config == export and run.checkpointing and run.processes.is_main:  # the run's own stage
-                s.export(model, run.run_dir)
+                with guarded_write("the PEFT adapter folder", run.checkpoint_dir):
+                    s.export(model, run.run_dir)
             model = s.finish(model)
         for o in self.objectives:
             o.on_stage_end(run)

@@ -1,21 +1,17 @@
-"""run_recipe(): start the run, run the stages in order, save the model and the report."""
+"""train(): start the run and run the stages in order, with checkpoints between and inside them."""
 
 from __future__ import annotations
 
 import json
-import resource
-import shutil
-import time
+import sys
 from pathlib import Path
 
 import torch
 
 from ..errors import HybridftError
 from ..evaluate import evaluate_data
-from ..model_io import save_model_folder
 from ..multitask.model import unshared
 from ..objectives.teachers import keep_stage_weights, unwrap
-from ..report.summary import write_report
 from ..selectors import since_restart, stage_structure
 from .checkpoint import (
     latest_checkpoint,
@@ -46,8 +42,11 @@ def resume_point(run: Run) -> tuple[int, Path | None]:
     checkpoint = latest_checkpoint(run.checkpoint_dir)
     if checkpoint is None:
         run.log.truncate(0)
+        notice(run, f"resuming {run.run_dir}: no checkpoint yet, starting from the beginning")
         return 0, None
     state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    stage = state["completed_stages"] if state["stage_state"] is None else state["stage_state"]["stage"]
+    notice(run, f"resuming from {checkpoint.name} (stage {run.recipe.stage_name(min(stage, len(run.recipe.stages) - 1))})")
     run.log.truncate(state["log_lines"])
     run.global_step, run.stage_reports = state["global_step"], state.get("stage_reports", [])
     stages = run.recipe.stages
@@ -65,6 +64,12 @@ def resume_point(run: Run) -> tuple[int, Path | None]:
         restore_structure(run, since_restart(stages[:index]))
     restore_artifacts(run, checkpoint, state)
     return index, checkpoint
+
+
+def notice(run: Run, text: str) -> None:
+    """A line for the person at the terminal (the main process's stderr), outside the run's logs."""
+    if run.processes.is_main:
+        print(text, file=sys.stderr, flush=True)
 
 
 def restart_from_pretrained(run: Run) -> None:
@@ -117,21 +122,10 @@ def final_evaluation(run: Run) -> dict:
     return final
 
 
-def run_recipe(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
-               progress: bool = True) -> dict:
-    started = time.perf_counter()
-    run = start_run(recipe, base_dir, run_dir, resume, overwrite, progress)
+def train(recipe, base_dir: Path, run_dir: Path, resume: bool, overwrite: bool, progress: bool,
+          processes) -> tuple[Run, dict]:
+    """Start (or resume) the run, train every stage; the run and its final metrics per split."""
+    run = start_run(recipe, base_dir, run_dir, resume, overwrite, progress, processes)
     first, resume_from = resume_point(run) if resume else (0, None)
     run_stages(run, first, resume_from)
-    final = final_evaluation(run)
-    main = run.processes.is_main  # every process evaluated the same model; one writes
-    if recipe.output.save_model and main:
-        save_model_folder(run, run_dir / "model")
-    report = write_report(run, final, run.model_source, wall_time_s=time.perf_counter() - started,
-                          peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, write=main)
-    run.log.close()
-    run.processes.barrier()
-    run.processes.end()
-    if not recipe.output.keep_checkpoints_after_run and main:
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
-    return report
+    return run, final_evaluation(run)

@@ -6,12 +6,13 @@ Nothing here is a string-keyed bag: every piece that stages hand each other has 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 from ..data import TaskData
+from ..errors import HybridftError
 from ..generative.models import decoder_source, load_generative_model
 from ..models import load_model
 from ..recipe import Recipe
@@ -109,6 +110,10 @@ class StageState:
 
     @classmethod
     def from_json(cls, data: dict) -> StageState:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise HybridftError(f"the checkpoint was written by another version of hybridft (it has {unknown[0]!r}); "
+                                "start the run again")
         return cls(**data)
 
 
