@@ -78,3 +78,26 @@ def test_resuming_a_complete_run_returns_it_unless_the_recipe_changed(tiny_model
     assert again.already_complete and again.report == first.report
     with pytest.raises(HybridftError, match="recipe differs"):
         hybridft.run(recipe, out=tmp_path / "run", resume=True, seed=5)
+
+
+def test_validate_checks_without_weights_and_the_cli_uses_it(tiny_model, sentiment_csv, tmp_path, capsys):
+    recipe = base_recipe(tiny_model, sentiment_csv, select=[{"name": "layers", "top_k": 9}])
+    with pytest.raises(HybridftError, match="1 problem.*top_k=9 but the model has only 2 layers"):
+        hybridft.validate(recipe)
+    assert hybridft.validate(recipe, stages__0__select__0__top_k=1).stages[0].select[0].top_k == 1
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert main(["validate", str(path), "stages.0.select.0.top_k=1"]) == 0
+    assert main(["validate", str(path)]) == 2 and "top_k=9" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume(tiny_model, sentiment_csv, tmp_path, capsys, monkeypatch):
+    import hybridft.api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hybridft.api, "run_recipe", interrupted)
+    path = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "seed=3"]) == 130
+    assert capsys.readouterr().err.strip() == (f"error: interrupted; continue from the last checkpoint with: "
+                                               f"hybridft run {path} seed=3 --out {tmp_path / 'run'} --resume")

@@ -317,7 +317,8 @@ def test_a_relabeling_with_nothing_confident_keeps_the_last_labels(monkeypatch):
     written = []
     run = SimpleNamespace(recipe=SimpleNamespace(task="classification"), data=SimpleNamespace(
         unlabeled=[{}] * 3, unlabeled_gold=None, label_names=["neg", "pos"]), collator=None, device="cpu",
-        progress=False, model=None, global_step=0, log=SimpleNamespace(write=lambda step, row: written.append(row)))
+        progress=False, model=None, global_step=0, log=SimpleNamespace(write=lambda step, row: written.append(row)),
+        processes=SimpleNamespace(unwrap=lambda model: model))
     objective = PseudoLabel(PseudoLabelSpec(threshold=0.9, relabel_every=1))
     objective.on_stage_start(run)
     assert objective.kept.tolist() == [0, 1] and objective.kept_labels.tolist() == [0, 1]

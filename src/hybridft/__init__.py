@@ -8,15 +8,15 @@ restored), ``hybridft.Recipe`` builds recipes in code. They are imported on firs
 from typing import TYPE_CHECKING
 
 __version__ = "0.2.0"
-__all__ = ["Recipe", "RunResult", "SavedModel", "load", "run"]
+__all__ = ["Recipe", "RunResult", "SavedModel", "load", "run", "validate"]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on first use
-    from .api import RunResult, SavedModel, load, run
+    from .api import RunResult, SavedModel, load, run, validate
     from .recipe import Recipe
 
 
 def __getattr__(name: str):
-    if name in ("run", "load", "RunResult", "SavedModel"):
+    if name in ("run", "load", "validate", "RunResult", "SavedModel"):
         from . import api
 
         return getattr(api, name)

@@ -24,6 +24,7 @@ from .folders import RunLock
 from .inference import predict_with
 from .model_io import load_saved
 from .models import resolve_model
+from .preflight import check_paths, check_selection
 from .recipe import (
     Recipe,
     apply_cwd_paths,
@@ -89,6 +90,18 @@ def resolve_recipe(recipe: str | Path | dict | Recipe, overrides: list[str],
         return validated, Path(base_dir) if base_dir is not None else folder
     data = recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else copy.deepcopy(dict(recipe))
     return validate_recipe(apply_overrides(data, overrides)), Path(base_dir or Path.cwd())
+
+
+def validate(recipe: str | Path | dict | Recipe, *, base_dir: str | Path | None = None,
+             overrides: dict | list[str] | None = None, **keyword_overrides) -> Recipe:
+    """The recipe checked as ``hybridft validate`` checks it, without loading weights: the schema,
+    the files it names, and every stage's selection on a weightless model skeleton."""
+    validated, folder = resolve_recipe(recipe, overrides_of(overrides, keyword_overrides), base_dir)
+    problems = check_paths(validated, folder) + check_selection(validated, folder)
+    if problems:
+        raise HybridftError(f"{recipe if isinstance(recipe, (str, Path)) else 'recipe'}: {len(problems)} problem(s): "
+                            + "; ".join(problems))
+    return validated
 
 
 def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, resume: bool = False,

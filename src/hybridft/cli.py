@@ -149,13 +149,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .preflight import check_paths, check_selection
-    from .recipe import apply_cwd_paths, load_recipe
+    from .api import validate
 
-    recipe, base_dir = load_recipe(args.recipe, apply_cwd_paths(args.overrides))
-    problems = check_paths(recipe, base_dir) + check_selection(recipe, base_dir)
-    if problems:
-        raise HybridftError(f"{args.recipe}: {len(problems)} problem(s): " + "; ".join(problems))
+    recipe = validate(args.recipe, overrides=args.overrides)
     stages = " -> ".join(s.name or "+".join(c.name for c in s.select) for s in recipe.stages)
     print(f"ok: {args.recipe} ({recipe.task}; stages: {stages})")
     return 0

@@ -22,7 +22,6 @@ from pydantic import Field, model_validator
 from ..registry import OBJECTIVES
 from ..tasks import MULTI_TASK, SINGLE_HEAD_TASKS, task_loss
 from .base import Objective, ObjectiveSpec, model_inputs
-from .teachers import unwrap
 
 
 class AdversarialSpec(ObjectiveSpec):
@@ -87,7 +86,7 @@ class Adversarial(Objective):
         self.token_level = run.recipe.task == "token_classification"
 
     def loss(self, model, batch, outputs, ctx):
-        embed = unwrap(model).get_input_embeddings()
+        embed = ctx.run.processes.unwrap(model).get_input_embeddings()
         terms = []
         for inputs in self.inputs_for(batch, ctx):
             clean = outputs if inputs is batch else model(**model_inputs(inputs))

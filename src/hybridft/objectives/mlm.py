@@ -23,7 +23,6 @@ from ..model_io import read_state_dict
 from ..registry import OBJECTIVES
 from ..tasks import MULTI_TASK, SINGLE_HEAD_TASKS
 from .base import Objective, ObjectiveSpec, model_inputs
-from .teachers import unwrap
 
 
 class MLMSpec(ObjectiveSpec):
@@ -75,7 +74,7 @@ class MaskedLM(Objective):
     def on_stage_start(self, run) -> None:
         from transformers import DataCollatorForLanguageModeling
 
-        model = unwrap(run.model)
+        model = run.processes.unwrap(run.model)
         config = model.config
         self.masker = DataCollatorForLanguageModeling(run.tokenizer, mlm_probability=self.config.probability)
         self.special_ids = torch.tensor(run.tokenizer.all_special_ids, device=run.device)

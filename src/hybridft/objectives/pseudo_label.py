@@ -24,7 +24,7 @@ from ..spec import StageContext
 from ..tasks import CLASSIFICATION, task_loss
 from .base import Objective, model_inputs
 from .input_noise import student_noise
-from .teachers import TeacherSpec, build_teacher, check_ensemble, ensemble_logits, unwrap
+from .teachers import TeacherSpec, build_teacher, check_ensemble, ensemble_logits
 
 
 class PseudoLabelSpec(TeacherSpec):
@@ -94,7 +94,7 @@ class PseudoLabel(Objective):
         members = [torch.from_numpy(np.stack(predict(model, run.data.unlabeled, run.collator,
                                                       2 * (self.config.batch_size or 32), run.device,
                                                       "pseudo-labeling", run.progress)[0]))
-                   for model in self.teachers or [unwrap(run.model)]]
+                   for model in self.teachers or [run.processes.unwrap(run.model)]]
         probs = torch.softmax(ensemble_logits(members), dim=-1).numpy()  # one member: its own softmax
         ids, labels = select_confident(probs, self.config.threshold, self.config.top_k_per_class)
         if len(ids) == 0 and epoch == 0:

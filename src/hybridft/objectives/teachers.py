@@ -59,10 +59,6 @@ def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
     return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
 
 
-def unwrap(model):
-    return getattr(model, "module", model)  # a DDP-wrapped model
-
-
 def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
     if teacher == "pretrained":
         with torch.random.fork_rng(devices=[]):  # its unused new head must not move the run's RNG
@@ -70,11 +66,11 @@ def build_teacher(run, teacher: str, need_head: bool) -> torch.nn.Module:
     elif teacher == "previous":
         start = run.artifacts.stage_start_model
         # a restarted stage's snapshot is frozen already and never changes: its teachers share it
-        model = start if start is not None else copy.deepcopy(unwrap(run.model))
+        model = start if start is not None else copy.deepcopy(run.processes.unwrap(run.model))
     elif teacher == "fine_tuned":
         if run.artifacts.fine_tuned_state is None:
             raise HybridftError("teacher fine_tuned needs a mix stage before this stage")
-        model = copy.deepcopy(unwrap(run.model))
+        model = copy.deepcopy(run.processes.unwrap(run.model))
         # modules this stage added (LoRA, adapters) are still at their identity initialisation
         unexpected = model.load_state_dict(run.artifacts.fine_tuned_state, strict=False).unexpected_keys
         if unexpected:
@@ -97,7 +93,7 @@ def keep_stage_weights(run, index: int) -> None:
         del kept[name]
     name = run.recipe.stage_name(index)
     if name in needed:
-        kept[name] = {k: v.detach().clone() for k, v in unwrap(run.model).state_dict().items()}
+        kept[name] = {k: v.detach().clone() for k, v in run.processes.unwrap(run.model).state_dict().items()}
 
 
 def stage_teacher(run, name: str) -> torch.nn.Module:

@@ -1,7 +1,8 @@
 """How a run spreads over processes: the one place that knows whether there is one process or several.
 
 The loop asks the strategy to wrap the model, to skip gradient synchronisation on accumulation
-micro-batches, to back-propagate, clip, average and gather. Selectors and objectives never see it.
+micro-batches, to back-propagate, clip, average and gather. Selectors never see it; objectives only
+ask it for the model inside the wrapper (``run.processes.unwrap``).
 Accelerate (or torchrun) launches the processes and owns the process group; a strategy only uses it.
 
 - ``SingleProcess``: no wrapper, no communication.

@@ -11,7 +11,7 @@ import torch
 from ..errors import HybridftError
 from ..evaluate import evaluate_data
 from ..multitask.model import unshared
-from ..objectives.teachers import keep_stage_weights, unwrap
+from ..objectives.teachers import keep_stage_weights
 from ..selectors import since_restart, stage_structure
 from .checkpoint import (
     latest_checkpoint,
@@ -78,7 +78,7 @@ def restart_from_pretrained(run: Run) -> None:
     one with a new head, drawn from the run's random state like the first stage's. Modules earlier
     stages inserted (adapters) stay with the teacher only."""
     # the last stage's model object itself becomes the snapshot: nothing trains it any more
-    run.artifacts.stage_start_model = unwrap(run.model).eval().requires_grad_(False)
+    run.artifacts.stage_start_model = run.processes.unwrap(run.model).eval().requires_grad_(False)
     run.model = run.load_pretrained().to(run.device)
 
 
