@@ -65,7 +65,7 @@ def run_recipe(recipe: Recipe, base_dir: Path, run_dir: Path, resume: bool = Fal
                progress: bool = True) -> dict:
     """Train a validated recipe into ``run_dir`` and write its model and report; returns the report.
     The main process holds the run folder's lock throughout (one run at a time in a folder)."""
-    processes = launch(run_dir)
+    processes = launch(run_dir, recipe.distributed)
     with RunLock(run_dir) if processes.is_main else nullcontext():
         started = time.perf_counter()
         run, final = train(recipe, base_dir, run_dir, resume, overwrite, progress, processes)

@@ -241,6 +241,28 @@ AnyStage = Annotated[Union[Annotated[StageSpec, Tag("train")], Annotated[MixStag
                      Discriminator(_stage_kind)]
 
 
+class ShardedMixedPrecision(Spec):
+    """FSDP's mixed precision on GPUs: the sharded weights stay fp32 (the optimizer's master copy)."""
+
+    param_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="the dtype weights are gathered in for the forward and backward passes")
+    reduce_dtype: Literal["bfloat16", "float32"] = Field("float32", description="the dtype gradients are averaged in")
+
+
+class DistributedSpec(Spec):
+    """How several processes (torchrun / accelerate launch) share the work; ignored by one process."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every process holds the whole model and optimizer state; fsdp: each holds a "
+                           "shard of every transformer block and of the rest (PyTorch FSDP2)")
+    reshard_after_forward: bool = Field(True, description="fsdp: free the gathered weights after each block's "
+                                                          "forward (less memory, one more all-gather in backward)")
+    cpu_offload: bool = Field(False, description="fsdp: keep the sharded weights, gradients and optimizer state "
+                                                 "in CPU memory (GPU runs)")
+    mixed_precision: ShardedMixedPrecision | None = Field(None, description="fsdp on GPUs: gather and compute in "
+                                                                            "half precision")
+
+
 class OutputSpec(Spec):
     checkpoint_every: int | None = Field(None, gt=0, description="optimizer steps; default: at each evaluation")
     keep_checkpoints: int = Field(2, ge=1)
@@ -303,6 +325,8 @@ class Recipe(Spec):
     metric: str | None = Field(None, description="validation metric for keep-best/early stopping")
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="causal_lm and seq2seq")
     output: OutputSpec = Field(default_factory=OutputSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec,
+                                         description="several processes: data parallel (ddp) or sharded (fsdp)")
     compare: CompareSpec | None = Field(None, description="hybridft compare: strategies and seeds (ignored by run)")
 
     @model_validator(mode="before")

@@ -38,6 +38,11 @@ def headline(r: dict) -> list[str]:
              f"peak memory {r['peak_memory_mb']:.0f} MB.", "",
              f"Trainable parameters {r['params']['trainable']:,} of {r['params']['total']:,} "
              f"({100 * r['params']['trainable'] / max(r['params']['total'], 1):.2f}%).", ""]
+    dist = r.get("distributed")
+    if dist and dist["processes"] > 1:
+        per = ", ".join(f"{mb:.0f}" for mb in dist["peak_memory_mb_per_process"])
+        lines += [f"Distributed: {dist['strategy']} on {dist['processes']} processes; peak memory per process "
+                  f"({dist['memory']}): {per} MB.", ""]
     if r["trust_remote_code"]:
         lines += ["**trust_remote_code was ON for this run.**", ""]
     return lines

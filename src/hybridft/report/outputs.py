@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import shutil
 import time
 
@@ -18,9 +17,10 @@ def finish_run(run, final: dict, started: float) -> dict:
     if recipe.output.save_model and main:
         with guarded_write("the model folder", run.checkpoint_dir):
             save_model_folder(run, run.run_dir / "model")
+    peaks = run.processes.peak_memory_mb()
     with guarded_write("the report", run.checkpoint_dir):
         report = write_report(run, final, run.model_source, wall_time_s=time.perf_counter() - started,
-                              peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, write=main)
+                              peak_memory_mb=max(peaks), peak_memory_per_process_mb=peaks, write=main)
     run.log.close()
     run.processes.barrier()
     run.processes.end()

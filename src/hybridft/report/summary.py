@@ -14,7 +14,8 @@ from .html import read_records, render_html
 from .markdown import render_markdown
 
 
-def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float) -> dict:
+def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float,
+                 peak_memory_per_process_mb: list[float] | None = None) -> dict:
     model = run.processes.unwrap(run.model)
     total = sum(p.numel() for p in model.parameters())
     validation = final["validation"]
@@ -33,6 +34,10 @@ def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_
         "params": {"trainable": max((s["trainable_params"] for s in run.stage_reports), default=0), "total": total},
         "wall_time_s": wall_time_s,
         "peak_memory_mb": peak_memory_mb,
+        "distributed": {"strategy": run.processes.strategy, "processes": run.processes.world,
+                        "peak_memory_mb_per_process": peak_memory_per_process_mb or [peak_memory_mb],
+                        "memory": "GPU memory allocated by torch" if run.device.type == "cuda"
+                        else "peak resident memory of the process"},
         "data": run.data.stats,
         "stages": run.stage_reports,
         "mix": run.artifacts.mix_report,
@@ -44,8 +49,9 @@ def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_
     }
 
 
-def write_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float, write: bool = True) -> dict:
-    report = build_report(run, final, source, wall_time_s, peak_memory_mb)
+def write_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float,
+                 peak_memory_per_process_mb: list[float] | None = None, write: bool = True) -> dict:
+    report = build_report(run, final, source, wall_time_s, peak_memory_mb, peak_memory_per_process_mb)
     if write:
         write_atomic(run.run_dir / "report.md", render_markdown(report))
         write_atomic(run.run_dir / "report.html", render_html(report, read_records(run.run_dir / "metrics.jsonl")))

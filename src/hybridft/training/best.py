@@ -21,6 +21,7 @@ from .checkpoint import write_failure
 class BestWeights:
     def __init__(self, run, index: int, resume_from: Path | None = None):
         self.path = run.checkpoint_dir / f"best-stage{index}.safetensors"
+        self.processes = run.processes
         self.is_main = run.processes.is_main  # every process has the same weights; one file
         if self.is_main:
             self.path.unlink(missing_ok=True)
@@ -28,12 +29,14 @@ class BestWeights:
                 shutil.copy2(resume_from / self.path.name, self.path)
 
     def save(self, model: torch.nn.Module) -> None:
+        """Every process calls it (sharded weights are gathered); the main one writes."""
+        trainable = self.processes.full_tensors({n: p for n, p in model.named_parameters() if p.requires_grad})
         if not self.is_main:
             return
         tmp = self.path.with_suffix(".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, tmp)
+            save_file({n: p.detach().contiguous() for n, p in trainable.items()}, tmp)
             tmp.replace(self.path)
         except WRITE_ERRORS as e:
             tmp.unlink(missing_ok=True)

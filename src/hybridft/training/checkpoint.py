@@ -23,6 +23,7 @@ from ..errors import HybridftError
 from ..folders import WRITE_ERRORS, write_atomic
 
 LATEST = "latest"
+SHARDED = "sharded"  # in a checkpoint of a sharded (fsdp) stage: its torch.distributed.checkpoint files
 SELECTOR_STATE = "selectors.safetensors"
 
 
@@ -116,14 +117,15 @@ def rng_file(process_index: int) -> str:
 
 def save_checkpoint(root: Path, name: str, model, optimizer, scheduler, state: dict, keep: int,
                     extra_files: tuple[Path, ...] = (), extra_tensors: dict | None = None,
-                    rng_states: list[dict] | None = None) -> Path:
+                    rng_states: list[dict] | None = None, staged: bool = False) -> Path:
     """``extra_files`` (e.g. the best weights so far) are copied in, so the checkpoint is self-contained.
-    A failed write (a full disk) removes its partial folder and leaves the previous checkpoint as
-    ``latest``."""
+    ``staged``: the temporary folder already holds the processes' shards (``stage_sharded``); model and
+    optimizer are then None. A failed write (a full disk) removes its partial folder and leaves the
+    previous checkpoint as ``latest``."""
     tmp = root / f".tmp-{name}"
     try:
         return _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep, extra_files,
-                                 extra_tensors, rng_states or [rng_state()])
+                                 extra_tensors, rng_states or [rng_state()], staged)
     except WRITE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_failure(f"checkpoint {name} in {root}", e, root) from None
@@ -147,15 +149,30 @@ def guarded_write(what: str, checkpoint_dir: Path):
         raise write_failure(what, e, checkpoint_dir) from None
 
 
+def stage_sharded(root: Path, name: str, processes, model, optimizer) -> None:
+    """Every process writes its shards of model and optimizer into checkpoint ``name``'s temporary
+    folder (``torch.distributed.checkpoint``); ``save_checkpoint(..., staged=True)`` completes it."""
+    tmp = root / f".tmp-{name}"
+    if processes.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    processes.barrier()
+    with guarded_write(f"checkpoint {name} in {root}", root):
+        processes.save_sharded(tmp / SHARDED, model, optimizer)
+    processes.barrier()
+
+
 def _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep, extra_files, extra_tensors,
-                      rng_states):
+                      rng_states, staged):
     root.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if not staged:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     for extra in extra_files:
         if extra.is_file():
             shutil.copy2(extra, tmp / extra.name)
-    save_model(model, str(tmp / "model.safetensors"))
+    if model is not None:
+        save_model(model, str(tmp / "model.safetensors"))
     if extra_tensors:
         save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / SELECTOR_STATE))
     if optimizer is not None:
@@ -192,7 +209,10 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer=None, scheduler=None, process_index: int = 0) -> dict:
-    load_model(model, str(path / "model.safetensors"))
+    """Weights (model None: a sharded checkpoint, loaded by the strategy), optimizer, scheduler, this
+    process's RNG state; returns state.json's content."""
+    if model is not None:
+        load_model(model, str(path / "model.safetensors"))
     if optimizer is not None and (path / "optimizer.pt").is_file():
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     if scheduler is not None and (path / "scheduler.pt").is_file():

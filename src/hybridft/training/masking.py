@@ -8,6 +8,7 @@ unselected entries are copied back from their values at the start of the stage.
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 def union_selection(model, selectors) -> tuple[set[str], dict[str, torch.Tensor]]:
@@ -25,20 +26,30 @@ def union_selection(model, selectors) -> tuple[set[str], dict[str, torch.Tensor]
     return whole, partial
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded (FSDP) tensor, which in-place changes reach; a plain tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 class EntryMasks:
-    def __init__(self, model, masks: dict[str, torch.Tensor]):
+    """On each process's shard of each tensor: ``shard(mask, param)`` cuts a whole mask as the
+    parameter is cut (the identity when nothing is sharded)."""
+
+    def __init__(self, model, masks: dict[str, torch.Tensor], shard=lambda mask, param: mask):
         params = dict(model.named_parameters())
-        self.items = [(params[n], m.to(params[n].device), params[n].detach().clone()) for n, m in masks.items()]
+        self.items = [(params[n], shard(m, params[n]).to(local(params[n]).device), local(params[n]).detach().clone())
+                      for n, m in masks.items()]
 
     def zero_unselected_grads(self) -> None:
         for p, mask, _ in self.items:
             if p.grad is not None:
-                p.grad.mul_(mask)
+                local(p.grad).mul_(mask)
 
     def restore_unselected(self) -> None:
         with torch.no_grad():
             for p, mask, original in self.items:
-                torch.where(mask, p, original, out=p)
+                values = local(p)
+                torch.where(mask, values, original, out=values)
 
     @staticmethod
     def count(masks: dict[str, torch.Tensor]) -> int:

@@ -17,15 +17,33 @@ the prefix cache.
 
 from __future__ import annotations
 
+import copy
 import os
+import resource
 from contextlib import nullcontext
 
 import torch
+import torch.distributed.checkpoint as dcp
+from accelerate.utils import gather_object
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 
+from .. import architecture
 from ..errors import HybridftError
 
 
 class SingleProcess:
+    strategy = "single process"
+    sharded = False  # every process holds whole tensors
+
     def __init__(self, accelerator):
         self.accelerator = accelerator
 
@@ -86,8 +104,41 @@ class SingleProcess:
         """Every process's ``obj``, in process order (call it on all processes)."""
         return [obj]
 
+    def peak_memory_mb(self) -> list[float]:
+        """Each process's peak memory (call it on all processes): on a GPU what torch allocated,
+        else the process's peak resident memory."""
+        if self.device.type == "cuda":
+            mine = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return self.gather(mine)
+
+    def full_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model with whole tensors, as selectors finish it and later stages start from it."""
+        return self.unwrap(model)
+
+    def full_tensors(self, named: dict) -> dict:
+        return named
+
+    def local(self, tensor: torch.Tensor, like) -> torch.Tensor:
+        return tensor
+
+    def save_sharded(self, folder, model, optimizer) -> None:
+        """Model and optimizer state as each process holds it (``torch.distributed.checkpoint``)."""
+        dcp.save({"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)},
+                 checkpoint_id=str(folder))
+
+    def load_sharded(self, folder, model, optimizer) -> None:
+        """On any number of processes, sharded or not: the checkpoint's shards are cut again for this run."""
+        state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(state, checkpoint_id=str(folder))
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
 
 class DataParallel(SingleProcess):
+    strategy = "ddp"
+
     def wrap(self, model):
         return self.accelerator.prepare_model(model)
 
@@ -105,14 +156,77 @@ class DataParallel(SingleProcess):
         return dict(zip(names, means.tolist(), strict=True))
 
     def gather(self, obj):
-        from accelerate.utils import gather_object
-
         return gather_object([obj])
 
 
-def launch(run_dir) -> SingleProcess:
+class Sharded(DataParallel):
+    """FSDP2 (``fully_shard``): every transformer block and the rest of the model are sharded over the
+    processes, so each holds about 1/N of the weights, gradients and optimizer state while a stage
+    trains. At the stage's end the weights are gathered into a plain model (``full_model``), which
+    selectors finish (LoRA merges), later stages start from, and checkpoints between stages hold.
+    Inside a stage, checkpoints are sharded (``torch.distributed.checkpoint``)."""
+
+    strategy = "fsdp"
+    sharded = True
+
+    def __init__(self, accelerator, spec):
+        super().__init__(accelerator)
+        self.spec = spec
+        self.mesh = init_device_mesh(self.device.type, (self.world,))
+        self.skeleton = None
+
+    def wrap(self, model):
+        self.skeleton = structural_clone(model)  # the plain model's shape, to gather the weights into
+        options = {"mesh": self.mesh, "reshard_after_forward": self.spec.reshard_after_forward}
+        if self.spec.cpu_offload:
+            options["offload_policy"] = CPUOffloadPolicy()
+        if self.spec.mixed_precision is not None:
+            mp = self.spec.mixed_precision
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=getattr(torch, mp.param_dtype),
+                                                        reduce_dtype=getattr(torch, mp.reduce_dtype))
+        for _, stack in architecture.layer_stacks(model):
+            for block in stack:
+                fully_shard(block, **options)
+        fully_shard(model, **options)
+        return model
+
+    def unwrap(self, model):
+        return model
+
+    def no_sync(self, wrapped, sync):
+        wrapped.set_requires_gradient_sync(sync)
+        return nullcontext()
+
+    def full_model(self, model):
+        """The trained weights gathered into a plain (unsharded) copy of the model; every process."""
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        plain, self.skeleton = self.skeleton, None
+        plain.load_state_dict(state, assign=True)
+        if getattr(plain.config, "tie_word_embeddings", False) and hasattr(plain, "tie_weights"):
+            plain.tie_weights()
+        return plain
+
+    def full_tensors(self, named: dict) -> dict:
+        """Whole tensors of sharded parameters (every process takes part)."""
+        return {n: p.full_tensor() if isinstance(p, DTensor) else p for n, p in named.items()}
+
+    def local(self, tensor: torch.Tensor, like) -> torch.Tensor:
+        """This process's shard of a whole tensor shaped as the parameter ``like``."""
+        if not isinstance(like, DTensor):
+            return tensor
+        return distribute_tensor(tensor, like.device_mesh, like.placements, src_data_rank=None).to_local()
+
+def structural_clone(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree whose parameters are on the meta device (no memory) and whose
+    buffers are real (small: position ids, rotary tables), to load whole weights into later."""
+    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
+def launch(run_dir, spec=None) -> SingleProcess:
     """The strategy for the processes this run was launched with (``accelerate launch`` / ``torchrun``
-    set WORLD_SIZE)."""
+    set WORLD_SIZE) and the recipe's ``distributed`` section."""
     from accelerate import Accelerator
 
     # Accelerate only sets up CPU processes (gloo) when told to use the CPU
@@ -121,6 +235,13 @@ def launch(run_dir) -> SingleProcess:
     launched = accelerator.distributed_type.name
     if launched in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         # the loop restores masked entries in place and saves full state dicts: correct under DDP
-        raise HybridftError(f"accelerate launched with {launched}: hybridft trains with data parallelism (DDP) only "
-                            "so far; launch with --multi_gpu (see configs/accelerate/)")
-    return DataParallel(accelerator) if accelerator.num_processes > 1 else SingleProcess(accelerator)
+        raise HybridftError(f"accelerate launched with {launched}: hybridft shards with its own FSDP2 "
+                            "(distributed.strategy: fsdp); launch with --multi_gpu or torchrun (see configs/accelerate/)")
+    if accelerator.mixed_precision == "fp16":  # its gradient scaler would step on scaled gradients
+        raise HybridftError("accelerate launched with --mixed_precision fp16, which hybridft does not support; set "
+                            "model.precision: bf16 in the recipe (or distributed.mixed_precision for fsdp)")
+    if accelerator.num_processes == 1:
+        return SingleProcess(accelerator)
+    if spec is not None and spec.strategy == "fsdp":
+        return Sharded(accelerator, spec)
+    return DataParallel(accelerator)

@@ -36,6 +36,19 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     check_output(run_dir, RUN_MARKER, overwrite, flag="--resume to continue it or --overwrite")
 
 
+def check_shardable(recipe, processes) -> None:
+    """What cannot train sharded yet, refused before anything is loaded."""
+    if recipe.task == MULTI_TASK:
+        raise HybridftError("distributed.strategy fsdp: multi-task recipes train with ddp for now")
+    if processes.device.type == "cpu" and (recipe.distributed.cpu_offload or recipe.distributed.mixed_precision):
+        raise HybridftError("distributed.cpu_offload and distributed.mixed_precision are for GPU runs")
+    for i, stage in enumerate(recipe.training_stages):
+        for o in stage.objectives:
+            if o.weight > 0 and o.unshardable:
+                raise HybridftError(f"stage {stage.name or i}: objective {o.name} {o.unshardable}; "
+                                    "use distributed.strategy: ddp")
+
+
 def check_model_fits(recipe, base_dir: Path) -> None:
     """Every stage's selection and the max length, on a weightless skeleton: before anything is written."""
     problems = check_paths(recipe, base_dir) + check_selection(recipe, base_dir)
@@ -60,8 +73,10 @@ def load_inputs(recipe, base_dir: Path, source: str, tokenizer):
 def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
               progress: bool = True, processes=None) -> Run:
     """Several processes (accelerate launch, torchrun): all check and load, then only the main one writes."""
-    processes = processes or launch(run_dir)
+    processes = processes or launch(run_dir, recipe.distributed)
     check_run_dir(run_dir, resume, overwrite)
+    if processes.sharded:
+        check_shardable(recipe, processes)
     set_seed(recipe.seed)
     source = resolve_model(recipe.model.name, base_dir)
     tokenizer = load_tokenizer(source, recipe.model.trust_remote_code)

@@ -20,6 +20,7 @@ from ..registry import OBJECTIVES
 from ..tasks import GENERATIVE_TASKS, MULTI_TASK, lower_is_better
 from .best import BestWeights
 from .checkpoint import (
+    SHARDED,
     guarded_write,
     load_checkpoint,
     objective_state,
@@ -28,6 +29,7 @@ from .checkpoint import (
     save_checkpoint,
     saved_artifacts,
     selector_state,
+    stage_sharded,
 )
 from .masking import EntryMasks
 from .optim import build_optimizer, build_scheduler
@@ -106,13 +108,11 @@ class Stage:
         optimizer = build_optimizer(spec.optimizer, selection.model, lr_overrides, extra)
         scheduler = build_scheduler(spec.scheduler, optimizer, total)
         best = BestWeights(run, index, resume_from)
-        state = StageState(stage=index)
-        if resume_from is not None:
-            state = StageState.from_json(load_checkpoint(resume_from, selection.model, optimizer, scheduler,
-                                                         process_index=run.processes.rank)["stage_state"])
+        state = StageState(stage=index) if resume_from is None else \
+            resume_stage(run, resume_from, selection.model, optimizer, scheduler)
         run.processes.barrier()
         # after loading: the entries a mask leaves out are kept at their stage-start values
-        masks = EntryMasks(selection.model, selection.masks) if selection.masks else None
+        masks = EntryMasks(selection.model, selection.masks, run.processes.local) if selection.masks else None
         trainable = [p for p in selection.model.parameters() if p.requires_grad] + list(extra)
         return cls(run, index, spec, name, selection, objectives, examples, total, optimizer, scheduler, best,
                    state, wrapped, extra, trainable, cache, note, masks)
@@ -280,20 +280,26 @@ class Stage:
             return
         reports, tensors = saved_artifacts(run)
         rng_states = process_rng_states(run.processes)
+        name, sharded = f"step-{run.global_step}", run.processes.sharded
+        if sharded:  # every process writes its shards; the main process completes the checkpoint
+            stage_sharded(run.checkpoint_dir, name, run.processes, self.model, self.optimizer)
         if run.processes.is_main:
-            save_checkpoint(run.checkpoint_dir, f"step-{run.global_step}", self.model, self.optimizer, self.scheduler,
+            save_checkpoint(run.checkpoint_dir, name, None if sharded else self.model,
+                            None if sharded else self.optimizer, self.scheduler,
                             {"stage_state": self.state.to_json(), "global_step": run.global_step,
                              "log_lines": run.log.lines, "stage_reports": run.stage_reports, "artifacts": reports},
                             run.recipe.output.keep_checkpoints, extra_files=(self.best.path,),
                             extra_tensors={**selector_state(self.selection.selectors),
                                            **objective_state(self.objectives), **tensors},
-                            rng_states=rng_states)
+                            rng_states=rng_states, staged=sharded)
         run.processes.barrier()
 
     def close(self) -> dict:
-        """Restore the best weights if asked, let selectors and objectives finish; the stage's report."""
-        run, model = self.run, self.model
+        """Gather the weights (sharded ones into a plain model), restore the best ones if asked, let
+        selectors and objectives finish; the stage's report."""
+        run = self.run
         run.processes.barrier()  # the best weights are written by the main process
+        model = run.processes.full_model(self.model)
         if self.spec.keep_best:
             self.best.restore(model)
         export = run.recipe.single_selector()
@@ -306,6 +312,17 @@ class Stage:
             o.on_stage_end(run)
         run.model = model
         return stage_report(self)
+
+
+def resume_stage(run, checkpoint, model, optimizer, scheduler) -> StageState:
+    """Where the stage was at ``checkpoint``: weights and optimizer state (sharded ones through the
+    strategy, on any number of processes), scheduler, this process's RNG."""
+    sharded = (checkpoint / SHARDED).is_dir()
+    if sharded:
+        run.processes.load_sharded(checkpoint / SHARDED, model, optimizer)
+    state = load_checkpoint(checkpoint, None if sharded else model, None if sharded else optimizer, scheduler,
+                            process_index=run.processes.rank)
+    return StageState.from_json(state["stage_state"])
 
 
 def micro_batches_per_epoch(run, examples: list[dict], batch_size: int) -> int:

