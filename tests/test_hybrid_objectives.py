@@ -346,7 +346,7 @@ def test_an_ensemble_of_teachers_labels_the_pool_with_their_mean_probabilities(m
         list({"A": sure, "B": leaning}[model]), None))
     run = SimpleNamespace(recipe=SimpleNamespace(task="classification"), data=SimpleNamespace(
         unlabeled=[{}] * 2, unlabeled_gold=None, label_names=["neg", "pos"]), collator=None, device="cpu",
-        progress=False, model=None, global_step=0, log=SimpleNamespace(write=lambda step, row: None))
+        progress=False, model=None, global_step=0, log=SimpleNamespace(write=lambda step, row: None), processes=None)
     objective = pl.PseudoLabel(pl.PseudoLabelSpec(threshold=0.7, teacher=["stage:a", "stage:b"]))
     objective.on_stage_start(run)
     # means: [0.6, 0.4] (below 0.7) and [0.75, 0.25]; the first alone keeps both rows, the second row 0 as pos

@@ -146,3 +146,44 @@ def test_the_stages_table_scores_the_weights_each_stage_kept():
     assert kept_evaluation({**stage, "keep_best": True}) == "accuracy 0.9000 (best)"
     assert kept_evaluation({**stage, "keep_best": False}) == "accuracy 0.7000 (last)"  # the weights handed on
     assert kept_evaluation({"best_metric": {"accuracy": None, "step": None}, "evaluations": []}) == "not evaluated"
+
+
+def test_evaluation_split_across_processes_gives_exactly_the_one_process_results(tiny_model, sentiment_csv):
+    """Each process computes every world-th batch (the last ones repeat a batch so that all run the
+    same number of forward passes); gathered and added up in one process's order, the logits and the
+    loss are those of one process, bit for bit."""
+    import numpy as np
+
+    from hybridft.evaluate import my_batches, predict
+
+    from .helpers import tiny_classifier, tokenized
+
+    data = tokenized(tiny_model, base_recipe(tiny_model, sentiment_csv))
+    model = tiny_classifier(tiny_model)
+    from hybridft.data.collate import collator_for
+    from hybridft.models import load_tokenizer
+
+    collator = collator_for("classification", load_tokenizer(str(tiny_model)))
+    examples = data.train + data.validation  # 80 rows: 11 batches of 8 on 2 processes
+    alone, loss = predict(model, examples, collator, 8, "cpu", progress=False)
+
+    class Waiting(Exception):
+        """The other process has not given its share yet (two processes played one after the other)."""
+
+    class Process:
+        world, shares = 2, {}
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def gather(self, obj):
+            Process.shares[self.rank] = obj
+            if len(Process.shares) < self.world:
+                raise Waiting
+            return [Process.shares[r] for r in range(self.world)]
+
+    with pytest.raises(Waiting):
+        predict(model, examples, collator, 8, "cpu", progress=False, processes=Process(1))
+    split, split_loss = predict(model, examples, collator, 8, "cpu", progress=False, processes=Process(0))
+    assert split_loss == loss and all(np.array_equal(a, b) for a, b in zip(alone, split, strict=True))
+    assert my_batches(11, Process(0)) == [0, 2, 4, 6, 8, 10] and my_batches(11, Process(1)) == [1, 3, 5, 7, 9, 9]

@@ -47,34 +47,54 @@ def tagging_metrics(pred_tags: list[list[str]], gold_tags: list[list[str]]) -> d
     }
 
 
+def my_batches(count: int, processes) -> list[int]:
+    """The batches this process computes: every world-th one, repeated at the end so that every process
+    runs as many forward passes as the others (sharded weights gather in every forward)."""
+    if processes is None or processes.world == 1:
+        return list(range(count))
+    mine = list(range(processes.rank, count, processes.world))
+    turns = -(-count // processes.world)
+    return mine + [mine[-1] if mine else 0] * (turns - len(mine))
+
+
 @torch.no_grad()
 def predict(model, examples: list[dict], collator, batch_size: int, device, desc: str = "eval",
-            progress: bool = True) -> tuple[list, float]:
+            progress: bool = True, processes=None) -> tuple[list, float]:
     """Per-example logits (numpy, unpadded for tokens) in input order, and the mean loss where
-    examples carry labels (NaN otherwise)."""
+    examples carry labels (NaN otherwise). With ``processes`` (rank, world, gather) each process
+    computes a share of the batches and all get every result, added up in the order one process
+    would: the same numbers, bit for bit."""
     was_training = model.training
     model.eval()
-    outputs: list = [None] * len(examples)
-    loss_sum, loss_n = 0.0, 0
     batches = length_sorted_batches(examples, batch_size)
-    for idx in track(batches, desc, progress):
+    done: dict[int, tuple[list, float, int]] = {}  # batch -> (per-example logits, loss x labels, labels)
+    for b in track(my_batches(len(batches), processes), desc, progress):
+        idx = batches[b]
         batch = {k: v.to(device) for k, v in collator([examples[i] for i in idx]).items()}
         labels = batch.pop("labels", None)
         logits = model(**batch).logits.float()
-        if labels is not None:
-            n = int((labels != IGNORE_INDEX).sum())
-            loss_sum += float(task_loss(logits, labels)) * n
-            loss_n += n
+        n = int((labels != IGNORE_INDEX).sum()) if labels is not None else 0
+        loss = float(task_loss(logits, labels)) * n if labels is not None else 0.0
         lengths = batch["attention_mask"].sum(dim=1).tolist()
-        for row, i in enumerate(idx):
-            outputs[i] = logits[row, : lengths[row]].cpu().numpy() if logits.dim() == 3 else logits[row].cpu().numpy()
+        rows = [logits[row, : lengths[row]].cpu().numpy() if logits.dim() == 3 else logits[row].cpu().numpy()
+                for row in range(len(idx))]
+        done[b] = (rows, loss, n)
+    if processes is not None and processes.world > 1:
+        done = {b: result for part in processes.gather(done) for b, result in part.items()}
     model.train(was_training)
+    outputs: list = [None] * len(examples)
+    loss_sum, loss_n = 0.0, 0
+    for b, idx in enumerate(batches):
+        rows, loss, n = done[b]
+        loss_sum, loss_n = loss_sum + loss, loss_n + n
+        for row, i in enumerate(idx):
+            outputs[i] = rows[row]
     return outputs, (loss_sum / loss_n if loss_n else float("nan"))
 
 
 def evaluate(model, examples: list[dict], task: str, label_names: list[str], collator, batch_size: int, device,
-             desc: str = "eval", progress: bool = True) -> dict:
-    logits, loss = predict(model, examples, collator, batch_size, device, desc, progress)
+             desc: str = "eval", progress: bool = True, processes=None) -> dict:
+    logits, loss = predict(model, examples, collator, batch_size, device, desc, progress, processes)
     return metrics_from_scores(examples, logits, task, label_names, loss)
 
 
@@ -112,13 +132,13 @@ def evaluate_data(run, model, split: str, batch_size: int, desc: str, progress: 
         if examples is None:
             return None
         return evaluate(model, examples, data.task, data.label_names, run.collator, batch_size, run.device, desc,
-                        progress)
+                        progress, run.processes)
     per_task = {}
     for i, (name, task) in enumerate(zip(data.names, data.tasks, strict=True)):
         examples = data.split(i, split)
         if examples is not None:
             per_task[name] = evaluate(model, examples, task.task, task.label_names, run.collator, batch_size,
-                                      run.device, f"{desc} {name}", progress)
+                                      run.device, f"{desc} {name}", progress, run.processes)
     if not per_task:
         return None
     primary = dict(zip(data.names, data.metrics, strict=True))

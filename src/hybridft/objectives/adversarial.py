@@ -88,7 +88,7 @@ class Adversarial(Objective):
         self.token_level = run.recipe.task == "token_classification"
 
     def loss(self, model, batch, outputs, ctx):
-        embed = ctx.run.processes.unwrap(model).get_input_embeddings()
+        embed = (ctx.module or model).get_input_embeddings()
         terms = []
         for inputs in self.inputs_for(batch, ctx):
             clean = outputs if inputs is batch else model(**model_inputs(inputs))

@@ -66,6 +66,7 @@ class StepContext:
     batch_size: int  # of the stage: extra batches have this size (across all processes)
     rank: int = 0  # this process and how many there are: each takes its share of every batch
     world: int = 1
+    module: object = None  # the model inside its DDP wrapper, for what is not its forward (embeddings)
     _unlabeled: tuple | None = field(default=None, repr=False)
 
     def shard(self, ids: list[int]) -> list[int]:

@@ -212,7 +212,8 @@ class Distill(Objective):
         self.precomputed = True
         if self.generative or run.data.task == "multi_task" or not examples:
             return
-        members = [predict(t, examples, run.collator, TEACHER_BATCH_SIZE, run.device, "teacher", run.progress)[0]
+        members = [predict(t, examples, run.collator, TEACHER_BATCH_SIZE, run.device, "teacher", run.progress,
+                           run.processes)[0]
                    for t in self.teachers]
         for i in range(len(examples)):
             logits = [torch.from_numpy(m[i]).to(run.device) for m in members]

@@ -93,7 +93,7 @@ class PseudoLabel(Objective):
         run = self.run
         members = [torch.from_numpy(np.stack(predict(model, run.data.unlabeled, run.collator,
                                                       2 * (self.config.batch_size or 32), run.device,
-                                                      "pseudo-labeling", run.progress)[0]))
+                                                      "pseudo-labeling", run.progress, run.processes)[0]))
                    for model in self.teachers or [run.processes.unwrap(run.model)]]
         probs = torch.softmax(ensemble_logits(members), dim=-1).numpy()  # one member: its own softmax
         ids, labels = select_confident(probs, self.config.threshold, self.config.top_k_per_class)

@@ -120,7 +120,7 @@ def ensemble_search(run, fine_model, pre_state: dict, grid: list[float], probe_s
 
     def probabilities(model, examples):
         return [_softmax(x) for x in predict(model, examples, run.collator, batch, run.device, "ensemble eval",
-                                             run.progress)[0]]
+                                             run.progress, run.processes)[0]]
 
     def mixed_metrics(a, p_pre, p_fine, examples):
         mixed = [a * p + (1 - a) * f for p, f in zip(p_pre, p_fine, strict=True)]

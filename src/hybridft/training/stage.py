@@ -163,7 +163,7 @@ class Stage:
         # each micro-batch counts by its examples, so accumulation equals one batch of the group
         share = len(batches[micro]) / sum(len(b) for b in group)
         ctx = StepContext(run, stage_seed(run, self.index), st.draw, batches[micro], self.labeled,
-                          self.spec.batch_size, run.processes.rank, run.processes.world)
+                          self.spec.batch_size, run.processes.rank, run.processes.world, self.model)
         ctx.batch_ids = ctx.shard(batches[micro])  # this process's part of the global batch
         batch = ctx.collate([self.examples[i] for i in ctx.batch_ids])
         with run.processes.no_sync(self.wrapped, sync=is_update):
