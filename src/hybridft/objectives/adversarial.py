@@ -39,8 +39,7 @@ class AdversarialSpec(ObjectiveSpec):
         return self.method != "smart"
 
     tasks: ClassVar[tuple[str, ...]] = (*SINGLE_HEAD_TASKS, MULTI_TASK)
-    unshardable: ClassVar[str | None] = "perturbs the word embeddings outside the model's forward, which fsdp " \
-                                        "keeps sharded there"
+    reads_embeddings: ClassVar[bool] = True  # it perturbs their output
 
     def unsupported(self, task: str) -> str | None:
         if self.method == "smart" and task == MULTI_TASK:

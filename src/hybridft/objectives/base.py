@@ -29,8 +29,8 @@ class ObjectiveSpec(MethodSpec):
     tasks: ClassVar[tuple[str, ...]] = SINGLE_HEAD_TASKS
     needs_labels: ClassVar[bool] = True  # reads the batch's labels
     needs_pretrained_state: ClassVar[bool] = False  # reads M_pre's weights (kept in memory for it)
-    # why it cannot train with sharded weights (fsdp), or None: it may only use the model through its forward
-    unshardable: ClassVar[str | None] = None
+    # uses the word embeddings outside the model's forward: fsdp keeps them whole on every process then
+    reads_embeddings: ClassVar[bool] = False
 
     @property
     def key(self) -> str:

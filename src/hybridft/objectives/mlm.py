@@ -32,8 +32,7 @@ class MLMSpec(ObjectiveSpec):
     source: Literal["batch", "unlabeled", "both"] = "batch"
     needs_labels: ClassVar[bool] = False
     tasks: ClassVar[tuple[str, ...]] = (*SINGLE_HEAD_TASKS, MULTI_TASK)
-    unshardable: ClassVar[str | None] = "ties its decoder to the word embeddings outside the model's forward, " \
-                                        "which fsdp keeps sharded there"
+    reads_embeddings: ClassVar[bool] = True  # its decoder is tied to them
 
 
 class MaskedLMHead(torch.nn.Module):

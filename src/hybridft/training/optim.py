@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import get_scheduler
 
 
@@ -11,14 +12,15 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float,
     """Biases and norm weights (1-d tensors) get no weight decay, as in BERT's recipe; selectors may
     give some parameters their own learning rate. ``extra`` are parameters outside the model that
     train with it (an objective's MLM head)."""
-    groups: dict[tuple[bool, float], list] = {}
+    groups: dict[tuple[bool, float, bool], list] = {}
     named = [*model.named_parameters(), *((f"objective.{i}", p) for i, p in enumerate(extra))]
     for name, p in named:
         if p.requires_grad:
-            key = (p.ndim >= 2, (lr_overrides or {}).get(name, lr))
+            # sharded (FSDP) and whole tensors never share a group: the fused update takes one kind
+            key = (p.ndim >= 2, (lr_overrides or {}).get(name, lr), isinstance(p, DTensor))
             groups.setdefault(key, []).append(p)
     return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": group_lr}
-            for (decay, group_lr), ps in groups.items()]
+            for (decay, group_lr, _), ps in groups.items()]
 
 
 def build_optimizer(spec, model: torch.nn.Module, lr_overrides: dict[str, float] | None = None, extra: tuple = ()):

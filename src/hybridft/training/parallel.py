@@ -76,8 +76,9 @@ class SingleProcess:
     def end(self) -> None:
         self.accelerator.end_training()
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the training forward pass runs through (the model itself for one process)."""
+    def wrap(self, model: torch.nn.Module, replicated: tuple = ()) -> torch.nn.Module:
+        """The module the training forward pass runs through (the model itself for one process).
+        ``replicated``: parameters every process must hold whole (read outside the forward)."""
         return model
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -139,7 +140,7 @@ class SingleProcess:
 class DataParallel(SingleProcess):
     strategy = "ddp"
 
-    def wrap(self, model):
+    def wrap(self, model, replicated=()):
         return self.accelerator.prepare_model(model)
 
     def no_sync(self, wrapped, sync):
@@ -174,9 +175,13 @@ class Sharded(DataParallel):
         self.spec = spec
         self.mesh = init_device_mesh(self.device.type, (self.world,))
         self.skeleton = None
+        self.replicated: tuple = ()
 
-    def wrap(self, model):
+    def wrap(self, model, replicated=()):
+        """Shards every block, then the rest; ``replicated`` parameters stay whole on every process (their
+        gradients are averaged by ``average_gradients``, like an objective's own parameters)."""
         self.skeleton = structural_clone(model)  # the plain model's shape, to gather the weights into
+        self.replicated = tuple(replicated)
         options = {"mesh": self.mesh, "reshard_after_forward": self.spec.reshard_after_forward}
         if self.spec.cpu_offload:
             options["offload_policy"] = CPUOffloadPolicy()
@@ -187,8 +192,11 @@ class Sharded(DataParallel):
         for _, stack in architecture.layer_stacks(model):
             for block in stack:
                 fully_shard(block, **options)
-        fully_shard(model, **options)
+        fully_shard(model, **options, ignored_params=set(self.replicated) or None)
         return model
+
+    def average_gradients(self, parameters) -> None:
+        super().average_gradients((*parameters, *self.replicated))
 
     def unwrap(self, model):
         return model

@@ -42,11 +42,6 @@ def check_shardable(recipe, processes) -> None:
         raise HybridftError("distributed.strategy fsdp: multi-task recipes train with ddp for now")
     if processes.device.type == "cpu" and (recipe.distributed.cpu_offload or recipe.distributed.mixed_precision):
         raise HybridftError("distributed.cpu_offload and distributed.mixed_precision are for GPU runs")
-    for i, stage in enumerate(recipe.training_stages):
-        for o in stage.objectives:
-            if o.weight > 0 and o.unshardable:
-                raise HybridftError(f"stage {stage.name or i}: objective {o.name} {o.unshardable}; "
-                                    "use distributed.strategy: ddp")
 
 
 def check_model_fits(recipe, base_dir: Path) -> None:

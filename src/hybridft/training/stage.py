@@ -102,7 +102,10 @@ class Stage:
         examples = run.data.train if spec.data == "labeled" else run.data.unlabeled
         total = spec.max_steps or spec.epochs * math.ceil(micro_batches_per_epoch(run, examples, spec.batch_size)
                                                           / spec.grad_accum_steps)
-        wrapped = run.processes.wrap(selection.model)
+        # the word embeddings stay whole on every process when an objective reads them outside the forward
+        replicated = (selection.model.get_input_embeddings().weight,) if any(o.config.reads_embeddings
+                                                                            for o in objectives) else ()
+        wrapped = run.processes.wrap(selection.model, replicated)
         lr_overrides = {k: v for s in selection.selectors for k, v in s.lr_overrides(selection.model).items()}
         extra = tuple(p for o in objectives for p in o.trainable_parameters())
         optimizer = build_optimizer(spec.optimizer, selection.model, lr_overrides, extra)
