@@ -127,3 +127,20 @@ def test_what_cannot_train_sharded_is_refused(tiny_model, sentiment_csv, conll_f
     ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(ours) == 2 and "hybridft/" not in done.stderr  # one line per process, no traceback of ours
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("launched, mixed, expected", [
+    ("FSDP", "no", "hybridft shards with its own FSDP2"),
+    ("DEEPSPEED", "no", "hybridft shards with its own FSDP2"),
+    ("MULTI_CPU", "fp16", "--mixed_precision fp16, which hybridft does not support"),
+])
+def test_launches_hybridft_cannot_honour_are_refused(monkeypatch, tmp_path, launched, mixed, expected):
+    from types import SimpleNamespace
+
+    from hybridft.errors import HybridftError
+    from hybridft.training import parallel
+
+    fake = SimpleNamespace(distributed_type=SimpleNamespace(name=launched), mixed_precision=mixed, num_processes=2)
+    monkeypatch.setattr(parallel, "Accelerator", lambda **kwargs: fake)
+    with pytest.raises(HybridftError, match=expected):
+        parallel.launch(tmp_path)

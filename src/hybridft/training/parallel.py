@@ -24,6 +24,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed.checkpoint as dcp
+from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -235,8 +236,6 @@ def structural_clone(model: torch.nn.Module) -> torch.nn.Module:
 def launch(run_dir, spec=None) -> SingleProcess:
     """The strategy for the processes this run was launched with (``accelerate launch`` / ``torchrun``
     set WORLD_SIZE) and the recipe's ``distributed`` section."""
-    from accelerate import Accelerator
-
     # Accelerate only sets up CPU processes (gloo) when told to use the CPU
     several_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(log_with="tensorboard", project_dir=str(run_dir), cpu=several_on_cpu)

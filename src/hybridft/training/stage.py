@@ -302,6 +302,7 @@ class Stage:
         selectors and objectives finish; the stage's report."""
         run = self.run
         run.processes.barrier()  # the best weights are written by the main process
+        self.optimizer.state.clear()  # done with: its memory is free before the weights are gathered
         model = run.processes.full_model(self.model)
         if self.spec.keep_best:
             self.best.restore(model)
