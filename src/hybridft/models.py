@@ -85,18 +85,44 @@ def note_ignored_code(source: str, trusted: bool, used: str) -> None:
               f"true; the stock {used} is used instead", file=sys.stderr)
 
 
-def load_tokenizer(source: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
+def tokenizer_class(source: str):
+    """The tokenizer class a local folder names (tokenizer_config.json), else AutoTokenizer. AutoTokenizer
+    prefers the model family's own class: a Qwen2 folder saved with a BERT tokenizer would load as
+    Qwen2Tokenizer, which adds an end token (<|endoftext|>) the folder's vocabulary does not have."""
+    import transformers
 
+    config = Path(source) / "tokenizer_config.json"
+    try:
+        named = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
+    except (ValueError, OSError):
+        named = None
+    for name in (f"{named}Fast", named) if named else ():
+        if hasattr(transformers, name):
+            return getattr(transformers, name)
+    return transformers.AutoTokenizer
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
     quiet_transformers()  # e.g. "sequence longer than the maximum": hybridft truncates, packs and counts itself
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = tokenizer_class(source).from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise HybridftError(f"cannot load a tokenizer from {source}: {str(e).splitlines()[0]}"
                             f"{remote_code_hint(source, trust_remote_code)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise HybridftError(f"{source} has no fast tokenizer; hybridft needs one for word alignment")
     return tokenizer
+
+
+def fit_vocabulary(model, tokenizer) -> str | None:
+    """Grow the embeddings of a model whose tokenizer has more tokens than it has rows (a token added
+    on top of the vocabulary it was trained with); returns the note for the report when it did."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= rows:
+        return None
+    model.resize_token_embeddings(len(tokenizer))
+    return (f"the tokenizer has {len(tokenizer)} tokens, the model's embeddings had {rows} rows: they grew to "
+            f"{len(tokenizer)} (the new rows start as transformers initialises them)")
 
 
 def load_model(source: str, task: str, label_names: list[str], trust_remote_code: bool = False):

@@ -12,7 +12,6 @@ with adapters holds the base weights in standard form plus ``adapters.safetensor
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar, Literal
 
 import torch
@@ -23,13 +22,6 @@ from .. import architecture
 from ..errors import HybridftError
 from ..registry import SELECTORS
 from .base import Selector, SelectorSpec
-
-# The output projection of each sublayer in common architectures (name relative to one layer).
-SUBLAYER_OUTPUTS = {
-    "attention": re.compile(r"^(attention\.output\.dense|attn\.c_proj|self_attn\.out_proj|attention\.out_lin|"
-                            r"layer\.0\.SelfAttention\.o)$"),
-    "ffn": re.compile(r"^(output\.dense|mlp\.c_proj|fc2|ffn\.lin2|layer\.1\.DenseReluDense\.wo)$"),
-}
 
 
 class AdapterSpec(SelectorSpec):
@@ -69,19 +61,17 @@ class WithAdapter(nn.Module):
     def forward(self, *args, **kwargs):
         return self.adapter(self.base(*args, **kwargs))
 
-
-def _out_features(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    weight = getattr(module, "weight", None)  # GPT-2's Conv1D stores [in, out]
-    if weight is not None and weight.dim() == 2:
-        return weight.shape[-1]
-    raise HybridftError(f"cannot place an adapter after a {type(module).__name__}")
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped projection's, for models that read it (T5's feed-forward checks its dtype)."""
+        return self.base.weight
 
 
 def wrap_with_adapter(model: nn.Module, module_name: str, bottleneck: int, nonlinearity: str) -> None:
     module = model.get_submodule(module_name)
-    adapter = Bottleneck(_out_features(module), bottleneck, nonlinearity).to(next(module.parameters()).device)
+    projection = architecture.projections(module)[0][2]
+    adapter = Bottleneck(architecture.out_features(projection), bottleneck, nonlinearity).to(
+        next(module.parameters()).device)
     parent, _, child = module_name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, WithAdapter(module, adapter))
 
@@ -97,19 +87,19 @@ def insert_adapters(model: nn.Module, spec: AdapterSpec) -> list[str]:
     prefix, stack = architecture.main_layer_stack(model)
     indices = architecture.checked_layer_indices(spec.layers, model, "adapter.layers") \
         if spec.layers is not None else range(len(stack))
-    wrapped = []
+    hidden, wrapped = architecture.hidden_size(model), []
     for i in indices:
         layer = stack[i]
-        targets = [(rel, m) for rel, m in layer.named_modules()
-                   if any(SUBLAYER_OUTPUTS[p].match(rel) for p in spec.placement)]
-        for rel, module in targets:
-            if not isinstance(module, WithAdapter):  # an earlier stage's adapter is kept, not doubled
-                size = _out_features(module)
-                wrap_with_adapter(model, f"{prefix}.{i}.{rel}", max(1, size // spec.reduction_factor),
+        outputs = architecture.sublayer_outputs(layer, hidden)
+        order = [name for name, _ in layer.named_modules()]  # model order, whatever the placement order
+        for rel in sorted((outputs[p] for p in spec.placement if p in outputs), key=order.index):
+            if not isinstance(layer.get_submodule(rel), WithAdapter):  # an earlier stage's is kept, not doubled
+                wrap_with_adapter(model, f"{prefix}.{i}.{rel}", max(1, hidden // spec.reduction_factor),
                                   spec.nonlinearity)
             wrapped.append(f"{prefix}.{i}.{rel}")
     if not wrapped:
-        raise HybridftError(f"adapter: found no {'/'.join(spec.placement)} sublayer output in {type(model).__name__}")
+        raise HybridftError(f"adapter: found no {'/'.join(spec.placement)} sublayer output in {type(model).__name__} "
+                            "(no projection to the hidden size in its blocks)")
     return wrapped
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from pydantic import Field
 
 from .. import architecture
@@ -23,8 +24,9 @@ class LoraSpec(SelectorSpec):
     r: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"],
-                                      description="module name suffixes (or one regex) to adapt")
+    target_modules: list[str] | None = Field(
+        None, description="module name suffixes to adapt; default: the query and value projections of the model "
+                          "at hand (peft's table of architectures), else every projection of its attention")
     layers: list[int] | None = Field(None, description="only these layer indices (default: all)")
     head: bool = Field(True, description="the task head trains too")
     merge: bool = Field(True, description="merge into the base weights at stage end")
@@ -38,18 +40,34 @@ def peft_config(spec: LoraSpec, model):
     head_modules = sorted({n.rpartition(".")[0].replace(".base_layer", "") for n in architecture.head_param_names(model)
                            if ".lora_" not in n})
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules, fan_in_fan_out=targets_conv1d(spec, model),
+                      target_modules=lora_targets(spec, model), fan_in_fan_out=targets_conv1d(spec, model),
                       layers_to_transform=architecture.checked_layer_indices(spec.layers, model, "lora.layers")
                       if spec.layers is not None else None,
                       layers_pattern=architecture.main_layer_stack(model)[0].split(".")[-1] if spec.layers else None,
                       exclude_modules=head_modules or None, modules_to_save=head_modules or None)
 
 
+def lora_targets(spec: LoraSpec, model) -> list[str]:
+    """The recipe's target modules, or the model's own attention projections."""
+    if spec.target_modules is not None:
+        return spec.target_modules
+    known = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(getattr(model.config, "model_type", None))
+    if known:
+        return list(known)
+    _, stack = architecture.main_layer_stack(model)
+    attention = architecture.attention_modules(stack[0])
+    if not attention:
+        raise HybridftError(f"lora: found no attention in the blocks of {type(model).__name__}; name the modules to "
+                            "adapt in lora.target_modules")
+    return sorted({name.rsplit(".", 1)[-1] for name, _, _ in architecture.projections(stack[0].get_submodule(
+        attention[0]))})
+
+
 def targets_conv1d(spec: LoraSpec, model) -> bool:
     """GPT-2 stores its projections as Conv1D (weight transposed), which LoRA must be told about."""
     from transformers.pytorch_utils import Conv1D
 
-    return any(isinstance(m, Conv1D) and name.rsplit(".", 1)[-1] in spec.target_modules
+    return any(isinstance(m, Conv1D) and name.rsplit(".", 1)[-1] in lora_targets(spec, model)
                for name, m in model.named_modules())
 
 
@@ -101,7 +119,8 @@ class Lora(Selector):
         try:
             model = inject_adapter_in_model(config, model)
         except ValueError as e:
-            raise HybridftError(f"lora.target_modules {self.config.target_modules}: {str(e).splitlines()[0]}") from None
+            raise HybridftError(f"lora.target_modules {lora_targets(self.config, model)}: "
+                                f"{str(e).splitlines()[0]}") from None
         return model
 
     def trainable(self, model):

@@ -12,7 +12,7 @@ from ..data import load_task_data
 from ..data.collate import collator_for
 from ..errors import HybridftError
 from ..folders import RUN_MARKER, check_output, clear_folder, mark, write_atomic
-from ..generative.data import load_generative_data
+from ..generative.data import ensure_pad_token, load_generative_data
 from ..models import load_model, load_tokenizer, resolve_model
 from ..multitask.data import MultiTaskCollator, load_multitask_data
 from ..multitask.model import MultiTaskModel
@@ -59,9 +59,14 @@ def load_inputs(recipe, base_dir: Path, source: str, tokenizer):
                   for t, labels in zip(recipe.tasks, data.label_names.values(), strict=True)}
         collator = MultiTaskCollator([collator_for(t.task, tokenizer) for t in recipe.tasks])
         return data, MultiTaskModel(models), collator
-    data = load_generative_data(recipe, base_dir, tokenizer) if recipe.task in GENERATIVE_TASKS \
-        else load_task_data(recipe, base_dir, tokenizer)
-    model = load_recipe_model(recipe, source, base_dir, tokenizer, data.label_names)
+    if recipe.task in GENERATIVE_TASKS:
+        data = load_generative_data(recipe, base_dir, tokenizer)
+    else:
+        padding = ensure_pad_token(tokenizer)  # batches are padded: a decoder's tokenizer may have no pad token
+        data = load_task_data(recipe, base_dir, tokenizer)
+        if padding:
+            data.stats["pad_token"] = padding
+    model = load_recipe_model(recipe, source, base_dir, tokenizer, data.label_names, notes=data.stats)
     return data, model, collator_for(recipe.task, tokenizer, model)
 
 

@@ -14,7 +14,7 @@ import torch
 from ..data import TaskData
 from ..errors import HybridftError
 from ..generative.models import decoder_source, load_generative_model
-from ..models import load_model
+from ..models import fit_vocabulary, load_model
 from ..recipe import Recipe
 from ..selectors import since_restart, stage_structure
 from ..tasks import GENERATIVE_TASKS
@@ -117,10 +117,20 @@ class StageState:
         return cls(**data)
 
 
-def load_recipe_model(recipe, source: str, base_dir: Path, tokenizer, label_names: list[str]):
+def load_recipe_model(recipe, source: str, base_dir: Path, tokenizer, label_names: list[str],
+                      notes: dict | None = None):
     """The recipe's model as its task needs it: a classification or tagging head, a causal LM, or a
-    seq2seq model (possibly an encoder-decoder built from two pretrained models)."""
+    seq2seq model (possibly an encoder-decoder built from two pretrained models). Its embeddings grow
+    to the tokenizer's size where they are smaller, and a head that reads the last token (decoders)
+    knows the pad token; ``notes`` gets a line for the report about what was changed."""
     if recipe.task in GENERATIVE_TASKS:
-        return load_generative_model(source, recipe.task, tokenizer, decoder_source(recipe.model.decoder, base_dir),
-                                     recipe.model.trust_remote_code)
-    return load_model(source, recipe.task, label_names, recipe.model.trust_remote_code)
+        model = load_generative_model(source, recipe.task, tokenizer, decoder_source(recipe.model.decoder, base_dir),
+                                      recipe.model.trust_remote_code)
+    else:
+        model = load_model(source, recipe.task, label_names, recipe.model.trust_remote_code)
+        if getattr(model.config, "pad_token_id", None) is None:  # last-token pooling skips the padding by it
+            model.config.pad_token_id = tokenizer.pad_token_id
+    grown = fit_vocabulary(model, tokenizer)
+    if grown and notes is not None:
+        notes["vocabulary"] = grown
+    return model
