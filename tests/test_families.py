@@ -119,3 +119,36 @@ def test_validate_refuses_what_cannot_work(family_models, sentiment_csv, family)
     with pytest.raises(HybridftError, match="top_k=9 but the model has only 4 layers"):
         validate(deep)
     assert validate_recipe(recipe_for(family_models[family], "classification", sentiment_csv, SELECTORS["union"]))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_gradient_checkpointing_trains_the_same_weights(family_models, sentiment_csv, tmp_path, family):
+    """With frozen embeddings and LoRA on a frozen base (where reentrant checkpointing would lose the
+    gradient), checkpointed activations give the weights of a run that keeps them."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from .helpers import train_and_load
+
+    folder = tmp_path / "nodrop"
+    import shutil
+
+    shutil.copytree(family_models[family], folder)
+    config = AutoConfig.from_pretrained(folder)
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "resid_pdrop",
+                "embd_pdrop", "attn_pdrop"):
+        if hasattr(config, key):
+            setattr(config, key, 0.0)
+    config.save_pretrained(folder)
+    select = [{"name": "lora", "r": 2}, {"name": "layers", "top_k": 1, "head": True}]
+    plain = recipe_for(folder, "classification", sentiment_csv, select)
+    checkpointed = recipe_for(folder, "classification", sentiment_csv, select)
+    checkpointed["model"]["gradient_checkpointing"] = True
+    assert make_run(checkpointed, tmp_path / "probe").model.is_gradient_checkpointing
+    _, a = train_and_load(plain, tmp_path / "plain")
+    _, b = train_and_load(checkpointed, tmp_path / "checkpointed")
+    pretrained = load_file(folder / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    lora_target = next(k for k in a if k.endswith(".weight") and ("q_proj" in k or "query" in k or "c_attn" in k))
+    base = pretrained.get(lora_target.split(".", 1)[1], pretrained.get(lora_target))
+    assert base is None or not torch.equal(a[lora_target], base)  # LoRA trained (and was merged)

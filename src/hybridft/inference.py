@@ -11,6 +11,7 @@ from .data.collate import collator_for
 from .data.prepare import check_labels, encode, read_rows
 from .errors import HybridftError
 from .evaluate import evaluate
+from .generative.chat import encode_chat, prompt_ids
 from .generative.data import bos_id, encode_causal, encode_seq2seq, read_generative_rows
 from .generative.evaluate import teacher_forced_metrics
 from .generative.generate import generate_texts
@@ -56,6 +57,8 @@ def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: 
     max_length = meta.get("max_length", 128)
     if task == "seq2seq":
         examples, _ = encode_seq2seq(rows, tokenizer, cols, max_length, meta.get("max_target_length", 128))
+    elif cols.messages:
+        examples, _ = encode_chat([r[cols.messages] for r in rows], tokenizer, max_length)
     else:
         examples, _ = encode_causal(rows, tokenizer, cols, max_length, packing=False)
     device = device_for(model)
@@ -90,6 +93,8 @@ def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: i
     max_length = meta.get("max_length", 128)
     if meta["task"] == "seq2seq":
         inputs = tokenizer(lines, truncation=True, max_length=max_length)["input_ids"]
+    elif meta.get("chat"):  # the line as the user's turn, with the template's prompt for the answer
+        inputs = prompt_ids(tokenizer, lines, max_length)
     else:  # the prompt as training encoded it: [bos] prompt, no end token
         start = bos_id(tokenizer)
         inputs = [([start] if start is not None else []) + ids[-(max_length - 1):]

@@ -70,7 +70,8 @@ def save_model_folder(run, path: Path) -> None:
                 "columns": recipe.data.columns.model_dump(), "labels": run.data.label_names}
         if recipe.task in GENERATIVE_TASKS:
             meta.update(max_target_length=recipe.model.max_target_length, generation=recipe.generation.model_dump(),
-                        languages=recipe.data.languages.model_dump() if recipe.data.languages else None)
+                        languages=recipe.data.languages.model_dump() if recipe.data.languages else None,
+                        chat=bool(recipe.data.columns.messages))
             set_generation_defaults(model, recipe.generation)
         save_folder(model, run.tokenizer, meta, path)
         return

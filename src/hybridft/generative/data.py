@@ -19,6 +19,7 @@ from ..data.prepare import TaskData, resolve_path, seeded_subset, split_train
 from ..data.readers import read_table
 from ..errors import HybridftError
 from ..tasks import IGNORE_INDEX
+from .chat import check_messages, encode_chat
 
 
 def eos_id(tokenizer) -> int | None:
@@ -52,9 +53,18 @@ def roles(task: str, cols) -> dict[str, str]:
     return {"text": cols.text}
 
 
+def read_conversations(frame, column: str, where: str) -> tuple[list[dict], dict]:
+    if column not in frame.columns:
+        raise HybridftError(f"{where}: no column {column!r}; columns are {', '.join(map(str, frame.columns))}")
+    rows = [{column: check_messages(value, where)} for value in frame[column].tolist()]
+    return rows, {"rows_read": len(rows), "rows_kept": len(rows)}
+
+
 def read_generative_rows(data, task: str, base_dir: Path, split: str, deduplicate: bool) -> tuple[list[dict], dict]:
     path = resolve_path(getattr(data, split), base_dir)
     frame = read_table(path, data.format, task, split, data.bad_rows, data.languages, data.columns)
+    if data.columns.messages:
+        return read_conversations(frame, data.columns.messages, f"{split} data {path.name}")
     columns = roles(task, data.columns)
     rows, counts = clean_rows(frame, list(columns.values()), [], None, data.clean.strip, False,
                               data.clean.drop_duplicates and deduplicate, where=f"{split} data {path.name}")
@@ -147,6 +157,12 @@ def load_generative_data(recipe, base_dir: Path, tokenizer) -> TaskData:
             encoded[name], counts = encode_seq2seq(rows, tokenizer, data.columns, recipe.model.max_length,
                                                    recipe.model.max_target_length)
             texts[name] = [(r[data.columns.source], r[data.columns.target]) for r in rows]
+        elif data.columns.messages:
+            encoded[name], counts = encode_chat([r[data.columns.messages] for r in rows], tokenizer,
+                                                recipe.model.max_length)
+            if not encoded[name]:
+                raise HybridftError(f"{name} data: no conversation has an assistant turn within "
+                                    f"model.max_length ({recipe.model.max_length} tokens): {counts}")
         else:
             encoded[name], counts = encode_causal(rows, tokenizer, data.columns, recipe.model.max_length, data.packing)
             if not encoded[name]:

@@ -43,8 +43,12 @@ def check_single_task(recipe) -> None:
         raise ValueError("tasks: only for task multi_task")
     if recipe.task in GENERATIVE_TASKS:
         check_generative(recipe)
-    elif recipe.model.decoder or recipe.data.packing:
-        raise ValueError(f"{'model.decoder' if recipe.model.decoder else 'data.packing'}: only for generative tasks")
+    elif recipe.model.decoder or recipe.data.packing or recipe.data.columns.messages:
+        key = "model.decoder" if recipe.model.decoder else "data.packing" if recipe.data.packing else \
+            "data.columns.messages"
+        raise ValueError(f"{key}: only for generative tasks")
+    if recipe.model.chat_template and not recipe.data.columns.messages:
+        raise ValueError("model.chat_template: for data.columns.messages (chat fine-tuning)")
     valid = metrics_of(recipe.task)
     if recipe.metric is not None and recipe.metric not in valid:
         raise ValueError(f"metric {recipe.metric!r} is not reported for {recipe.task}; valid: {', '.join(valid)}")
@@ -105,6 +109,8 @@ def check_pooling(recipe, i: int, stage) -> None:
 def check_generative(recipe) -> None:
     if recipe.data.packing and recipe.task != "causal_lm":
         raise ValueError("data.packing: only for causal_lm")
+    if recipe.data.columns.messages and (recipe.task != "causal_lm" or recipe.data.packing or recipe.data.columns.prompt):
+        raise ValueError("data.columns.messages: for causal_lm, without packing or a prompt column")
     if recipe.model.decoder and recipe.task != "seq2seq":
         raise ValueError("model.decoder: only for seq2seq")
     if recipe.metric in ("bleu", "chrf") and not recipe.generation.evaluate:

@@ -38,6 +38,11 @@ class ModelSpec(Spec):
                                                   "this as decoder (a folder, a hub name or 'embedded'); the "
                                                   "cross-attention is new")
     max_target_length: int = Field(128, gt=1, le=8192, description="seq2seq: target tokens (longer ones truncated)")
+    chat_template: str | None = Field(None, description="causal_lm with data.columns.messages: a Jinja chat template, "
+                                                        "or a file holding one; replaces the tokenizer's and is "
+                                                        "saved with the model")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass instead of "
+                                                            "keeping them: less memory, about a third more compute")
 
 
 class Columns(Spec):
@@ -47,6 +52,9 @@ class Columns(Spec):
     tokens: str = "tokens"
     tags: str = "tags"
     prompt: str | None = Field(None, description="causal_lm: the prompt column; the loss then covers the response only")
+    messages: str | None = Field(None, description="causal_lm: a column of conversations, each a list of {role, "
+                                                    "content} turns (JSONL); rendered with the chat template, the "
+                                                    "loss covers the assistant's turns only")
     response: str = "response"
     source: str = "source"
     target: str = "target"

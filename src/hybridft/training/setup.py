@@ -12,6 +12,7 @@ from ..data import load_task_data
 from ..data.collate import collator_for
 from ..errors import HybridftError
 from ..folders import RUN_MARKER, check_output, clear_folder, mark, write_atomic
+from ..generative.chat import template_text, use_template
 from ..generative.data import ensure_pad_token, load_generative_data
 from ..models import load_model, load_tokenizer, resolve_model
 from ..multitask.data import MultiTaskCollator, load_multitask_data
@@ -60,6 +61,9 @@ def load_inputs(recipe, base_dir: Path, source: str, tokenizer):
         collator = MultiTaskCollator([collator_for(t.task, tokenizer) for t in recipe.tasks])
         return data, MultiTaskModel(models), collator
     if recipe.task in GENERATIVE_TASKS:
+        if recipe.data.columns.messages:
+            template = recipe.model.chat_template
+            use_template(tokenizer, template_text(template, base_dir) if template else None)
         data = load_generative_data(recipe, base_dir, tokenizer)
     else:
         padding = ensure_pad_token(tokenizer)  # batches are padded: a decoder's tokenizer may have no pad token

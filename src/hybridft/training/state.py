@@ -133,4 +133,16 @@ def load_recipe_model(recipe, source: str, base_dir: Path, tokenizer, label_name
     grown = fit_vocabulary(model, tokenizer)
     if grown and notes is not None:
         notes["vocabulary"] = grown
+    if recipe.model.gradient_checkpointing:
+        enable_checkpointing(model)
     return model
+
+
+def enable_checkpointing(model) -> None:
+    """Activations recomputed in backward. The non-reentrant kind needs no gradient on the inputs, so
+    it works with frozen embeddings and with LoRA or adapters on a frozen base."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise HybridftError(f"model.gradient_checkpointing: {type(model).__name__} does not support it")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False  # a cache of keys and values is of no use in training

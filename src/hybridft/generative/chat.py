@@ -1,0 +1,96 @@
+"""Chat fine-tuning: conversations (``[{role, content}, ...]``) rendered with a chat template, the loss
+on the assistant's turns only.
+
+A conversation is rendered once; each assistant turn's characters are found by rendering the
+conversation up to the turn (with the template's generation prompt) and up to its end: the tokens
+whose characters fall between the two are the turn's, and carry labels; every other token (system,
+user, the template's own markup) is labelled -100. So a multi-turn row teaches every assistant turn
+and none of the user's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import HybridftError
+from ..tasks import IGNORE_INDEX
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def template_text(value: str, base_dir: Path) -> str:
+    """``model.chat_template``: a Jinja string, or a file holding one (relative to the recipe)."""
+    if "{" in value:
+        return value
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        raise HybridftError(f"model.chat_template: {value} is neither a Jinja template nor a file")
+    return path.read_text(encoding="utf-8")
+
+
+def use_template(tokenizer, template: str | None) -> None:
+    """The recipe's template replaces the tokenizer's (and is saved with it); with neither, an error."""
+    if template is not None:
+        tokenizer.chat_template = template
+    if not getattr(tokenizer, "chat_template", None):
+        raise HybridftError("data.columns.messages: the tokenizer has no chat template; give one in "
+                            "model.chat_template (a Jinja string or a file)")
+
+
+def check_messages(value, where: str) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise HybridftError(f"{where}: a conversation is a list of {{role, content}} turns, found {value!r:.60}")
+    for turn in value:
+        if turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+            raise HybridftError(f"{where}: a turn needs a role ({', '.join(ROLES)}) and text content, found "
+                                f"{turn!r:.60}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def render(tokenizer, messages: list[dict], prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+
+
+def assistant_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]]:
+    """Character spans of the assistant's turns in the rendered conversation ``text``."""
+    spans = []
+    for k, turn in enumerate(messages):
+        if turn["role"] != "assistant":
+            continue
+        before, upto = render(tokenizer, messages[:k], prompt=True), render(tokenizer, messages[:k + 1])
+        if not (text.startswith(upto) and upto.startswith(before)):
+            raise HybridftError("the chat template does not render a conversation as the sum of its turns, so "
+                                "the assistant's tokens cannot be found; use a template that does")
+        spans.append((len(before), len(upto)))
+    return spans
+
+
+def encode_chat(conversations: list[list[dict]], tokenizer, max_length: int) -> tuple[list[dict], dict]:
+    """Token ids with labels on the assistant's tokens; rows without an assistant turn, or whose
+    first assistant token lies beyond ``max_length``, are skipped and counted."""
+    examples, counts = [], {"truncated": 0, "skipped_no_assistant": 0, "skipped_prompt_too_long": 0}
+    for messages in conversations:
+        if not any(m["role"] == "assistant" for m in messages):
+            counts["skipped_no_assistant"] += 1
+            continue
+        text = render(tokenizer, messages)
+        spans = assistant_spans(tokenizer, messages, text)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        labels = [t if any(a <= start and end <= b for a, b in spans) and end > start else IGNORE_INDEX
+                  for t, (start, end) in zip(ids, enc["offset_mapping"], strict=True)]
+        if len(ids) > max_length:
+            counts["truncated"] += 1
+            ids, labels = ids[:max_length], labels[:max_length]
+        if all(x == IGNORE_INDEX for x in labels):
+            counts["skipped_prompt_too_long"] += 1
+            continue
+        examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return examples, counts
+
+
+def prompt_ids(tokenizer, lines: list[str], max_length: int) -> list[list[int]]:
+    """Each line as the user's turn, rendered with the generation prompt: what the model answers."""
+    texts = [render(tokenizer, [{"role": "user", "content": line}], prompt=True) for line in lines]
+    return [ids[-max_length:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
