@@ -152,3 +152,13 @@ def test_gradient_checkpointing_trains_the_same_weights(family_models, sentiment
     lora_target = next(k for k in a if k.endswith(".weight") and ("q_proj" in k or "query" in k or "c_attn" in k))
     base = pretrained.get(lora_target.split(".", 1)[1], pretrained.get(lora_target))
     assert base is None or not torch.equal(a[lora_target], base)  # LoRA trained (and was merged)
+
+
+def test_the_prefix_cache_says_why_it_is_off_for_a_decoder(family_models, sentiment_csv, tmp_path):
+    from .helpers import train_and_load
+
+    recipe = recipe_for(family_models["llama"], "classification", sentiment_csv, SELECTORS["layers"], prefix_cache={})
+    report, _ = train_and_load(recipe, tmp_path / "run")
+    assert report["stages"][0]["prefix_cache"].startswith("off: the cache serves BERT-family encoders; "
+                                                          "LlamaForSequenceClassification has no embeddings module")
+    assert "Prefix cache off: the cache serves" in (tmp_path / "run" / "report.md").read_text()

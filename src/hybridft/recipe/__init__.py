@@ -1,5 +1,5 @@
-"""The recipe: YAML validated by pydantic. ``schema`` holds the sections, ``checks`` what no section
-can check alone, ``io`` files, ``extends:`` and overrides."""
+"""The recipe: YAML validated by pydantic. ``schema`` holds the recipe and its stages, ``sections`` the
+settings sections, ``checks`` what no section can check alone, ``io`` files, ``extends:`` and overrides."""
 
 from .io import (
     apply_cwd_paths,
@@ -12,18 +12,8 @@ from .io import (
     resolved_recipe_text,
     validate_recipe,
 )
-from .schema import (
-    Columns,
-    DataSpec,
-    GenerationSpec,
-    LanguagePair,
-    MixSpec,
-    MixStageSpec,
-    ModelSpec,
-    OptimizerSpec,
-    Recipe,
-    StageSpec,
-)
+from .schema import MixStageSpec, Recipe, StageSpec
+from .sections import Columns, DataSpec, GenerationSpec, LanguagePair, MixSpec, ModelSpec, OptimizerSpec
 
 __all__ = ["Columns", "DataSpec", "GenerationSpec", "LanguagePair", "MixSpec", "MixStageSpec", "ModelSpec",
            "OptimizerSpec", "Recipe", "StageSpec",

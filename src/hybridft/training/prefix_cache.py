@@ -131,6 +131,16 @@ class PrefixCache:
                 "hits": self.hits, "computed": self.misses}
 
 
+def unsupported(model: nn.Module) -> str | None:
+    """Why the cache cannot serve this model (it replays the output of an ``embeddings`` module that
+    feeds the layers, as BERT-family encoders have; decoders embed and position inside their layers)."""
+    base_name = architecture.base_prefix(model)
+    base = getattr(model, base_name) if base_name else model
+    if hasattr(base, "embeddings"):
+        return None
+    return f"off: the cache serves BERT-family encoders; {type(model).__name__} has no embeddings module feeding its layers"
+
+
 def frozen_depth(model: nn.Module) -> int:
     """How many bottom layers, with the embeddings, have no trainable parameter (0: no prefix)."""
     base_name = architecture.base_prefix(model)

@@ -33,7 +33,7 @@ from .checkpoint import (
 )
 from .masking import EntryMasks
 from .optim import build_optimizer, build_scheduler
-from .prefix_cache import PrefixCache, prefix_cache_for_stage
+from .prefix_cache import PrefixCache, prefix_cache_for_stage, unsupported
 from .selection import Selection
 from .state import StageState
 
@@ -343,6 +343,8 @@ def open_prefix_cache(run, spec, name: str, model, objectives) -> tuple[PrefixCa
         raise HybridftError(f"stage {name}: prefix_cache runs on one process for now; remove it for several")
     if any(o.needs_hidden_states for o in objectives):  # layer indices would shift with the prefix left out
         return None, "off: an objective reads every layer's hidden states"
+    if unsupported(model):
+        return None, unsupported(model)
     cache = prefix_cache_for_stage(run, model, spec.prefix_cache.max_mb)
     return cache, None if cache else "off: nothing below the trained layers is frozen"
 

@@ -1,0 +1,210 @@
+"""The recipe's sections that hold settings only (model, data, optimizer, output...); the stages and
+the recipe itself are in ``schema``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..spec import Spec
+
+
+class ModelSpec(Spec):
+    name: str | None = Field(None, description="local HF folder or hub name; empty = embedded MiniLM")
+    max_length: int = Field(128, gt=1, le=8192, description="tokens per example (longer inputs truncated)")
+    trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off by default)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="training forward passes: bf16 autocast (weights, gradients and optimizer stay fp32) "
+                            "or fp32; auto = bf16 on a GPU that supports it, fp32 elsewhere")
+    decoder: str | None = Field(None, description="seq2seq: build an encoder-decoder with model.name as encoder and "
+                                                  "this as decoder (a folder, a hub name or 'embedded'); the "
+                                                  "cross-attention is new")
+    max_target_length: int = Field(128, gt=1, le=8192, description="seq2seq: target tokens (longer ones truncated)")
+    chat_template: str | None = Field(None, description="causal_lm with data.columns.messages: a Jinja chat template, "
+                                                        "or a file holding one; replaces the tokenizer's and is "
+                                                        "saved with the model")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass instead of "
+                                                            "keeping them: less memory, about a third more compute")
+
+
+class Columns(Spec):
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+    tokens: str = "tokens"
+    tags: str = "tags"
+    prompt: str | None = Field(None, description="causal_lm: the prompt column; the loss then covers the response only")
+    messages: str | None = Field(None, description="causal_lm: a column of conversations, each a list of {role, "
+                                                    "content} turns (JSONL); rendered with the chat template, the "
+                                                    "loss covers the assistant's turns only")
+    response: str = "response"
+    source: str = "source"
+    target: str = "target"
+
+
+class CleanSpec(Spec):
+    strip: bool = True
+    drop_empty: bool = True
+    drop_duplicates: bool = True
+
+
+class UnlabeledSpec(Spec):
+    path: str = Field(description="file or load_from_disk folder with text (labels, if present, are only used "
+                                  "to check pseudo-labels)")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll", "disk"] = "auto"
+    max_samples: int | None = Field(None, gt=0, description="seeded subset of the pool")
+    drop_overlap: bool = Field(True, description="drop texts that also occur in train, validation or test")
+    min_words: int | None = Field(None, gt=0, description="keep only texts of at least this many words (a pool "
+                                                          "closer to the text the model will see, e.g. sentences "
+                                                          "rather than fragments)")
+
+
+class LanguagePair(Spec):
+    source: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    target: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class DataSpec(Spec):
+    train: str = Field(description="file (csv/tsv/json/jsonl/parquet/CoNLL) or load_from_disk folder")
+    validation: str | None = Field(None, description="if absent, a seeded split of train")
+    test: str | None = None
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll", "disk", "txt", "parallel"] = "auto"
+    columns: Columns = Field(default_factory=Columns)
+    labels: list[str] | None = Field(None, description="label names in id order; inferred if absent")
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    max_train_samples: int | None = Field(None, gt=0, description="seeded subset of train")
+    max_eval_samples: int | None = Field(None, gt=0, description="seeded subset of validation/test")
+    clean: CleanSpec = Field(default_factory=CleanSpec)
+    bad_rows: Literal["error", "skip"] = Field("error", description="malformed csv/tsv/jsonl lines: stop with "
+                                                                    "an error naming the line, or skip and count")
+    unlabeled: UnlabeledSpec | None = Field(None, description="text without labels for mlm, pseudo_label, "
+                                                               "distill, contrastive and adversarial")
+    languages: LanguagePair | None = Field(None, description="parallel text: files named with {lang} in their path, "
+                                                              "e.g. train.{lang}.gz with source de, target en")
+    packing: bool = Field(False, description="causal_lm: concatenate examples and cut them into blocks of "
+                                             "model.max_length tokens (no padding)")
+
+    @model_validator(mode="after")
+    def _labels_unique(self):
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("data.labels has duplicates")
+        return self
+
+
+class OptimizerSpec(Spec):
+    name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd and rmsprop only")
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+
+# get_scheduler names that need nothing but warmup and total steps (others need metrics or extra settings)
+
+
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+
+
+class SchedulerSpec(Spec):
+    name: str = Field("linear", description="a transformers.get_scheduler name: " + ", ".join(SCHEDULERS))
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio")
+
+    @model_validator(mode="after")
+    def _known(self):
+        if self.name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.name!r}; valid: {', '.join(SCHEDULERS)}")
+        return self
+
+
+class EarlyStoppingSpec(Spec):
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class PrefixCacheSpec(Spec):
+    max_mb: float = Field(1024, ge=0, description="memory for cached outputs; examples beyond it are recomputed")
+
+
+class MixSpec(Spec):
+    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1,
+                                description="weights of the pretrained model to evaluate, each in [0, 1]")
+    refine: Literal["golden"] | None = Field(None, description="golden-section search around the best alpha")
+    refine_steps: int = Field(6, ge=2)
+    per_layer: bool = Field(False, description="then tune embeddings/lower/upper/head alphas one at a time")
+    ensemble: bool = Field(False, description="also compare output-level mixing with M_pre + a trained head")
+    probe_steps: int = Field(100, ge=1, description="head-only steps that give M_pre its head (for ensemble)")
+    learn: bool = Field(False, description="also learn sigmoid-bounded mixing coefficients on training data")
+    learn_granularity: Literal["part", "tensor"] = "part"
+    learn_steps: int = Field(100, ge=1)
+    learn_lr: float = Field(0.05, gt=0)
+    rule: Literal["best", "one_se"] = Field("best", description="best: the best validation score; one_se: the "
+                                            "mix closest to M_fine within one standard error of the best "
+                                            "(guards against choosing on noise with small validation sets)")
+
+    @model_validator(mode="after")
+    def _in_range(self):
+        bad = [a for a in self.alphas if not 0 <= a <= 1]
+        if bad:
+            raise ValueError(f"alpha must be in [0, 1], got {bad[0]}")
+        return self
+
+
+class GenerationSpec(Spec):
+    """How text is generated, for evaluation (seq2seq BLEU/chrF) and for ``hybridft predict``."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    num_beams: int = Field(1, ge=1, description="1: greedy (or sampling); more: beam search")
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    evaluate: bool = Field(True, description="seq2seq: generate during evaluation (BLEU, chrF); off: loss only")
+    uncased: bool | None = Field(None, description="compare lower-cased, accent-stripped text (default: when the "
+                                                   "tokenizer is uncased, which cannot produce case or accents)")
+
+
+class ShardedMixedPrecision(Spec):
+    """FSDP's mixed precision on GPUs: the sharded weights stay fp32 (the optimizer's master copy)."""
+
+    param_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="the dtype weights are gathered in for the forward and backward passes")
+    reduce_dtype: Literal["bfloat16", "float32"] = Field("float32", description="the dtype gradients are averaged in")
+
+
+class DistributedSpec(Spec):
+    """How several processes (torchrun / accelerate launch) share the work; ignored by one process."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every process holds the whole model and optimizer state; fsdp: each holds a "
+                           "shard of every transformer block and of the rest (PyTorch FSDP2)")
+    reshard_after_forward: bool = Field(True, description="fsdp: free the gathered weights after each block's "
+                                                          "forward (less memory, one more all-gather in backward)")
+    cpu_offload: bool = Field(False, description="fsdp: keep the sharded weights, gradients and optimizer state "
+                                                 "in CPU memory (GPU runs)")
+    mixed_precision: ShardedMixedPrecision | None = Field(None, description="fsdp on GPUs: gather and compute in "
+                                                                            "half precision")
+
+
+class OutputSpec(Spec):
+    checkpoint_every: int | None = Field(None, gt=0, description="optimizer steps; default: at each evaluation")
+    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints_after_run: bool = Field(False, description="keep checkpoints/ once the run has finished")
+    save_model: bool = True
+
+
+class SamplingSpec(Spec):
+    strategy: Literal["proportional", "temperature", "round_robin"] = Field(
+        "proportional", description="which task the next batch comes from")
+    temperature: float = Field(2.0, ge=1, description="temperature: task probability ~ size^(1/T)")
+
+
+class CompareSpec(Spec):
+    """Defaults for ``hybridft compare`` on this recipe (its command-line options win)."""
+
+    strategies: list[str] = Field(min_length=1, description="presets (full, layers, lora, adapter, importance, "
+                                                            "head) or recipe files, relative to this recipe")
+    seeds: int = Field(1, ge=1, description="seeds per strategy: the recipe's seed, +1, ...")
