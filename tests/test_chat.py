@@ -94,3 +94,33 @@ def test_chat_columns_are_checked_by_validate(llama, tmp_path):
     with pytest.raises(HybridftError, match="model.chat_template: for data.columns.messages"):
         validate_recipe({"task": "causal_lm", "model": {"chat_template": TEMPLATE}, "data": {"train": "x.txt"},
                          "stages": [{}]})
+
+
+@pytest.mark.integration
+def test_the_shipped_chat_and_decoder_recipes_run_on_real_data(llama, tmp_path):
+    """recipes/chat-sft.yaml and recipes/decoder-classification.yaml on SST-2 with a tiny Llama in
+    model.name (the user's folder goes there), shortened by overrides."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "sst2" / "train.tsv").is_file():
+        pytest.skip("../shared/data is absent")
+    root = Path(__file__).resolve().parents[1]
+    made = subprocess.run([sys.executable, str(root / "examples" / "make_chat_data.py"), "--train-rows", "64",
+                           "--out", str(tmp_path / "chat")], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "t.jinja").write_text(TEMPLATE)
+    chat = main(["run", str(root / "recipes" / "chat-sft.yaml"), "--out", str(tmp_path / "sft"), "--no-progress",
+                 f"model.name={llama}", f"model.chat_template={tmp_path / 't.jinja'}", "stages.0.max_steps=2",
+                 f"data.train={tmp_path / 'chat' / 'train.jsonl'}", f"data.validation={tmp_path / 'chat' / 'dev.jsonl'}",
+                 "data.max_eval_samples=16"])
+    assert chat == 0
+    labelled = json.loads((tmp_path / "sft" / "report.json").read_text())["metrics"]
+    assert labelled["perplexity"] > 1
+    classify = main(["run", str(root / "recipes" / "decoder-classification.yaml"), "--out", str(tmp_path / "cls"),
+                     "--no-progress", f"model.name={llama}", "data.max_train_samples=64", "data.max_eval_samples=32",
+                     "stages.0.max_steps=2"])
+    assert classify == 0

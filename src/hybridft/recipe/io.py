@@ -130,7 +130,7 @@ def rebase_paths(data: dict, from_dir: Path, to_dir: Path) -> dict:
             section["unlabeled"]["path"] = moved(section["unlabeled"]["path"])
     model = data.get("model")
     if isinstance(model, dict):
-        for key in ("name", "decoder"):
+        for key in ("name", "decoder", "chat_template"):
             if key in model and model[key] != "embedded":
                 model[key] = moved(model[key])
     for stage in data.get("stages") or []:
@@ -186,7 +186,7 @@ def validate_recipe(data: dict, path: str | Path = "recipe") -> Recipe:
         raise HybridftError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems)) from None
 
 
-PATH_KEYS = ("data.train", "data.validation", "data.test", "model.name", "model.decoder")
+PATH_KEYS = ("data.train", "data.validation", "data.test", "model.name", "model.decoder", "model.chat_template")
 
 
 def cwd_path(key: str, value):
