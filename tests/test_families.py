@@ -162,3 +162,17 @@ def test_the_prefix_cache_says_why_it_is_off_for_a_decoder(family_models, sentim
     assert report["stages"][0]["prefix_cache"].startswith("off: the cache serves BERT-family encoders; "
                                                           "LlamaForSequenceClassification has no embeddings module")
     assert "Prefix cache off: the cache serves" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_new_head_trains_by_default_a_pretrained_lm_head_does_not(family_models, sentiment_csv, text_lines,
+                                                                   tmp_path):
+    from hybridft.training.loop import build_selection
+
+    for task, data, head_trains in (("classification", sentiment_csv, True), ("causal_lm", text_lines, False)):
+        run = make_run(recipe_for(family_models["llama"], task, data, [{"name": "lora", "r": 2}]), tmp_path / task)
+        selection = build_selection(run, run.recipe.stages[0], "s")
+        head = "score.weight" if task == "classification" else "lm_head.weight"
+        assert selection.model.get_parameter(head).requires_grad is head_trains
+    explicit = recipe_for(family_models["llama"], "causal_lm", text_lines, [{"name": "lora", "r": 2, "head": True}])
+    run = make_run(explicit, tmp_path / "explicit")
+    assert build_selection(run, run.recipe.stages[0], "s").model.get_parameter("lm_head.weight").requires_grad

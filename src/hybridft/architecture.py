@@ -134,6 +134,15 @@ def head_param_names(model: nn.Module) -> list[str]:
     return names
 
 
+def trains_head(head: bool | None, model: nn.Module) -> bool:
+    """A selector's ``head`` setting; unset, the head trains when it is new (a classifier, a tagger)
+    and not when it is a language model's pretrained LM head."""
+    if head is not None:
+        return head
+    can_generate = getattr(model, "can_generate", None)
+    return not (callable(can_generate) and can_generate())
+
+
 def embedding_param_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters() if _EMBEDDING.search(n)]
 

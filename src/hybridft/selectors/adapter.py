@@ -30,7 +30,7 @@ class AdapterSpec(SelectorSpec):
     placement: list[Literal["attention", "ffn"]] = Field(default_factory=lambda: ["attention", "ffn"], min_length=1)
     nonlinearity: Literal["relu", "gelu", "tanh"] = "relu"
     layers: list[int] | None = Field(None, description="only these layer indices (default: all)")
-    head: bool = Field(True, description="the task head trains too")
+    head: bool | None = Field(None, description="the task head trains too; default: when it is new (classification, tagging), not a language model's pretrained LM head")
     saves: ClassVar[tuple[str, ...]] = ("adapters.safetensors",)  # they cannot merge into the weights
 
 
@@ -115,6 +115,6 @@ class Adapter(Selector):
 
     def trainable(self, model):
         names = {n for n, _ in model.named_parameters() if ".adapter." in n}
-        if self.config.head:
+        if architecture.trains_head(self.config.head, model):
             names.update(architecture.head_param_names(model))
         return names

@@ -34,7 +34,7 @@ class ImportanceSpec(SelectorSpec):
     folds: int = Field(3, ge=2)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     search_steps: int | None = Field(None, gt=0, description="training steps per candidate (default: stage's)")
-    head: bool = Field(True, description="the task head trains whole")
+    head: bool | None = Field(None, description="the task head trains whole; default: when it is new (classification, tagging), not a language model's pretrained LM head")
     data_dependent: ClassVar[bool] = True
 
     def unsupported(self, task: str) -> str | None:
@@ -147,7 +147,7 @@ class Importance(Selector):
         self.value, self.candidate_scores = value, scores
 
     def fit(self, model, run, stage):
-        head = set(architecture.head_param_names(model)) if self.config.head else set()
+        head = set(architecture.head_param_names(model)) if architecture.trains_head(self.config.head, model) else set()
         scores = importance_scores(model, run.data.train, run.collator, self.config.batches, stage.batch_size,
                                    self.config.score, run.recipe.seed, causal=run.data.task == "causal_lm")
         scores = {n: s for n, s in scores.items() if n not in head}
@@ -156,7 +156,7 @@ class Importance(Selector):
                                      threshold=None if by_density else self.value)
 
     def trainable(self, model):
-        return set(architecture.head_param_names(model)) if self.config.head else set()
+        return set(architecture.head_param_names(model)) if architecture.trains_head(self.config.head, model) else set()
 
     def masks(self, model):
         return {n: m for n, m in self._masks.items() if bool(m.any())}

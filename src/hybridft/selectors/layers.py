@@ -21,7 +21,7 @@ class LayersConfig(SelectorSpec):
     top_k: int | None = Field(None, ge=0, description="train the top k layers of the main stack")
     indices: list[int] | None = Field(None, description="train these layers (negative counts from the top)")
     embeddings: bool = Field(False, description="also train the embeddings")
-    head: bool = Field(True, description="also train the task head (and BERT's pooler)")
+    head: bool | None = Field(None, description="also train the task head (and BERT's pooler); default: when it is new (classification, tagging), not a language model's pretrained LM head")
     patterns: list[str] = Field(default_factory=list, description="regexes on parameter names to train too")
 
     @model_validator(mode="after")
@@ -61,7 +61,7 @@ class Layers(Selector):
             names.update(architecture.layer_param_names(model, i))
         if c.embeddings:
             names.update(architecture.embedding_param_names(model))
-        if c.head:
+        if architecture.trains_head(c.head, model):
             names.update(architecture.head_param_names(model))
         all_names = [n for n, _ in model.named_parameters()]
         for p in c.patterns:

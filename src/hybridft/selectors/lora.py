@@ -28,7 +28,7 @@ class LoraSpec(SelectorSpec):
         None, description="module name suffixes to adapt; default: the query and value projections of the model "
                           "at hand (peft's table of architectures), else every projection of its attention")
     layers: list[int] | None = Field(None, description="only these layer indices (default: all)")
-    head: bool = Field(True, description="the task head trains too")
+    head: bool | None = Field(None, description="the task head trains too; default: when it is new (classification, tagging), not a language model's pretrained LM head")
     merge: bool = Field(True, description="merge into the base weights at stage end")
     saves: ClassVar[tuple[str, ...]] = ("peft_adapter/",)  # when it is the whole recipe
 
@@ -125,7 +125,7 @@ class Lora(Selector):
 
     def trainable(self, model):
         names = {n for n, _ in model.named_parameters() if ".lora_" in n}
-        if self.config.head:
+        if architecture.trains_head(self.config.head, model):
             names.update(architecture.head_param_names(model))
         return names
 
