@@ -45,6 +45,7 @@ def close(a: dict, b: dict, atol: float = 1e-5) -> bool:
      {"name": "importance", "density": 0.2, "batches": 2}],
 ], ids=["full", "lora+layers+importance"])
 def test_fsdp_on_two_processes_matches_one_process(no_dropout_model, sentiment_csv, tmp_path, select):
+    """One stage: the weights after it, gathered from the shards, are those of one process."""
     recipe = base_recipe(no_dropout_model, sentiment_csv, max_steps=6, eval_every=3, batch_size=8, select=select)
     path = write_recipe(tmp_path / "r.yaml", recipe)
     run(path, tmp_path / "one", 1)
@@ -62,6 +63,27 @@ def test_fsdp_on_two_processes_matches_one_process(no_dropout_model, sentiment_c
         assert any(s.get("name") == "importance" for s in mask)
         changed = weights(tmp_path / "two")[frozen] != pretrained[frozen.removeprefix("bert.")]
         assert 0 < changed.float().mean() < 0.5  # some entries trained, most are bit-identical
+
+
+def test_fsdp_hands_a_stage_on_to_the_next_and_teachers_are_whole(no_dropout_model, sentiment_csv, tmp_path):
+    """Stage 1 (full) is gathered into a plain model; stage 2 shards it again with adapters and a
+    groups selector, and distils from the model stage 1 left (a whole, replicated teacher)."""
+    recipe = base_recipe(no_dropout_model, sentiment_csv, max_steps=3, batch_size=8, keep_best=False)
+    recipe["stages"].append({"name": "second", "max_steps": 3, "batch_size": 8, "keep_best": False,
+                             "optimizer": {"lr": 1e-3},
+                             "select": [{"name": "groups", "groups": [
+                                 {"select": [{"name": "adapter", "reduction_factor": 4}], "lr": 5e-3},
+                                 {"select": [{"name": "layers", "top_k": 1, "head": True}], "loss_weight": 0.5}]}],
+                             "objectives": [{"name": "task"}, {"name": "distill", "teacher": "previous"}]})
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    run(path, tmp_path / "one", 1)
+    run(path, tmp_path / "two", 2)
+    assert close(weights(tmp_path / "one"), weights(tmp_path / "two"))
+    import hybridft
+
+    one, two = (hybridft.load(tmp_path / d / "model").model.state_dict() for d in ("one", "two"))
+    adapters = [k for k in two if ".adapter." in k]
+    assert adapters and all(torch.allclose(one[k], two[k], atol=1e-5) for k in adapters)
 
 
 def rewind_to(run_dir, checkpoint: str) -> None:
