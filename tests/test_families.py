@@ -176,3 +176,49 @@ def test_a_new_head_trains_by_default_a_pretrained_lm_head_does_not(family_model
     explicit = recipe_for(family_models["llama"], "causal_lm", text_lines, [{"name": "lora", "r": 2, "head": True}])
     run = make_run(explicit, tmp_path / "explicit")
     assert build_selection(run, run.recipe.stages[0], "s").model.get_parameter("lm_head.weight").requires_grad
+
+
+@pytest.mark.parametrize("family, task", [("llama", "classification"), ("qwen2", "causal_lm"),
+                                          ("gpt2", "classification")])
+def test_a_bfloat16_base_holds_frozen_weights_in_bf16_and_trains_fp32_ones(family_models, sentiment_csv,
+                                                                           text_lines, tmp_path, family, task):
+    """model.dtype bfloat16: during the stage every frozen weight is bf16 and every trained one fp32
+    (with fp32 gradients and optimizer state); afterwards the frozen ones hold their bf16-rounded
+    values in fp32, the trained ones have trained."""
+    data = sentiment_csv if task == "classification" else text_lines
+    recipe = recipe_for(family_models[family], task, data, SELECTORS["union"])
+    recipe["model"]["dtype"] = "bfloat16"
+    run = make_run(recipe, tmp_path / "run")
+    seen = {}
+
+    def spy(module, args):  # the dtypes the first training forward sees
+        if module.training and not seen:
+            seen.update({n: p.dtype for n, p in module.named_parameters()})
+
+    run.model.register_forward_pre_hook(spy)
+    before, after, selection, _ = train_one_stage(run)
+    trained = {n for n, p in selection.model.named_parameters() if p.requires_grad}
+    assert {seen[n] for n in trained} == {torch.float32}
+    assert {seen[n] for n in seen if n not in trained} == {torch.bfloat16}
+    for name, value in before.items():
+        assert after[name].dtype == value.dtype == torch.float32
+        if name not in trained:
+            assert torch.equal(after[name], value.bfloat16().float()), f"{name}: not the bf16-rounded value"
+    assert any(not torch.equal(before[n], after[n]) for n in trained)
+
+
+def test_validate_refuses_a_bfloat16_base_where_it_cannot_work(family_models, sentiment_csv):
+    from hybridft.api import validate
+    from hybridft.errors import HybridftError
+
+    recipe = recipe_for(family_models["llama"], "classification", sentiment_csv, SELECTORS["lora"])
+    recipe["model"].update(dtype="bfloat16", precision="fp32")
+    with pytest.raises(HybridftError, match="cannot be combined with model.precision: fp32"):
+        validate(recipe)
+    recipe["model"]["precision"] = "auto"
+    recipe["distributed"] = {"strategy": "fsdp"}
+    with pytest.raises(HybridftError, match="use distributed.mixed_precision for a sharded run"):
+        validate(recipe)
+    recipe["model"]["dtype"] = "float16"
+    with pytest.raises(HybridftError, match="model.dtype"):
+        validate(recipe)

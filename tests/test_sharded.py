@@ -65,6 +65,22 @@ def test_fsdp_on_two_processes_matches_one_process(no_dropout_model, sentiment_c
         assert 0 < changed.float().mean() < 0.5  # some entries trained, most are bit-identical
 
 
+def test_importance_scoring_split_over_two_processes_selects_exactly_the_entries_of_one(tiny_model, sentiment_csv,
+                                                                                        tmp_path):
+    """Each process scores every other batch (three batches: the second process repeats one that is
+    not counted); the scores add up in one process's order, so the masks are the same bit for bit."""
+    select = [{"name": "importance", "density": 0.05, "batches": 3, "granularity": "global"}]
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=1, batch_size=8, select=select, keep_best=False)
+    recipe["output"] = {"checkpoint_every": 1, "keep_checkpoints_after_run": True}
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    run(path, tmp_path / "one", 1)
+    run(path, tmp_path / "two", 2)
+    one, two = (load_file(tmp_path / d / "checkpoints" / "step-1" / "selectors.safetensors") for d in ("one", "two"))
+    masks = [k for k in one if k.endswith("weight")]
+    assert masks and one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert 0 < sum(int(one[k].sum()) for k in masks) < sum(one[k].numel() for k in masks)
+
+
 def test_fsdp_hands_a_stage_on_to_the_next_and_teachers_are_whole(no_dropout_model, sentiment_csv, tmp_path):
     """Stage 1 (full) is gathered into a plain model; stage 2 shards it again with adapters and a
     groups selector, and distils from the model stage 1 left (a whole, replicated teacher)."""

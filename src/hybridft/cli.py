@@ -59,10 +59,22 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--seed", type=int, default=0, help="sampling is reproducible for a seed")
 
-    mix = sub.add_parser("interpolate", help="M_mix = alpha * M_pre + (1 - alpha) * M_fine")
+    mix = sub.add_parser("interpolate", help="merge a pretrained and fine-tuned models: M_mix = alpha * M_pre + "
+                                             "(1 - alpha) * M_fine, or --method slerp, task_arithmetic, ties...")
     mix.add_argument("pre", help="pretrained model: a folder, a hub name (where the network allows), or 'embedded'")
     mix.add_argument("fine", help="fine-tuned model folder (a run's model/)")
-    mix.add_argument("--alpha", type=float, help="weight of the pretrained model, in [0, 1]")
+    mix.add_argument("--method", default="linear", choices=("linear", "slerp", "task_arithmetic", "ties",
+                                                             "dare_ties", "dare_linear"))
+    mix.add_argument("--alpha", type=float, help="linear, slerp: weight of the pretrained model, in [0, 1]")
+    mix.add_argument("--scale", type=float, help="task_arithmetic, ties, dare_*: the merged task vector's factor "
+                                                 "(default 1)")
+    mix.add_argument("--density", type=float, help="ties, dare_*: share of each task vector's entries kept, (0, 1]")
+    mix.add_argument("--majority-sign", default="total", choices=("total", "frequency"), help="ties, dare_ties")
+    mix.add_argument("--model", action="append", default=[], dest="models", metavar="FOLDER",
+                     help="a further fine-tuned model to merge (repeat for several; same labels)")
+    mix.add_argument("--weights", type=lambda t: [float(x) for x in t.split(",")],
+                     help="one weight per fine-tuned model, comma-separated (default: equal)")
+    mix.add_argument("--seed", type=int, default=0, help="dare_*: the seed of the random drops")
     mix.add_argument("--per-layer", help="alphas per part: embeddings=0.5,lower=0.3,upper=0.1,head=0")
     mix.add_argument("-o", "--out", required=True)
     mix.add_argument("--overwrite", action="store_true")
@@ -197,7 +209,8 @@ def cmd_predict(args) -> int:
 def cmd_interpolate(args) -> int:
     from .interpolate_cmd import run_interpolate
 
-    result = run_interpolate(args.pre, args.fine, args.out, args.alpha, args.per_layer, args.overwrite)
+    result = run_interpolate(args.pre, args.fine, args.out, args.alpha, args.per_layer, args.overwrite, args.method,
+                             args.scale, args.density, args.models, args.weights, args.majority_sign, args.seed)
     print(f"mixed model: {result['out']}")
     return 0
 
@@ -214,10 +227,15 @@ def cmd_list(args) -> int:
     from . import recipe  # noqa: F401  (imports register every method)
     from .registry import OBJECTIVES, SELECTORS
 
+    from .merging import METHODS
+
     for registry in (SELECTORS, OBJECTIVES):
         print(f"{registry.kind}s:")
         for entry in registry.entries():
             print(f"  {entry.name:14s} {entry.doc}")
+    print("merge methods (mix.method, interpolate --method):")
+    for name, method in METHODS.items():
+        print(f"  {name:16s}{method.about}")
     return 0
 
 

@@ -1,4 +1,6 @@
-"""`hybridft interpolate PRE FINE --alpha A -o OUT`: mix a pretrained and a fine-tuned model."""
+"""`hybridft interpolate PRE FINE --alpha A -o OUT`: mix a pretrained and a fine-tuned model; with
+``--method`` (slerp, task_arithmetic, ties, dare_ties, dare_linear) and ``--model`` for further
+fine-tuned models, any merge method of a mix stage, at one point of its parameters."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 from . import architecture
 from .errors import HybridftError
 from .folders import MODEL_MARKER, check_output
+from .merging import MergePoint, build_method, merge_states
 from .mixing import PART_ORDER, interpolate, per_part_alpha
 from .model_io import load_saved, read_state_dict, save_folder
 from .models import resolve_model
@@ -38,19 +41,65 @@ def pretrained_tensors(source: str) -> dict:
         raise HybridftError(f"cannot load the pretrained model {source}: {str(e).splitlines()[0]}") from None
 
 
+def merge_point(method, alpha: float | None, scale: float | None, density: float | None) -> MergePoint:
+    """The method's parameters from the flags, each required where the method takes it."""
+    given = {"alpha": alpha, "scale": scale, "density": density}
+    flags = {"alpha": "--alpha", "scale": "--scale", "density": "--density"}
+    extra = [flags[k] for k, v in given.items() if v is not None and k not in method.searches]
+    if extra:
+        raise HybridftError(f"{extra[0]} is not a parameter of --method {method.name} (it takes "
+                            f"{', '.join(flags[k] for k in method.searches)})")
+    if scale is None and "scale" in method.searches:
+        given["scale"] = 1.0
+    missing = [flags[k] for k in method.searches if given[k] is None]
+    if missing:
+        raise HybridftError(f"--method {method.name} needs {missing[0]}")
+    if given["alpha"] is not None and not 0 <= given["alpha"] <= 1:
+        raise HybridftError(f"--alpha must be in [0, 1], got {given['alpha']}")
+    if given["density"] is not None and not 0 < given["density"] <= 1:
+        raise HybridftError(f"--density must be in (0, 1], got {given['density']}")
+    return MergePoint(**{k: given[k] for k in method.searches})
+
+
+def fine_tuned_states(fine: str, more: list[str]):
+    """(model, tokenizer, meta, states): the first fine-tuned folder loaded, every one's tensors;
+    all with the first one's labels and no adapters."""
+    model, tokenizer, meta, labels = load_saved(fine)
+    states = [model.state_dict()]
+    for folder in [fine, *more]:
+        other, _, other_meta, other_labels = (model, None, meta, labels) if folder == fine else load_saved(folder)
+        if other_meta.get("adapters"):
+            raise HybridftError(f"{folder} has bottleneck adapters, which have no pretrained counterpart to mix with")
+        if other_labels != labels:
+            raise HybridftError(f"{folder} predicts labels {(other_labels or [])[:8]}, {fine} predicts "
+                                f"{(labels or [])[:8]}: models with different label sets cannot be merged")
+        if folder != fine:
+            states.append(other.state_dict())
+    return model, tokenizer, meta, states
+
+
 def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_layer: str | None,
-                    overwrite: bool = False) -> dict:
+                    overwrite: bool = False, method: str = "linear", scale: float | None = None,
+                    density: float | None = None, models: list[str] | None = None, weights: list[float] | None = None,
+                    majority_sign: str = "total", seed: int = 0) -> dict:
     out_dir = Path(out)
     check_output(out_dir, MODEL_MARKER, overwrite)  # deletes nothing; the old folder is replaced at the end
-    if (alpha is None) == (per_layer is None):
-        raise HybridftError("give --alpha or --per-layer")
-    model, tokenizer, meta, _ = load_saved(fine)
-    if meta.get("adapters"):
-        raise HybridftError(f"{fine} has bottleneck adapters, which have no pretrained counterpart to mix with")
+    merger, more = build_method(method, majority_sign), list(models or [])
+    if per_layer is not None and (method != "linear" or more or alpha is not None):
+        raise HybridftError("--per-layer mixes two models linearly: without --alpha, --method or --model")
+    point = merge_point(merger, alpha, scale, density) if per_layer is None else None
+    if more and not merger.several_models:
+        raise HybridftError(f"--method {method} merges M_pre with one fine-tuned model; --model is for the others")
+    if weights is not None and len(weights) != 1 + len(more):
+        raise HybridftError(f"--weights needs one weight per fine-tuned model ({1 + len(more)}), got {len(weights)}")
+    model, tokenizer, meta, states = fine_tuned_states(fine, more)
     pre_state = pretrained_tensors(resolve_model(None if pre == "embedded" else pre, Path.cwd()))
-    mix = alpha if per_layer is None else per_part_alpha(parse_parts(per_layer), architecture.num_layers(model))
-    mixed = interpolate(pre_state, model.state_dict(), mix)
+    if per_layer is not None:
+        mixed = interpolate(pre_state, states[0], per_part_alpha(parse_parts(per_layer), architecture.num_layers(model)))
+    else:
+        mixed = merge_states(pre_state, states, merger, point, weights, seed, [fine, *more])
     model.load_state_dict(mixed)
-    save_folder(model, tokenizer, {**meta, "mixed": {"pretrained": pre, "fine_tuned": str(fine), "alpha": alpha,
-                                                    "per_layer": per_layer}}, out_dir)
-    return {"out": str(out_dir), "alpha": alpha, "per_layer": per_layer}
+    record = {"pretrained": pre, "fine_tuned": str(fine), "method": method, "models": more, "weights": weights,
+              "point": point.as_dict() if point else None, "alpha": alpha, "per_layer": per_layer}
+    save_folder(model, tokenizer, {**meta, "mixed": record}, out_dir)
+    return {"out": str(out_dir), **record}

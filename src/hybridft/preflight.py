@@ -18,7 +18,7 @@ from .generative.models import decoder_source, generative_skeleton
 from .models import HEAD_CLASSES, check_model_dir, remote_code_hint, resolve_model
 from .pooling import supports_mean_pooling
 from .registry import SELECTORS
-from .spec import teacher_is_folder
+from .spec import STAGE_REF, teacher_is_folder
 
 
 def check_paths(recipe, base_dir: Path) -> list[str]:
@@ -53,6 +53,12 @@ def check_paths(recipe, base_dir: Path) -> list[str]:
                     check_model_dir(resolve(teacher))
                 except HybridftError as e:
                     problems.append(f"stages.{i}.objectives.{j}.teacher: {e}")
+        for j, model in enumerate(stage.mix.models if stage.kind == "mix" else []):
+            if not model.startswith(STAGE_REF):
+                try:
+                    check_model_dir(resolve(model))
+                except HybridftError as e:
+                    problems.append(f"stages.{i}.mix.models.{j}: {e}")
     return problems
 
 

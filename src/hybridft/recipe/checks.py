@@ -7,7 +7,7 @@ its teachers) is declared on its spec, and checked here for every method alike. 
 
 from __future__ import annotations
 
-from ..spec import StageContext
+from ..spec import STAGE_REF, StageContext
 from ..tasks import GENERATIVE_TASKS, MULTI_TASK, PROPORTIONS, metrics_of
 
 
@@ -27,6 +27,7 @@ def check_stage(stage) -> None:
 
 
 def check_recipe(recipe) -> None:
+    check_precision(recipe)
     if recipe.task == MULTI_TASK:
         check_multi_task(recipe)
     else:
@@ -34,6 +35,30 @@ def check_recipe(recipe) -> None:
     for i, stage in enumerate(recipe.stages):
         if stage.kind == "train":
             check_methods(recipe, i, stage)
+        else:
+            check_merged_stages(recipe, i, stage.mix)
+
+
+def check_merged_stages(recipe, i: int, mix) -> None:
+    """A mix stage's ``stage:<name>`` models are earlier training stages."""
+    earlier = {recipe.stage_name(j) for j in range(i) if recipe.stages[j].kind == "train"}
+    for ref in mix.models:
+        if ref.startswith(STAGE_REF) and ref[len(STAGE_REF):] not in earlier:
+            raise ValueError(f"stages.{i}: mix.models {ref}: no training stage of that name comes before the mix "
+                             f"(earlier: {', '.join(sorted(earlier)) or 'none'})")
+    if recipe.task == MULTI_TASK and (mix.models or mix.method != "linear"):
+        raise ValueError(f"stages.{i}: a multi-task run mixes with method linear and no further models")
+
+
+def check_precision(recipe) -> None:
+    if recipe.model.dtype == "float32":
+        return
+    if recipe.model.precision == "fp32":
+        raise ValueError(f"model.dtype {recipe.model.dtype} runs the forward in bf16 autocast; it cannot be "
+                         "combined with model.precision: fp32")
+    if recipe.distributed.strategy == "fsdp":
+        raise ValueError(f"model.dtype {recipe.model.dtype} is for one process or ddp: fsdp shards weights of one "
+                         "dtype; use distributed.mixed_precision for a sharded run")
 
 
 def check_single_task(recipe) -> None:

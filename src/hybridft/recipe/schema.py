@@ -172,9 +172,11 @@ class Recipe(Spec):
         return [self.stage_name(i) for i in range(len(self.stages))].index(name)
 
     def teacher_stages(self, after: int = -1) -> set[str]:
-        """The stages whose final weights a teacher (``stage:<name>``) of a stage after ``after`` needs."""
-        return {t[len(STAGE_REF):] for s in self.stages[after + 1:] for o in getattr(s, "objectives", ())
-                for t in o.teachers() if t.startswith(STAGE_REF)}
+        """The stages whose final weights a stage after ``after`` needs: a teacher ``stage:<name>``,
+        or a model ``stage:<name>`` that a mix stage merges."""
+        refs = [t for s in self.stages[after + 1:] for o in getattr(s, "objectives", ()) for t in o.teachers()]
+        refs += [m for s in self.stages[after + 1:] if s.kind == "mix" for m in s.mix.models]
+        return {t[len(STAGE_REF):] for t in refs if t.startswith(STAGE_REF)}
 
     @property
     def training_stages(self) -> list[StageSpec]:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..merging import METHODS
 from ..spec import Spec
 
 
@@ -26,6 +27,12 @@ class ModelSpec(Spec):
                                                         "saved with the model")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass instead of "
                                                             "keeping them: less memory, about a third more compute")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="the frozen weights during a stage: bfloat16 halves a frozen base's memory (a "
+                               "LoRA run on an LLM) and runs the forward in bf16 autocast; trained weights, "
+                               "gradients and optimizer state stay float32. Frozen entries are saved rounded "
+                               "to bfloat16 (exact for a checkpoint saved in bfloat16). float16 is not "
+                               "offered: without loss scaling its gradients underflow")
 
 
 class Columns(Spec):
@@ -130,14 +137,32 @@ class PrefixCacheSpec(Spec):
 
 
 class MixSpec(Spec):
+    method: Literal[tuple(METHODS)] = Field(
+        "linear", description="how M_pre and the fine-tuned model(s) are merged: " +
+                              "; ".join(f"{n}: {m.about}" for n, m in METHODS.items()))
     alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1,
-                                description="weights of the pretrained model to evaluate, each in [0, 1]")
-    refine: Literal["golden"] | None = Field(None, description="golden-section search around the best alpha")
+                                description="linear, slerp: weights of the pretrained model to evaluate, each in "
+                                            "[0, 1]")
+    scales: list[float] = Field([0.5, 0.75, 1.0], min_length=1,
+                                description="task_arithmetic, ties, dare_*: factors of the merged task vector to "
+                                            "evaluate (1: the task vectors as they are)")
+    densities: list[float] = Field([0.2, 0.5, 0.8], min_length=1,
+                                   description="ties, dare_*: shares of each task vector's entries to keep, each "
+                                               "in (0, 1]; every scale x density pair is evaluated")
+    majority_sign: Literal["total", "frequency"] = Field("total", description="ties, dare_ties: a sign is elected by "
+                                                                              "the summed values or by count")
+    models: list[str] = Field([], description="further fine-tuned models merged with this run's: saved model "
+                                              "folders or stage:<name> (an earlier training stage's weights); "
+                                              "all with this run's labels and architecture")
+    weights: list[float] | None = Field(None, description="one weight per fine-tuned model (this run's, then "
+                                                          "models); default: equal")
+    refine: Literal["golden"] | None = Field(None, description="linear: golden-section search around the best "
+                                                               "alpha")
     refine_steps: int = Field(6, ge=2)
-    per_layer: bool = Field(False, description="then tune embeddings/lower/upper/head alphas one at a time")
-    ensemble: bool = Field(False, description="also compare output-level mixing with M_pre + a trained head")
+    per_layer: bool = Field(False, description="linear: then tune embeddings/lower/upper/head alphas one at a time")
+    ensemble: bool = Field(False, description="linear: also compare output-level mixing with M_pre + a trained head")
     probe_steps: int = Field(100, ge=1, description="head-only steps that give M_pre its head (for ensemble)")
-    learn: bool = Field(False, description="also learn sigmoid-bounded mixing coefficients on training data")
+    learn: bool = Field(False, description="linear: also learn sigmoid-bounded mixing coefficients on training data")
     learn_granularity: Literal["part", "tensor"] = "part"
     learn_steps: int = Field(100, ge=1)
     learn_lr: float = Field(0.05, gt=0)
@@ -150,6 +175,30 @@ class MixSpec(Spec):
         bad = [a for a in self.alphas if not 0 <= a <= 1]
         if bad:
             raise ValueError(f"alpha must be in [0, 1], got {bad[0]}")
+        if any(not 0 < d <= 1 for d in self.densities):
+            raise ValueError(f"a density must be in (0, 1], got {next(d for d in self.densities if not 0 < d <= 1)}")
+        if any(s <= 0 for s in self.scales):
+            raise ValueError("a scale must be above 0")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_the_method(self):
+        method = METHODS[self.method]
+        given = self.model_fields_set
+        for field, takes in (("alphas", "alpha"), ("scales", "scale"), ("densities", "density")):
+            if field in given and takes not in method.searches:
+                raise ValueError(f"mix.{field} is not a parameter of method {self.method}")
+        two_model_linear = [k for k in ("refine", "per_layer", "ensemble", "learn") if getattr(self, k)]
+        if two_model_linear and (self.method != "linear" or self.models):
+            raise ValueError(f"mix.{two_model_linear[0]} works with method linear on M_pre and this run's model "
+                             "only (no mix.models)")
+        if self.models and not method.several_models:
+            raise ValueError(f"method {self.method} merges M_pre with one fine-tuned model; mix.models is for the others")
+        if self.weights is not None and len(self.weights) != 1 + len(self.models):
+            raise ValueError(f"mix.weights needs one weight per fine-tuned model: {1 + len(self.models)} "
+                             f"(this run's and {len(self.models)} in mix.models), got {len(self.weights)}")
+        if self.weights is not None and any(w <= 0 for w in self.weights):
+            raise ValueError("mix.weights must be above 0")
         return self
 
 

@@ -26,7 +26,9 @@ def render_markdown(r: dict) -> str:
     lines = headline(r) + metric_tables(r) + generative_sections(r) + class_tables(r) + stage_tables(r)
     for s in r["stages"]:
         lines += stage_details(s)
-    if r.get("mix"):
+    if r.get("mix") and "chosen_point" in r["mix"]:
+        lines += merge_section(r)
+    elif r.get("mix"):
         lines += mix_section(r["mix"]) + models_compared(r)
     lines += ["", "## Data", "", "```json", json.dumps(r["data"], indent=2), "```", ""]
     return "\n".join(lines)
@@ -154,6 +156,30 @@ def mix_section(mix: dict) -> list[str]:
         lines += ["", "Output-level mixing with M_pre + a head trained on its frozen encoder "
                   "(alpha weighs M_pre's probabilities):", "", f"| alpha | {metric} |", "|---|---|"]
         lines += [f"| {p['alpha']:g} | {_fmt(p.get(metric))} |" for p in mix["ensemble"]["curve"]]
+    return lines
+
+
+def merge_section(r: dict) -> list[str]:
+    """A merge method's grid beside M_fine, and the models compared on validation and test."""
+    mix, metric = r["mix"], r["mix"]["metric"]
+    point = mix["chosen_point"]
+    chosen = ", ".join(f"{k} {v:g}" for k, v in point.items()) if point else "none: M_fine kept"
+    rule = (f"the one-standard-error rule (within {mix['tolerance']:.4f} of the best, M_fine first)"
+            if mix.get("rule") == "one_se" else "the best validation score")
+    keys = [k for k in ("alpha", "scale", "density") if mix["curve"] and k in mix["curve"][0]]
+    lines = ["", f"## Merge: {mix['method']} (chosen: {chosen})", "",
+             f"Models merged with M_pre: {', '.join(mix['models'])}"
+             + (f", weights {', '.join(f'{w:g}' for w in mix['weights'])}" if mix.get("weights") else "")
+             + f". Chosen by {rule} on validation.", "",
+             f"| {' | '.join(keys)} | {metric} |", "|" + "---|" * (len(keys) + 1),
+             f"| {' | '.join('M_fine' if i == 0 else '' for i in range(len(keys)))} | {_fmt(mix['fine_tuned'][metric])} |"]
+    lines += [f"| {' | '.join(f'{p[k]:g}' for k in keys)} | {_fmt(p[metric])} |" for p in mix["curve"]]
+    test = mix.get("test", {})
+    lines += ["", "| model | validation | test |", "|---|---|---|",
+              f"| M_fine | {_fmt(mix['fine_tuned'][metric])} | {_fmt(test.get('fine_tuned', {}).get(metric))} |",
+              f"| chosen ({chosen}) | {_fmt(mix['chosen'][metric])} | {_fmt(test.get('chosen', {}).get(metric))} |",
+              f"| final model (after any later stages) | {_fmt(r['metrics'].get(metric))} | "
+              f"{_fmt((r.get('test_metrics') or {}).get(metric))} |"]
     return lines
 
 

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field, model_validator
 
 from .. import architecture
+from ..evaluate import my_batches
 from ..registry import SELECTORS
 from ..tasks import GENERATIVE_TASKS, MULTI_TASK, task_loss, token_positions
 from .base import Selector, SelectorSpec
@@ -65,34 +66,56 @@ class ImportanceSpec(SelectorSpec):
 
 
 def importance_scores(model, examples, collator, batches: int, batch_size: int, kind: str, seed: int,
-                      causal: bool = False) -> dict:
+                      causal: bool = False, processes=None) -> dict:
     """Mean |g| or mean g² per entry over ``batches`` seeded batches, in eval mode (no dropout), of
-    the task loss (a causal LM's next-token loss when ``causal``)."""
+    the task loss (a causal LM's next-token loss when ``causal``). With several ``processes`` each
+    scores every world-th batch and the scores are added up in the order one process would: the same
+    scores, bit for bit."""
     was_training = model.training
     model.eval()
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(True)
         p.grad = None
-    device = next(model.parameters()).device
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
-    scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in model.named_parameters()}
+    named = dict(model.named_parameters())
+    scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named.items()}
     n = min(batches, math.ceil(len(order) / batch_size))
-    for b in range(n):
-        chunk = order[b * batch_size:(b + 1) * batch_size]
-        task = examples[chunk[0]].get("task_index")  # multi-task: a batch holds one task
-        chunk = [i for i in chunk if examples[i].get("task_index") == task]
-        batch = {k: v.to(device) for k, v in collator([examples[i] for i in chunk]).items()}
-        labels = batch.pop("labels")
-        task_loss(*token_positions(model(**batch).logits, labels, causal)).backward()
-        for name, p in model.named_parameters():
-            if p.grad is not None:
-                scores[name] += p.grad.abs() if kind == "gradient" else p.grad.square()
-                p.grad = None
-    for name, p in model.named_parameters():
+    world = processes.world if processes is not None else 1
+    for turn, b in enumerate(my_batches(n, processes)):
+        score = batch_score(model, named, examples, collator, order[b * batch_size:(b + 1) * batch_size], kind, causal)
+        shares = processes.gather_tensor(score) if world > 1 else [score]
+        for rank, share in enumerate(shares):
+            if turn * world + rank < n:  # the last turn's repeated batches are not counted
+                add_flat(scores, share)
+    for name, p in named.items():
         p.requires_grad_(flags[name])
     model.train(was_training)
     return {k: v / n for k, v in scores.items()}
+
+
+def batch_score(model, named: dict, examples, collator, chunk: list[int], kind: str, causal: bool) -> torch.Tensor:
+    """One batch's |g| or g² of every entry, flat in parameter order (zeros where no gradient)."""
+    task = examples[chunk[0]].get("task_index")  # multi-task: a batch holds one task
+    chunk = [i for i in chunk if examples[i].get("task_index") == task]
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collator([examples[i] for i in chunk]).items()}
+    labels = batch.pop("labels")
+    task_loss(*token_positions(model(**batch).logits, labels, causal)).backward()
+    parts = []
+    for p in named.values():
+        grad = torch.zeros_like(p, dtype=torch.float32) if p.grad is None else \
+            p.grad.abs() if kind == "gradient" else p.grad.square()
+        parts.append(grad.float().flatten())
+        p.grad = None
+    return torch.cat(parts)
+
+
+def add_flat(scores: dict, flat: torch.Tensor) -> None:
+    start = 0
+    for s in scores.values():
+        s += flat[start:start + s.numel()].view_as(s)
+        start += s.numel()
 
 
 def select_entries(scores: dict, granularity: str, density: float | None = None,
@@ -149,7 +172,8 @@ class Importance(Selector):
     def fit(self, model, run, stage):
         head = set(architecture.head_param_names(model)) if architecture.trains_head(self.config.head, model) else set()
         scores = importance_scores(model, run.data.train, run.collator, self.config.batches, stage.batch_size,
-                                   self.config.score, run.recipe.seed, causal=run.data.task == "causal_lm")
+                                   self.config.score, run.recipe.seed, causal=run.data.task == "causal_lm",
+                                   processes=run.processes)
         scores = {n: s for n, s in scores.items() if n not in head}
         by_density = self.config.density is not None
         self._masks = select_entries(scores, self.config.granularity, density=self.value if by_density else None,

@@ -23,6 +23,7 @@ from ..recipe import StageSpec
 from ..tasks import lower_is_better
 from .learned_mix import learn_mixing, mix_groups
 from .loop import run_stage
+from .merge_step import run_merge_step
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -146,6 +147,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def run_mix_step(run, spec, train_spec) -> dict:
     """``train_spec``: the training stage before the mix (its batch sizes and optimizer are reused).
     Leaves the chosen mix in the run's model and M_fine's weights in ``run.artifacts.fine_tuned_state``."""
+    if spec.method != "linear" or spec.models:
+        return run_merge_step(run, spec, train_spec, lambda best: standard_error(best, len(run.data.validation)))
     model = run.processes.unwrap(run.model)
     fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run.artifacts.fine_tuned_state = fine

@@ -106,6 +106,10 @@ class SingleProcess:
         """Every process's ``obj``, in process order (call it on all processes)."""
         return [obj]
 
+    def gather_tensor(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every process's ``tensor`` (same shape on all), in process order: a collective, not pickling."""
+        return [tensor]
+
     def peak_memory_mb(self) -> list[float]:
         """Each process's peak memory (call it on all processes): on a GPU what torch allocated,
         else the process's peak resident memory."""
@@ -159,6 +163,9 @@ class DataParallel(SingleProcess):
 
     def gather(self, obj):
         return gather_object([obj])
+
+    def gather_tensor(self, tensor):
+        return list(self.accelerator.gather(tensor.unsqueeze(0)).unbind(0))
 
 
 class Sharded(DataParallel):

@@ -1,18 +1,25 @@
-"""The precision policy of training forward passes: the one place that knows about autocast.
+"""The precision policy of training: the one place that knows about autocast and half-precision weights.
 
-Weights, gradients and optimizer state stay fp32; with bf16 only the forward runs in bfloat16
-(autocast). ``auto`` means bf16 only where it pays: a CUDA GPU with bf16 support (CPUs without bf16
-matrix units run it far slower than fp32).
+Trained weights, their gradients and the optimizer state always stay fp32. ``model.precision: bf16``
+runs the forward in bfloat16 autocast; ``auto`` means bf16 only where it pays (a CUDA GPU with bf16
+support). ``model.dtype: bfloat16`` also holds the *frozen* weights in bfloat16 for the length of a
+stage, which halves the memory of a frozen base (a LoRA run on an LLM); the forward then runs in
+bf16 autocast, so trained fp32 weights and frozen bf16 ones meet in bf16 matmuls.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
 
 class Precision:
-    def __init__(self, setting: str, device: torch.device):
-        if setting == "auto":
+    def __init__(self, setting: str, device: torch.device, frozen_dtype: str = "float32"):
+        self.frozen = None if frozen_dtype == "float32" else getattr(torch, frozen_dtype)
+        if self.frozen is not None:
+            self.bf16 = True  # frozen bf16 weights and fp32 activations meet only under autocast
+        elif setting == "auto":
             self.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         else:
             self.bf16 = setting == "bf16"
@@ -20,7 +27,27 @@ class Precision:
 
     @property
     def name(self) -> str:
-        return "bf16 autocast" if self.bf16 else "fp32"
+        held = f", frozen weights in {str(self.frozen).removeprefix('torch.')}" if self.frozen else ""
+        return ("bf16 autocast" if self.bf16 else "fp32") + held
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    @contextmanager
+    def frozen_held(self, model: torch.nn.Module):
+        """The stage's span, with the frozen floating-point weights held in ``model.dtype`` and every
+        forward (training, evaluation, pseudo-labelling) in autocast; the weights are back in their
+        own dtype afterwards, holding the rounded values (exact for a checkpoint saved in bf16)."""
+        if self.frozen is None:
+            yield
+            return
+        held = [(p, p.dtype) for p in model.parameters()
+                if not p.requires_grad and p.is_floating_point() and p.dtype != self.frozen]
+        for p, _ in held:
+            p.data = p.data.to(self.frozen)
+        try:
+            with self.autocast():
+                yield
+        finally:
+            for p, dtype in held:
+                p.data = p.data.to(dtype)

@@ -102,7 +102,7 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     processes.start_tracking()
     log = MetricsLog(run_dir / "metrics.jsonl", processes, enabled=processes.is_main)
     run = Run(recipe, run_dir, model.to(processes.device), tokenizer, data, collator, processes,
-              Precision(recipe.model.precision, processes.device), log, source, base_dir,
+              Precision(recipe.model.precision, processes.device, recipe.model.dtype), log, source, base_dir,
               progress=progress and processes.is_main)
     # M_pre for the mix step and L2-SP, kept before any training (works for hub names too)
     if recipe.needs_pretrained_state:

@@ -123,21 +123,22 @@ class Stage:
     @contextmanager
     def started(self):
         """The stage under way (a language model's first stage evaluates where it starts), with its
-        progress display."""
+        progress display, and the frozen weights in the precision policy's dtype."""
         run, st = self.run, self.state
-        if self.index == 0 and st.step == 0 and st.start is None and run.data.task in GENERATIVE_TASKS:
-            # where a language model starts (its new LM head or cross-attention is untrained): the
-            # report shows perplexity before and after
-            st.start = self.evaluation(f"eval {self.name} (start)")
-            run.log.write(run.global_step, {"stage": self.name, **{f"eval/{k}": v for k, v in st.start.items()}})
-        bar = Progress(self.total_steps, f"train {self.name}", run.progress, initial=st.step)
-        self.model.train()
-        if self.cache:
-            self.cache.eval_prefix()
-        try:
-            yield bar
-        finally:
-            bar.close()
+        with run.precision.frozen_held(self.model):
+            if self.index == 0 and st.step == 0 and st.start is None and run.data.task in GENERATIVE_TASKS:
+                # where a language model starts (its new LM head or cross-attention is untrained): the
+                # report shows perplexity before and after
+                st.start = self.evaluation(f"eval {self.name} (start)")
+                run.log.write(run.global_step, {"stage": self.name, **{f"eval/{k}": v for k, v in st.start.items()}})
+            bar = Progress(self.total_steps, f"train {self.name}", run.progress, initial=st.step)
+            self.model.train()
+            if self.cache:
+                self.cache.eval_prefix()
+            try:
+                yield bar
+            finally:
+                bar.close()
 
     def begin_epoch(self) -> list[list[int]]:
         """This epoch's batches (example indices, the same for every attempt at it); the objectives'

@@ -1,0 +1,101 @@
+"""A mix stage with a merge method other than linear interpolation of two models (``mix.method``,
+``mix.models``): every point of the method's parameter grid is evaluated on validation data beside
+M_fine, and the best point (or M_fine, under the one-standard-error rule unless a merge beats it by
+more) becomes the run's model. Every point goes to the report.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from ..errors import HybridftError
+from ..evaluate import evaluate_data, scalar_metrics
+from ..merging import MergePoint, build_method, merge_states
+from ..model_io import load_saved
+from ..spec import STAGE_REF
+from ..tasks import lower_is_better
+
+GRIDS = {"alpha": "alphas", "scale": "scales", "density": "densities"}  # point field -> the MixSpec list
+
+
+def merge_points(spec, method) -> list[MergePoint]:
+    """Every combination of the values of the parameters the method takes."""
+    fields = list(method.searches)
+    values = [getattr(spec, GRIDS[f]) for f in fields]
+    return [MergePoint(**dict(zip(fields, combo, strict=True))) for combo in itertools.product(*values)]
+
+
+def further_models(run, refs: list[str]) -> list[dict]:
+    """The state dicts of ``mix.models``: earlier stages' kept weights, or saved folders with this
+    run's labels."""
+    states = []
+    for ref in refs:
+        if ref.startswith(STAGE_REF):
+            weights = run.artifacts.stage_weights.get(ref[len(STAGE_REF):])
+            if weights is None:
+                raise HybridftError(f"mix.models {ref}: no finished stage of that name kept its weights")
+            states.append(weights)
+            continue
+        path = Path(ref).expanduser()
+        model, _, meta, labels = load_saved(path if path.is_absolute() else run.base_dir / path)
+        if meta.get("adapters"):
+            raise HybridftError(f"mix.models {ref} has bottleneck adapters, which the other models lack")
+        if labels is not None and labels != run.data.label_names:
+            raise HybridftError(f"mix.models {ref} predicts labels {labels[:8]}, this run's are "
+                                f"{run.data.label_names[:8]}: models with different label sets cannot be merged")
+        states.append(model.state_dict())
+    return states
+
+
+class MergeSearch:
+    """Evaluates merges on validation data, remembering every result."""
+
+    def __init__(self, run, model, spec, eval_batch: int):
+        self.run, self.model, self.spec, self.batch = run, model, spec, eval_batch
+        self.method = build_method(spec.method, spec.majority_sign)
+        self.fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.fines = [self.fine, *further_models(run, spec.models)]
+        self.metric = run.recipe.selection_metric
+        self.sign = -1.0 if lower_is_better(self.metric) else 1.0
+
+    def state(self, point: MergePoint | None) -> dict:
+        """M_fine for None, else the merge at ``point``."""
+        if point is None:
+            return self.fine
+        return merge_states(self.run.artifacts.pretrained_state, self.fines, self.method, point, self.spec.weights,
+                            self.run.recipe.seed, ["this run's model", *self.spec.models])
+
+    def evaluate(self, point: MergePoint | None, split: str = "validation") -> dict:
+        self.model.load_state_dict(self.state(point))
+        label = "fine-tuned" if point is None else f"{self.method.name} {point.label}"
+        run = self.run
+        m = scalar_metrics(evaluate_data(run, self.model, split, self.batch, f"merge {label}", run.progress))
+        if split == "validation":
+            run.log.write(run.global_step, {"stage": "mix", "mix": label, **{f"mix/{k}": v for k, v in m.items()}})
+        return m
+
+
+def run_merge_step(run, spec, train_spec, tolerance_of) -> dict:
+    """The chosen merge left in the run's model; the report's ``mix`` section. ``tolerance_of``:
+    the one-standard-error rule's tolerance for a best value (the linear path's rule)."""
+    model = run.processes.unwrap(run.model)
+    search = MergeSearch(run, model, spec, train_spec.eval_batch)
+    run.artifacts.fine_tuned_state = search.fine
+    fine = search.evaluate(None)
+    curve = [(point, search.evaluate(point)) for point in merge_points(spec, search.method)]
+    best = max([fine, *(m for _, m in curve)], key=lambda m: search.sign * m[search.metric])[search.metric]
+    tolerance = tolerance_of(best) if spec.rule == "one_se" else 0.0
+    # simplest first: M_fine, then the grid in order; the first within the tolerance of the best
+    chosen_point, chosen = next((p, m) for p, m in [(None, fine), *curve]
+                                if search.sign * m[search.metric] >= search.sign * best - tolerance - 1e-12)
+    result = {"method": spec.method, "models": ["this run's model", *spec.models], "weights": spec.weights,
+              "metric": search.metric, "rule": spec.rule, "tolerance": tolerance, "fine_tuned": fine,
+              "curve": [{**p.as_dict(), **m} for p, m in curve], "chosen": chosen,
+              "chosen_point": chosen_point.as_dict() if chosen_point else None,
+              "final": "fine_tuned" if chosen_point is None else "merge"}
+    if run.data.test is not None:  # the choice was made on validation; test shows what it is worth
+        result["test"] = {"fine_tuned": search.evaluate(None, "test")}
+        result["test"]["chosen"] = search.evaluate(chosen_point, "test")
+    model.load_state_dict(search.state(chosen_point))
+    return result
