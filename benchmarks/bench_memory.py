@@ -73,7 +73,7 @@ def run_once(recipe_file: Path, out: Path) -> dict:
             "trainable": report["params"]["trainable"], "total": report["params"]["total"]}
 
 
-def plain_blocks(model: Path, args) -> "torch.Tensor":
+def plain_blocks(model: Path, args):
     """The blocks hybridft trains on: the first training lines, tokenised, concatenated, cut."""
     import torch
     from transformers import AutoTokenizer
@@ -128,6 +128,10 @@ def plain_once(model: Path, name: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def median(runs: list[dict], key: str, plain: bool = False) -> float:
+    return statistics.median((r["plain"] if plain else r)[key] for r in runs)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=12)
@@ -158,10 +162,9 @@ def main() -> int:
     print("\n| mode | trainable parameters | peak memory, MB: hybridft | plain | samples/s: hybridft | plain |"
           "\n|---|---|---|---|---|---|")
     for name, runs in results.items():
-        def median(key, plain=False):
-            return statistics.median((r["plain"] if plain else r)[key] for r in runs)
-        print(f"| {name} | {runs[0]['trainable']:,} of {runs[0]['total']:,} | {median('peak_mb'):.0f} | "
-              f"{median('peak_mb', True):.0f} | {median('samples_per_s'):.2f} | {median('samples_per_s', True):.2f} |")
+        print(f"| {name} | {runs[0]['trainable']:,} of {runs[0]['total']:,} | {median(runs, 'peak_mb'):.0f} | "
+              f"{median(runs, 'peak_mb', True):.0f} | {median(runs, 'samples_per_s'):.2f} | "
+              f"{median(runs, 'samples_per_s', True):.2f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

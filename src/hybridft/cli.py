@@ -225,9 +225,8 @@ def cmd_schema(args) -> int:
 
 def cmd_list(args) -> int:
     from . import recipe  # noqa: F401  (imports register every method)
-    from .registry import OBJECTIVES, SELECTORS
-
     from .merging import METHODS
+    from .registry import OBJECTIVES, SELECTORS
 
     for registry in (SELECTORS, OBJECTIVES):
         print(f"{registry.kind}s:")
