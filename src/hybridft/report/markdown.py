@@ -43,8 +43,9 @@ def headline(r: dict) -> list[str]:
     dist = r.get("distributed")
     if dist and dist["processes"] > 1:
         per = ", ".join(f"{mb:.0f}" for mb in dist["peak_memory_mb_per_process"])
+        steps = ", ".join(f"{mb:.0f}" for mb in dist.get("step_memory_mb_per_process", []))
         lines += [f"Distributed: {dist['strategy']} on {dist['processes']} processes; peak memory per process "
-                  f"({dist['memory']}): {per} MB.", ""]
+                  f"({dist['memory']}): {per} MB" + (f"; at the training steps: {steps} MB." if steps else "."), ""]
     if r["trust_remote_code"]:
         lines += ["**trust_remote_code was ON for this run.**", ""]
     return lines

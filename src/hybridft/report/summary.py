@@ -14,6 +14,12 @@ from .html import read_records, render_html
 from .markdown import render_markdown
 
 
+def step_memory(stages: list[dict]) -> list[float]:
+    """Per process, the most memory held at a training step of any stage."""
+    per_stage = [s["step_memory_mb_per_process"] for s in stages if s.get("step_memory_mb_per_process")]
+    return [max(values) for values in zip(*per_stage, strict=True)] if per_stage else []
+
+
 def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_mb: float,
                  peak_memory_per_process_mb: list[float] | None = None) -> dict:
     model = run.processes.unwrap(run.model)
@@ -36,6 +42,7 @@ def build_report(run, final: dict, source: str, wall_time_s: float, peak_memory_
         "peak_memory_mb": peak_memory_mb,
         "distributed": {"strategy": run.processes.strategy, "processes": run.processes.world,
                         "peak_memory_mb_per_process": peak_memory_per_process_mb or [peak_memory_mb],
+                        "step_memory_mb_per_process": step_memory(run.stage_reports),
                         "memory": "GPU memory allocated by torch" if run.device.type == "cuda"
                         else "peak resident memory of the process"},
         "data": run.data.stats,

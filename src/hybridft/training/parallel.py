@@ -110,6 +110,17 @@ class SingleProcess:
         """Every process's ``tensor`` (same shape on all), in process order: a collective, not pickling."""
         return [tensor]
 
+    def memory_now_mb(self) -> float:
+        """This process's memory at this moment: on a GPU what torch holds allocated, else the
+        resident memory (Linux's /proc; elsewhere the peak so far)."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     def peak_memory_mb(self) -> list[float]:
         """Each process's peak memory (call it on all processes): on a GPU what torch allocated,
         else the process's peak resident memory."""

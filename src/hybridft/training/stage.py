@@ -175,6 +175,7 @@ class Stage:
                 outputs = self.shared_forward(batch, ctx)
                 losses = {o.name: o.loss(self.wrapped, batch, outputs, ctx) for o in self.objectives}
                 loss = sum(o.weight * losses[o.name] for o in self.objectives)
+            st.step_memory_mb = max(st.step_memory_mb, run.processes.memory_now_mb())  # the activations' peak
             run.processes.backward(loss * share)
         for k, v in {"loss": loss, **{f"loss/{n}": v for n, v in losses.items()}}.items():
             self.running[k] = self.running.get(k, 0.0) + float(v.detach()) * share
@@ -207,6 +208,7 @@ class Stage:
         grad_norm = run.processes.clip_grad_norm(self.trainable, self.spec.max_grad_norm or math.inf)
         if math.isfinite(self.running["loss"]) and bool(torch.isfinite(grad_norm)):
             self.optimizer.step()
+            st.step_memory_mb = max(st.step_memory_mb, run.processes.memory_now_mb())  # gradients + optimizer state
             st.bad_run = 0
         else:  # a non-finite loss or gradient: no update (the weights stay as they were), counted
             st.bad_steps += 1
@@ -375,4 +377,5 @@ def stage_report(stage: Stage) -> dict:
         "evaluations": st.history,
         "start_metrics": st.start,
         "prefix_cache": stage.cache.summary() if stage.cache else stage.cache_note,
+        "step_memory_mb_per_process": stage.run.processes.gather(st.step_memory_mb),
     }

@@ -104,6 +104,8 @@ class StageState:
     tokens: int = 0
     stopped_early: bool = False
     start: dict | None = None  # a language model's metrics before its first stage
+    step_memory_mb: float = 0.0  # the most memory this process held at a training step (weights, gradients,
+    # optimizer state and activations; not what loading the model or gathering it took)
 
     def to_json(self) -> dict:
         return asdict(self)
