@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from hybridft.model_io import load_saved
@@ -176,3 +177,56 @@ def test_a_later_lora_or_adapter_stage_does_not_change_what_earlier_stages_train
     for select in ({"name": "lora", "r": 4}, {"name": "adapter", "reduction_factor": 4}):
         followed = first_stage([{"max_steps": 1, "select": [select]}])
         assert all(torch.equal(alone[k], followed[k]) for k in alone), select["name"]
+
+
+def test_lora_variants_train_merge_and_load_with_plain_transformers(tiny_model, sentiment_csv, tmp_path):
+    """DoRA (its magnitude trains), rsLoRA (alpha / sqrt(r)), PiSSA (the base weight gives up its
+    principal part, the layer's function is unchanged at start); each merged model predicts as the
+    run's model did."""
+    import math
+
+    from transformers import AutoModelForSequenceClassification
+
+    from hybridft.evaluate import evaluate_data
+    from hybridft.selectors.lora import lora_layers
+
+    for variant in ({"use_dora": True}, {"use_rslora": True}, {"init": "pissa"}, {"init": "olora"}):
+        lora = {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"], **variant}
+        recipe = base_recipe(tiny_model, sentiment_csv, select=[lora], max_steps=3, optimizer={"lr": 5e-2})
+        tag = "_".join(f"{k}-{v}" for k, v in variant.items())
+        probe = make_run(recipe, tmp_path / f"probe-{tag}")
+        from hybridft.training.loop import build_selection
+
+        before = {n: p.detach().clone() for n, p in probe.model.named_parameters()}
+        selection = build_selection(probe, probe.recipe.stages[0], "s")
+        name, layer = lora_layers(selection.model)[0]
+        x = torch.randn(5, layer.in_features)
+        with torch.no_grad():  # at start the adapted layer computes what the pretrained one did
+            assert torch.allclose(layer(x), torch.nn.functional.linear(x, before[f"{name}.weight"],
+                                                                       before[f"{name}.bias"]), atol=1e-4)
+        if variant.get("use_rslora"):
+            assert layer.scaling["default"] == 8 / math.sqrt(4)
+        if variant.get("use_dora"):
+            assert any("lora_magnitude_vector" in n and p.requires_grad for n, p in selection.model.named_parameters())
+        out = tmp_path / tag
+        report, _ = train_and_load(recipe, out)
+        plain = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+        metrics = evaluate_data(probe, plain, "validation", 16, "check", progress=False)
+        assert metrics["loss"] == pytest.approx(report["metrics"]["loss"], rel=1e-5), variant
+        assert (out / "peft_adapter").is_dir() == ("init" not in variant)
+
+
+def test_loraplus_trains_b_at_a_multiple_of_the_learning_rate(tiny_model, sentiment_csv, tmp_path):
+    from hybridft.training.loop import build_selection
+    from hybridft.training.stage import Stage
+
+    recipe = base_recipe(tiny_model, sentiment_csv, select=[{"name": "lora", "r": 4, "loraplus_lr_ratio": 16}],
+                         max_steps=1, optimizer={"lr": 1e-3})
+    run = make_run(recipe, tmp_path / "run")
+    spec = run.recipe.stages[0]
+    stage = Stage.open(run, 0, spec, build_selection(run, spec, "s"))
+    names = {id(p): n for n, p in stage.model.named_parameters()}
+    lrs = {names[id(p)]: g["initial_lr"] for g in stage.optimizer.param_groups for p in g["params"]}
+    b = {lr for n, lr in lrs.items() if ".lora_B." in n}
+    assert len(b) == 1 and b.pop() == pytest.approx(1.6e-2)
+    assert {lr for n, lr in lrs.items() if ".lora_A." in n} == {1e-3}

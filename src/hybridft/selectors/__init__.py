@@ -2,7 +2,7 @@
 
 from ..pooling import pooled_as
 from ..registry import SELECTORS
-from . import adapter, full, groups, importance, layers, lora  # noqa: F401  (importing registers them)
+from . import adapter, full, groups, importance, layers, lora, peft_tuner  # noqa: F401  (importing registers them)
 from .base import Selector, SelectorSpec
 
 __all__ = ["Selector", "SelectorSpec", "since_restart", "stage_structure"]

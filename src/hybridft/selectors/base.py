@@ -6,7 +6,8 @@ Hook points, called by the training loop in this order:
   fit(model, run, stage)         data-dependent state (importance scores); skipped on resume,
                                  where state_dict()/load_state_dict() restore it instead
   trainable(model) -> names      parameters this selector trains whole
-  lr_overrides(model)            per-parameter learning rates, if it has its own
+  lr_overrides(model, lr)        per-parameter learning rates, if it has its own (lr: what they
+                                 would have otherwise)
   masks(model) -> {name: bool}   parameters it trains only in part (entry masks)
   after_backward(model), after_step(model)
   export(model, run_dir)         at stage end, what it saves beside the model (a PEFT adapter folder)
@@ -56,8 +57,8 @@ class Selector:
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {}
 
-    def lr_overrides(self, model: nn.Module) -> dict[str, float]:
-        """Learning rates for some parameters, instead of the stage optimizer's lr."""
+    def lr_overrides(self, model: nn.Module, lr: float) -> dict[str, float]:
+        """Learning rates for some parameters, instead of ``lr`` (the stage's, or its group's)."""
         return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:

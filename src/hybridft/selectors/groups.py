@@ -121,14 +121,15 @@ class Groups(Selector):
                 out[n] = m if n not in out else out[n] | m
         return out
 
-    def lr_overrides(self, model) -> dict[str, float]:
+    def lr_overrides(self, model, lr: float) -> dict[str, float]:
+        """A group's lr for its parameters; a member's own (LoRA+'s B) relative to it."""
         lrs: dict[str, float] = {}
         for i, spec in enumerate(self.config.groups):
-            for s in self.members[i]:
-                lrs.update(s.lr_overrides(model))
             if spec.lr is not None:
                 whole, masks = self._group_selection(model, i)
                 lrs.update(dict.fromkeys(whole | set(masks), spec.lr))
+            for s in self.members[i]:
+                lrs.update(s.lr_overrides(model, spec.lr if spec.lr is not None else lr))
         return lrs
 
     def state_dict(self):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .. import architecture
 from ..errors import HybridftError
@@ -30,7 +30,24 @@ class LoraSpec(SelectorSpec):
     layers: list[int] | None = Field(None, description="only these layer indices (default: all)")
     head: bool | None = Field(None, description="the task head trains too; default: when it is new (classification, tagging), not a language model's pretrained LM head")
     merge: bool = Field(True, description="merge into the base weights at stage end")
+    use_dora: bool = Field(False, description="DoRA: a trained magnitude per output feature, LoRA on the direction "
+                                              "(Liu et al., 2024)")
+    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r) instead of alpha / r "
+                                                "(Kalajdzievski, 2023)")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="how A and B start: default (B = 0, A Kaiming-uniform), gaussian, or from the base "
+                               "weight: pissa (its principal singular vectors), olora (its QR factors); pissa and "
+                               "olora move that part out of the base weight, so they need merge: true")
+    loraplus_lr_ratio: float | None = Field(None, gt=0, description="LoRA+: B trains at this multiple of the "
+                                                                   "learning rate A has (Hayou et al., 2024; ~16)")
     saves: ClassVar[tuple[str, ...]] = ("peft_adapter/",)  # when it is the whole recipe
+
+    @model_validator(mode="after")
+    def _initialised_from_the_base_merges(self):
+        if self.init in ("pissa", "olora") and not self.merge:
+            raise ValueError(f"lora.init {self.init} takes its start out of the base weights, which are only whole "
+                             "again once merged: it needs merge: true")
+        return self
 
 
 def peft_config(spec: LoraSpec, model):
@@ -39,7 +56,9 @@ def peft_config(spec: LoraSpec, model):
     # the head (classifier, BERT's pooler) trains whole, so LoRA never wraps it
     head_modules = sorted({n.rpartition(".")[0].replace(".base_layer", "") for n in architecture.head_param_names(model)
                            if ".lora_" not in n})
-    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+    init = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[spec.init]
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, use_dora=spec.use_dora,
+                      use_rslora=spec.use_rslora, init_lora_weights=init,
                       target_modules=lora_targets(spec, model), fan_in_fan_out=targets_conv1d(spec, model),
                       layers_to_transform=architecture.checked_layer_indices(spec.layers, model, "lora.layers")
                       if spec.layers is not None else None,
@@ -93,11 +112,12 @@ def merge_lora(model):
     return model
 
 
-def adapter_state(model) -> dict:
-    """The LoRA weights (and head) keyed as a PEFT adapter folder stores them."""
+def adapter_state(model, adapter_name: str = "default") -> dict:
+    """The tuner's weights (and head) keyed as a PEFT adapter folder stores them."""
     from peft import get_peft_model_state_dict
 
-    state = {f"base_model.model.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    state = {f"base_model.model.{k}": v.detach().contiguous()
+             for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
     for name in architecture.head_param_names(model):
         state[f"base_model.model.{name}"] = model.get_parameter(name).detach().contiguous()
     return state
@@ -116,12 +136,20 @@ class Lora(Selector):
 
         config = peft_config(self.config, model)
         config.modules_to_save = None  # the head trains in place; we list it in trainable()
+        if next(model.parameters()).is_meta:  # validate's weightless skeleton: the structure is what counts
+            config.init_lora_weights = True
         try:
             model = inject_adapter_in_model(config, model)
         except ValueError as e:
             raise HybridftError(f"lora.target_modules {lora_targets(self.config, model)}: "
                                 f"{str(e).splitlines()[0]}") from None
         return model
+
+    def lr_overrides(self, model, lr: float) -> dict[str, float]:
+        """LoRA+: B's learning rate is a multiple of A's."""
+        if self.config.loraplus_lr_ratio is None:
+            return {}
+        return {n: lr * self.config.loraplus_lr_ratio for n, _ in model.named_parameters() if ".lora_B." in n}
 
     def trainable(self, model):
         names = {n for n, _ in model.named_parameters() if ".lora_" in n}
@@ -130,18 +158,24 @@ class Lora(Selector):
         return names
 
     def export(self, model, run_dir) -> None:
-        """The PEFT adapter (LoRA + head on the original base model), for ``PeftModel.from_pretrained``."""
-        self.save_adapter(model, run_dir / "peft_adapter")
+        """The PEFT adapter (LoRA + head on the original base model), for ``PeftModel.from_pretrained``.
+        Not for pissa and olora, whose adapter belongs to a base weight they changed."""
+        if self.config.init in ("default", "gaussian"):
+            self.save_adapter(model, run_dir / "peft_adapter")
 
     def finish(self, model):
         return merge_lora(model) if self.config.merge else model
 
     def save_adapter(self, model, folder) -> None:
-        from safetensors.torch import save_file
+        save_peft_folder(model, peft_config(self.config, model), folder)
 
-        folder.mkdir(parents=True, exist_ok=True)
-        config = peft_config(self.config, model)
-        config.base_model_name_or_path = getattr(model.config, "_name_or_path", None)
-        config.task_type = "TOKEN_CLS" if "TokenClassification" in type(model).__name__ else "SEQ_CLS"
-        config.save_pretrained(folder)
-        save_file(adapter_state(model), folder / "adapter_model.safetensors")
+
+def save_peft_folder(model, config, folder, adapter_name: str = "default") -> None:
+    """A PEFT adapter folder of the injected tuner (and the head) on the original base model."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config.base_model_name_or_path = getattr(model.config, "_name_or_path", None)
+    config.task_type = "TOKEN_CLS" if "TokenClassification" in type(model).__name__ else "SEQ_CLS"
+    config.save_pretrained(folder)
+    save_file(adapter_state(model, adapter_name), folder / "adapter_model.safetensors")

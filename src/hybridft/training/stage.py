@@ -106,7 +106,8 @@ class Stage:
         replicated = (selection.model.get_input_embeddings().weight,) if any(o.config.reads_embeddings
                                                                             for o in objectives) else ()
         wrapped = run.processes.wrap(selection.model, replicated)
-        lr_overrides = {k: v for s in selection.selectors for k, v in s.lr_overrides(selection.model).items()}
+        lr_overrides = {k: v for s in selection.selectors
+                        for k, v in s.lr_overrides(selection.model, spec.optimizer.lr).items()}
         extra = tuple(p for o in objectives for p in o.trainable_parameters())
         optimizer = build_optimizer(spec.optimizer, selection.model, lr_overrides, extra)
         scheduler = build_scheduler(spec.scheduler, optimizer, total)
