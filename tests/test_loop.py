@@ -187,3 +187,44 @@ def test_evaluation_split_across_processes_gives_exactly_the_one_process_results
     split, split_loss = predict(model, examples, collator, 8, "cpu", progress=False, processes=Process(0))
     assert split_loss == loss and all(np.array_equal(a, b) for a, b in zip(alone, split, strict=True))
     assert my_batches(11, Process(0)) == [0, 2, 4, 6, 8, 10] and my_batches(11, Process(1)) == [1, 3, 5, 7, 9, 9]
+
+
+def test_perplexity_split_across_processes_gives_exactly_the_one_process_metrics():
+    """A language model's teacher-forced metrics: each process sums every world-th batch; gathered
+    and added up in one process's order, they are those of one process, bit for bit."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hybridft.generative.evaluate import teacher_forced_metrics
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=60, n_positions=32))
+    examples = [{"input_ids": torch.randint(1, 60, (n,)).tolist()} for n in [5, 9, 12, 7, 3, 16, 11, 8, 4, 10, 6]]
+
+    def collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows])
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+    alone = teacher_forced_metrics(model, examples, collate, 2, "cpu", causal=True)
+
+    class Waiting(Exception):
+        pass
+
+    class Process:
+        world, shares = 2, {}
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def gather(self, obj):
+            Process.shares[self.rank] = obj
+            if len(Process.shares) < self.world:
+                raise Waiting
+            return [Process.shares[r] for r in range(self.world)]
+
+    with pytest.raises(Waiting):
+        teacher_forced_metrics(model, examples, collate, 2, "cpu", causal=True, processes=Process(1))
+    split = teacher_forced_metrics(model, examples, collate, 2, "cpu", causal=True, processes=Process(0))
+    assert split == alone and len(Process.shares[1]) == 3  # the second process computed 3 of the 6 batches

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data.batching import length_sorted_batches
+from .data.batching import length_sorted_batches, my_batches
 from .generative.evaluate import evaluate_generative
 from .progress import track
 from .tasks import IGNORE_INDEX, task_loss
@@ -45,16 +45,6 @@ def tagging_metrics(pred_tags: list[list[str]], gold_tags: list[list[str]]) -> d
         "token_accuracy": correct / max(tokens, 1),
         "per_class": per_type,
     }
-
-
-def my_batches(count: int, processes) -> list[int]:
-    """The batches this process computes: every world-th one, repeated at the end so that every process
-    runs as many forward passes as the others (sharded weights gather in every forward)."""
-    if processes is None or processes.world == 1:
-        return list(range(count))
-    mine = list(range(processes.rank, count, processes.world))
-    turns = -(-count // processes.world)
-    return mine + [mine[-1] if mine else 0] * (turns - len(mine))
 
 
 @torch.no_grad()

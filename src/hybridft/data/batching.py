@@ -48,3 +48,13 @@ def stream_batch(n: int, batch_size: int, seed: int, draw: int) -> list[int]:
     perm = _permutation(n, seed * 1_000_003 + draw // per_pass)
     start = (draw % per_pass) * batch_size
     return list(perm[start:start + batch_size])
+
+
+def my_batches(count: int, processes) -> list[int]:
+    """The batches this process computes: every world-th one, repeated at the end so that every process
+    runs as many forward passes as the others (sharded weights gather in every forward)."""
+    if processes is None or processes.world == 1:
+        return list(range(count))
+    mine = list(range(processes.rank, count, processes.world))
+    turns = -(-count // processes.world)
+    return mine + [mine[-1] if mine else 0] * (turns - len(mine))

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data.batching import length_sorted_batches
+from ..data.batching import length_sorted_batches, my_batches
 from ..progress import track
 from ..tasks import IGNORE_INDEX, token_positions
 from .generate import generate_texts
@@ -19,22 +19,30 @@ SAMPLES = 5  # generated examples kept for the report
 
 @torch.no_grad()
 def teacher_forced_metrics(model, examples: list[dict], collator, batch_size: int, device, causal: bool,
-                           desc: str = "eval", progress: bool = False) -> dict:
+                           desc: str = "eval", progress: bool = False, processes=None) -> dict:
     """Mean token loss (nats), its exponential (perplexity) and next-token accuracy over the
-    positions that carry a label."""
+    positions that carry a label. With several ``processes`` each computes every N-th batch and the
+    per-batch sums are added up in one process's order: the same numbers, bit for bit."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, tokens = 0.0, 0, 0
-    for idx in track(length_sorted_batches(examples, batch_size), desc, progress):
-        batch = {k: v.to(device) for k, v in collator([examples[i] for i in idx]).items()}
+    batches = length_sorted_batches(examples, batch_size)
+    done: dict[int, tuple[float, int, int]] = {}  # batch -> (loss sum, correct, tokens)
+    for b in track(my_batches(len(batches), processes), desc, progress):
+        batch = {k: v.to(device) for k, v in collator([examples[i] for i in batches[b]]).items()}
         labels = batch.pop("labels")
         logits, labels = token_positions(model(**batch).logits.float(), labels, causal)
         keep = labels != IGNORE_INDEX
         logits, labels = logits[keep], labels[keep]
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(-1) == labels).sum())
-        tokens += int(keep.sum())
+        done[b] = (float(F.cross_entropy(logits, labels, reduction="sum")), int((logits.argmax(-1) == labels).sum()),
+                   int(keep.sum()))
+    if processes is not None and processes.world > 1:
+        done = {b: sums for part in processes.gather(done) for b, sums in part.items()}
     model.train(was_training)
+    loss_sum, correct, tokens = 0.0, 0, 0
+    for b in range(len(batches)):
+        loss_sum += done[b][0]
+        correct += done[b][1]
+        tokens += done[b][2]
     loss = loss_sum / max(tokens, 1)
     return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
             "token_accuracy": correct / max(tokens, 1)}
@@ -46,7 +54,7 @@ def evaluate_generative(run, model, split: str, batch_size: int, desc: str, prog
     if examples is None:
         return None
     metrics = teacher_forced_metrics(model, examples, run.collator, batch_size, run.device, data.task == "causal_lm",
-                                     desc, progress)
+                                     desc, progress, run.processes)
     spec = run.recipe.generation
     if data.task == "seq2seq" and spec.evaluate:
         sources = [ex["input_ids"] for ex in examples]

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, model_validator
 
 from .. import architecture
-from ..evaluate import my_batches
+from ..data.batching import my_batches
 from ..registry import SELECTORS
 from ..tasks import GENERATIVE_TASKS, MULTI_TASK, task_loss, token_positions
 from .base import Selector, SelectorSpec
