@@ -1,4 +1,4 @@
-"""`peft`: any of peft's injectable tuners (LoHa, LoKr, IA3, OFT, BOFT, VeRA, FourierFT, HRA...) as one
+"""`peft`: any of peft's injectable tuners (LoHa, LoKr, IA3, OFT, FourierFT, HRA...) as one
 member of a union: ``{name: peft, type: loha, r: 8, target_modules: [query, value]}``, the keys after
 ``type`` being the tuner's own config keys.
 
@@ -22,12 +22,14 @@ from ..registry import SELECTORS
 from .base import Selector, SelectorSpec
 
 # each tested in tests/test_peft_tuners.py: trains alone and beside `layers`, merges, reloads
-MERGED_TUNERS = ("loha", "lokr", "ia3", "oft", "boft", "vera", "fourierft", "hra")
+MERGED_TUNERS = ("loha", "lokr", "ia3", "oft", "fourierft", "hra")
 WHY_NOT = {
     "lora": "use the lora selector (it takes use_dora, use_rslora, init and loraplus_lr_ratio)",
     "adalora": "reallocates its rank budget in a hook that peft's own training loop calls every step",
     "poly": "routes by task ids given with every batch",
     "xlora": "mixes several trained LoRA adapters at inference; it trains none",
+    "boft": "compiles a CUDA extension when it first runs (writing to ~/.cache; on a CPU it warns and falls back)",
+    "vera": "keeps its shared random projections on peft's model wrapper, which an injected union has not",
 }
 
 
@@ -79,7 +81,7 @@ class PeftSpec(SelectorSpec):
 
 @SELECTORS.register(PeftSpec)
 class PeftTuner(Selector):
-    """Any merged peft tuner (LoHa, LoKr, IA3, OFT, BOFT, VeRA, FourierFT, HRA) as one member of a union."""
+    """Any merged peft tuner (LoHa, LoKr, IA3, OFT, FourierFT, HRA) as one member of a union."""
 
     def config_for(self, model):
         config = tuner_config(self.config.type, self.config.tuner_keys())
