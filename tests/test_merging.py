@@ -178,3 +178,41 @@ def test_interpolate_cli_merges_folders_and_refuses_other_labels(tiny_model, sen
                  str(tmp_path / "three" / "model"), "--method", "task_arithmetic", "-o", str(tmp_path / "y")]) == 2
     assert "different label sets cannot be merged" in capsys.readouterr().err
     assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_list_of_methods_is_searched_together_and_each_method_reports_its_best(tiny_model, sentiment_csv,
+                                                                                tmp_path):
+    from .conftest import base_recipe
+    from .helpers import train_and_load
+
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=3)
+    recipe["data"]["test"] = str(sentiment_csv)
+    recipe["mix"] = {"method": ["linear", "slerp", "task_arithmetic", "dare_linear"], "alphas": [0.2, 0.6],
+                     "scales": [0.5, 1.0], "densities": [0.5]}
+    report, _ = train_and_load(recipe, tmp_path / "run")
+    mix = report["mix"]
+    assert [p["method"] for p in mix["curve"]] == ["linear"] * 2 + ["slerp"] * 2 + ["task_arithmetic"] * 2 + \
+        ["dare_linear"] * 2
+    assert set(mix["methods"]) == {"linear", "slerp", "task_arithmetic", "dare_linear"}
+    for name, best in mix["methods"].items():
+        mine = [p for p in mix["curve"] if p["method"] == name]
+        assert best["validation"]["accuracy"] == max(p["accuracy"] for p in mine) and "test" in best
+    best = max([mix["fine_tuned"], *mix["curve"]], key=lambda p: p["accuracy"])
+    assert mix["chosen"]["accuracy"] == best["accuracy"]
+    assert report["metrics"]["accuracy"] == mix["chosen"]["accuracy"]
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "## Merge: linear, slerp, task_arithmetic, dare_linear" in text and "| best dare_linear (" in text
+
+
+def test_validate_refuses_a_method_list_that_cannot_work(tiny_model, sentiment_csv):
+    from hybridft.api import validate
+
+    from .conftest import base_recipe
+
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=2)
+    for mix, message in (({"method": ["ties", "ties"]}, "give each method once"),
+                         ({"method": ["linear", "slerp"], "models": ["x"]}, "method slerp merges M_pre with one"),
+                         ({"method": ["linear", "slerp"], "refine": "golden"}, "no list of methods"),
+                         ({"method": ["linear", "slerp"], "scales": [1.0]}, "mix.scales is not a parameter")):
+        with pytest.raises(HybridftError, match=message):
+            validate({**recipe, "mix": mix})

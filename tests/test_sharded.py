@@ -70,7 +70,7 @@ def test_importance_scoring_split_over_two_processes_selects_exactly_the_entries
     """Each process scores every other batch (three batches: the second process repeats one that is
     not counted); the scores add up in one process's order, so the masks are the same bit for bit."""
     select = [{"name": "importance", "density": 0.05, "batches": 3, "granularity": "global"}]
-    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=1, batch_size=8, select=select, keep_best=False)
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=2, batch_size=8, select=select, keep_best=False)
     recipe["output"] = {"checkpoint_every": 1, "keep_checkpoints_after_run": True}
     path = write_recipe(tmp_path / "r.yaml", recipe)
     run(path, tmp_path / "one", 1)

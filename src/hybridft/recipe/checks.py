@@ -46,7 +46,7 @@ def check_merged_stages(recipe, i: int, mix) -> None:
         if ref.startswith(STAGE_REF) and ref[len(STAGE_REF):] not in earlier:
             raise ValueError(f"stages.{i}: mix.models {ref}: no training stage of that name comes before the mix "
                              f"(earlier: {', '.join(sorted(earlier)) or 'none'})")
-    if recipe.task == MULTI_TASK and (mix.models or mix.method != "linear"):
+    if recipe.task == MULTI_TASK and not mix.interpolates:
         raise ValueError(f"stages.{i}: a multi-task run mixes with method linear and no further models")
 
 

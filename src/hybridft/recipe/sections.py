@@ -136,9 +136,13 @@ class PrefixCacheSpec(Spec):
     max_mb: float = Field(1024, ge=0, description="memory for cached outputs; examples beyond it are recomputed")
 
 
+MethodName = Literal[tuple(METHODS)]
+
+
 class MixSpec(Spec):
-    method: Literal[tuple(METHODS)] = Field(
-        "linear", description="how M_pre and the fine-tuned model(s) are merged: " +
+    method: MethodName | list[MethodName] = Field(
+        "linear", description="how M_pre and the fine-tuned model(s) are merged (a list: each method's grid is "
+                              "evaluated, and the best point of any method is chosen): " +
                               "; ".join(f"{n}: {m.about}" for n, m in METHODS.items()))
     alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1,
                                 description="linear, slerp: weights of the pretrained model to evaluate, each in "
@@ -181,19 +185,31 @@ class MixSpec(Spec):
             raise ValueError("a scale must be above 0")
         return self
 
+    @property
+    def methods(self) -> list[str]:
+        return [self.method] if isinstance(self.method, str) else list(self.method)
+
+    @property
+    def interpolates(self) -> bool:
+        """Today's two-model linear interpolation (with its refinements), not the merge search."""
+        return self.method == "linear" and not self.models
+
     @model_validator(mode="after")
     def _fits_the_method(self):
-        method = METHODS[self.method]
+        methods = [METHODS[m] for m in self.methods]
+        if not methods or len(set(self.methods)) < len(methods):
+            raise ValueError("mix.method: give each method once")
         given = self.model_fields_set
         for field, takes in (("alphas", "alpha"), ("scales", "scale"), ("densities", "density")):
-            if field in given and takes not in method.searches:
-                raise ValueError(f"mix.{field} is not a parameter of method {self.method}")
+            if field in given and not any(takes in m.searches for m in methods):
+                raise ValueError(f"mix.{field} is not a parameter of method {', '.join(self.methods)}")
         two_model_linear = [k for k in ("refine", "per_layer", "ensemble", "learn") if getattr(self, k)]
-        if two_model_linear and (self.method != "linear" or self.models):
+        if two_model_linear and not self.interpolates:
             raise ValueError(f"mix.{two_model_linear[0]} works with method linear on M_pre and this run's model "
-                             "only (no mix.models)")
-        if self.models and not method.several_models:
-            raise ValueError(f"method {self.method} merges M_pre with one fine-tuned model; mix.models is for the others")
+                             "only (no mix.models, no list of methods)")
+        alone = next((m.name for m in methods if not m.several_models), None)
+        if self.models and alone:
+            raise ValueError(f"method {alone} merges M_pre with one fine-tuned model; mix.models is for the others")
         if self.weights is not None and len(self.weights) != 1 + len(self.models):
             raise ValueError(f"mix.weights needs one weight per fine-tuned model: {1 + len(self.models)} "
                              f"(this run's and {len(self.models)} in mix.models), got {len(self.weights)}")

@@ -155,10 +155,10 @@ def render_html(r: dict, records: list[dict]) -> str:
                           ", ".join(f"{c['name']}×{c['weight']:g}" for c in s["objectives"]), f"{s['trainable_params']:,}",
                           s["steps"], s["train_time_s"], s["samples_per_s"]] for s in r["stages"]]))
     if r.get("mix") and "chosen_point" in r["mix"]:
-        point = r["mix"]["chosen_point"]
-        parts.append(f"<h2>Merge: {e(r['mix']['method'])}</h2><p>Chosen: "
-                     f"{e(', '.join(f'{k} {v:g}' for k, v in point.items()) if point else 'M_fine kept')}; "
-                     "every point is in report.md.</p>")
+        mix, point = r["mix"], r["mix"]["chosen_point"]
+        chosen = f"{mix['chosen_method']} " + ", ".join(f"{k} {v:g}" for k, v in point.items()) if point else \
+            "M_fine kept"
+        parts.append(f"<h2>Merge</h2><p>Chosen: {e(chosen)}; every point is in report.md.</p>")
     elif r.get("mix"):
         mix = r["mix"]
         parts.append(f"<h2>Mixing with the pretrained model</h2><p>Global alpha {mix['chosen_alpha']:g}, "

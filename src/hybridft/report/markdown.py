@@ -161,24 +161,32 @@ def mix_section(mix: dict) -> list[str]:
 
 
 def merge_section(r: dict) -> list[str]:
-    """A merge method's grid beside M_fine, and the models compared on validation and test."""
+    """The merge methods' grids beside M_fine, each method's best, and the chosen model on
+    validation and test."""
     mix, metric = r["mix"], r["mix"]["metric"]
     point = mix["chosen_point"]
-    chosen = ", ".join(f"{k} {v:g}" for k, v in point.items()) if point else "none: M_fine kept"
+    chosen = f"{mix['chosen_method']} " + ", ".join(f"{k} {v:g}" for k, v in point.items()) if point else \
+        "none: M_fine kept"
     rule = (f"the one-standard-error rule (within {mix['tolerance']:.4f} of the best, M_fine first)"
             if mix.get("rule") == "one_se" else "the best validation score")
-    keys = [k for k in ("alpha", "scale", "density") if mix["curve"] and k in mix["curve"][0]]
-    lines = ["", f"## Merge: {mix['method']} (chosen: {chosen})", "",
+    methods = mix["method"] if isinstance(mix["method"], list) else [mix["method"]]
+    lines = ["", f"## Merge: {', '.join(methods)} (chosen: {chosen})", "",
              f"Models merged with M_pre: {', '.join(mix['models'])}"
              + (f", weights {', '.join(f'{w:g}' for w in mix['weights'])}" if mix.get("weights") else "")
              + f". Chosen by {rule} on validation.", "",
-             f"| {' | '.join(keys)} | {metric} |", "|" + "---|" * (len(keys) + 1),
-             f"| {' | '.join('M_fine' if i == 0 else '' for i in range(len(keys)))} | {_fmt(mix['fine_tuned'][metric])} |"]
-    lines += [f"| {' | '.join(f'{p[k]:g}' for k in keys)} | {_fmt(p[metric])} |" for p in mix["curve"]]
+             f"| method | point | validation {metric} |", "|---|---|---|",
+             f"| M_fine | | {_fmt(mix['fine_tuned'][metric])} |"]
+    for p in mix["curve"]:
+        shown = ", ".join(f"{k} {p[k]:g}" for k in ("alpha", "scale", "density") if k in p)
+        lines.append(f"| {p['method']} | {shown} | {_fmt(p[metric])} |")
     test = mix.get("test", {})
-    lines += ["", "| model | validation | test |", "|---|---|---|",
-              f"| M_fine | {_fmt(mix['fine_tuned'][metric])} | {_fmt(test.get('fine_tuned', {}).get(metric))} |",
-              f"| chosen ({chosen}) | {_fmt(mix['chosen'][metric])} | {_fmt(test.get('chosen', {}).get(metric))} |",
+    lines += ["", f"| model | validation {metric} | test {metric} |", "|---|---|---|",
+              f"| M_fine | {_fmt(mix['fine_tuned'][metric])} | {_fmt(test.get('fine_tuned', {}).get(metric))} |"]
+    for name, best in mix.get("methods", {}).items():
+        shown = ", ".join(f"{k} {v:g}" for k, v in best["point"].items())
+        lines.append(f"| best {name} ({shown}) | {_fmt(best['validation'][metric])} | "
+                     f"{_fmt(best.get('test', {}).get(metric))} |")
+    lines += [f"| chosen ({chosen}) | {_fmt(mix['chosen'][metric])} | {_fmt(test.get('chosen', {}).get(metric))} |",
               f"| final model (after any later stages) | {_fmt(r['metrics'].get(metric))} | "
               f"{_fmt((r.get('test_metrics') or {}).get(metric))} |"]
     return lines

@@ -49,31 +49,33 @@ def further_models(run, refs: list[str]) -> list[dict]:
 
 
 class MergeSearch:
-    """Evaluates merges on validation data, remembering every result."""
+    """Evaluates merges on validation data."""
 
     def __init__(self, run, model, spec, eval_batch: int):
         self.run, self.model, self.spec, self.batch = run, model, spec, eval_batch
-        self.method = build_method(spec.method, spec.majority_sign)
         self.fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.fines = [self.fine, *further_models(run, spec.models)]
         self.metric = run.recipe.selection_metric
         self.sign = -1.0 if lower_is_better(self.metric) else 1.0
 
-    def state(self, point: MergePoint | None) -> dict:
-        """M_fine for None, else the merge at ``point``."""
+    def state(self, method, point: MergePoint | None) -> dict:
+        """M_fine for no point, else ``method``'s merge at ``point``."""
         if point is None:
             return self.fine
-        return merge_states(self.run.artifacts.pretrained_state, self.fines, self.method, point, self.spec.weights,
+        return merge_states(self.run.artifacts.pretrained_state, self.fines, method, point, self.spec.weights,
                             self.run.recipe.seed, ["this run's model", *self.spec.models])
 
-    def evaluate(self, point: MergePoint | None, split: str = "validation") -> dict:
-        self.model.load_state_dict(self.state(point))
-        label = "fine-tuned" if point is None else f"{self.method.name} {point.label}"
+    def evaluate(self, method, point: MergePoint | None, split: str = "validation") -> dict:
+        self.model.load_state_dict(self.state(method, point))
+        label = "fine-tuned" if point is None else f"{method.name} {point.label}"
         run = self.run
         m = scalar_metrics(evaluate_data(run, self.model, split, self.batch, f"merge {label}", run.progress))
         if split == "validation":
             run.log.write(run.global_step, {"stage": "mix", "mix": label, **{f"mix/{k}": v for k, v in m.items()}})
         return m
+
+    def better(self, a: dict, b: dict) -> bool:
+        return self.sign * a[self.metric] > self.sign * b[self.metric]
 
 
 def run_merge_step(run, spec, train_spec, tolerance_of) -> dict:
@@ -82,20 +84,29 @@ def run_merge_step(run, spec, train_spec, tolerance_of) -> dict:
     model = run.processes.unwrap(run.model)
     search = MergeSearch(run, model, spec, train_spec.eval_batch)
     run.artifacts.fine_tuned_state = search.fine
-    fine = search.evaluate(None)
-    curve = [(point, search.evaluate(point)) for point in merge_points(spec, search.method)]
-    best = max([fine, *(m for _, m in curve)], key=lambda m: search.sign * m[search.metric])[search.metric]
+    methods = [build_method(name, spec.majority_sign) for name in spec.methods]
+    fine = search.evaluate(None, None)
+    # simplest first: M_fine, then each method's grid in order; the first within the tolerance of the best
+    points = [(None, None, fine)] + [(m, p, search.evaluate(m, p)) for m in methods for p in merge_points(spec, m)]
+    best = max((r for _, _, r in points), key=lambda r: search.sign * r[search.metric])[search.metric]
     tolerance = tolerance_of(best) if spec.rule == "one_se" else 0.0
-    # simplest first: M_fine, then the grid in order; the first within the tolerance of the best
-    chosen_point, chosen = next((p, m) for p, m in [(None, fine), *curve]
-                                if search.sign * m[search.metric] >= search.sign * best - tolerance - 1e-12)
+    method, point, chosen = next(x for x in points if search.sign * x[2][search.metric] >=
+                                 search.sign * best - tolerance - 1e-12)
     result = {"method": spec.method, "models": ["this run's model", *spec.models], "weights": spec.weights,
               "metric": search.metric, "rule": spec.rule, "tolerance": tolerance, "fine_tuned": fine,
-              "curve": [{**p.as_dict(), **m} for p, m in curve], "chosen": chosen,
-              "chosen_point": chosen_point.as_dict() if chosen_point else None,
-              "final": "fine_tuned" if chosen_point is None else "merge"}
+              "curve": [{"method": m.name, **p.as_dict(), **r} for m, p, r in points[1:]], "chosen": chosen,
+              "chosen_method": method.name if method else None, "chosen_point": point.as_dict() if point else None,
+              "final": "fine_tuned" if point is None else "merge", "methods": {}}
+    for m in methods:  # each method's best point, for comparing the methods
+        best_point, best_metrics = None, None
+        for pm, p, r in points[1:]:
+            if pm is m and (best_metrics is None or search.better(r, best_metrics)):
+                best_point, best_metrics = p, r
+        result["methods"][m.name] = {"point": best_point.as_dict(), "validation": best_metrics}
+        if run.data.test is not None:
+            result["methods"][m.name]["test"] = search.evaluate(m, best_point, "test")
     if run.data.test is not None:  # the choice was made on validation; test shows what it is worth
-        result["test"] = {"fine_tuned": search.evaluate(None, "test")}
-        result["test"]["chosen"] = search.evaluate(chosen_point, "test")
-    model.load_state_dict(search.state(chosen_point))
+        result["test"] = {"fine_tuned": search.evaluate(None, None, "test"),
+                          "chosen": search.evaluate(method, point, "test")}
+    model.load_state_dict(search.state(method, point))
     return result

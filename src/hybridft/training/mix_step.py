@@ -147,7 +147,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def run_mix_step(run, spec, train_spec) -> dict:
     """``train_spec``: the training stage before the mix (its batch sizes and optimizer are reused).
     Leaves the chosen mix in the run's model and M_fine's weights in ``run.artifacts.fine_tuned_state``."""
-    if spec.method != "linear" or spec.models:
+    if not spec.interpolates:
         return run_merge_step(run, spec, train_spec, lambda best: standard_error(best, len(run.data.validation)))
     model = run.processes.unwrap(run.model)
     fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
