@@ -168,12 +168,12 @@ def merge_section(r: dict) -> list[str]:
     chosen = f"{mix['chosen_method']} " + ", ".join(f"{k} {v:g}" for k, v in point.items()) if point else \
         "none: M_fine kept"
     rule = (f"the one-standard-error rule (within {mix['tolerance']:.4f} of the best, M_fine first)"
-            if mix.get("rule") == "one_se" else "the best validation score")
+            if mix.get("rule") == "one_se" else "the best score")
     methods = mix["method"] if isinstance(mix["method"], list) else [mix["method"]]
     lines = ["", f"## Merge: {', '.join(methods)} (chosen: {chosen})", "",
              f"Models merged with M_pre: {', '.join(mix['models'])}"
              + (f", weights {', '.join(f'{w:g}' for w in mix['weights'])}" if mix.get("weights") else "")
-             + f". Chosen by {rule} on validation.", "",
+             + f". Chosen on validation by {rule}.", "",
              f"| method | point | validation {metric} |", "|---|---|---|",
              f"| M_fine | | {_fmt(mix['fine_tuned'][metric])} |"]
     for p in mix["curve"]:
