@@ -167,20 +167,7 @@ def test_evaluation_split_across_processes_gives_exactly_the_one_process_results
     examples = data.train + data.validation  # 80 rows: 11 batches of 8 on 2 processes
     alone, loss = predict(model, examples, collator, 8, "cpu", progress=False)
 
-    class Waiting(Exception):
-        """The other process has not given its share yet (two processes played one after the other)."""
-
-    class Process:
-        world, shares = 2, {}
-
-        def __init__(self, rank):
-            self.rank = rank
-
-        def gather(self, obj):
-            Process.shares[self.rank] = obj
-            if len(Process.shares) < self.world:
-                raise Waiting
-            return [Process.shares[r] for r in range(self.world)]
+    Process = two_processes_in_turn()
 
     with pytest.raises(Waiting):
         predict(model, examples, collator, 8, "cpu", progress=False, processes=Process(1))
@@ -209,9 +196,21 @@ def test_perplexity_split_across_processes_gives_exactly_the_one_process_metrics
 
     alone = teacher_forced_metrics(model, examples, collate, 2, "cpu", causal=True)
 
-    class Waiting(Exception):
-        pass
+    Process = two_processes_in_turn()
 
+    with pytest.raises(Waiting):
+        teacher_forced_metrics(model, examples, collate, 2, "cpu", causal=True, processes=Process(1))
+    split = teacher_forced_metrics(model, examples, collate, 2, "cpu", causal=True, processes=Process(0))
+    assert split == alone and len(Process.shares[1]) == 3  # the second process computed 3 of the 6 batches
+
+
+class Waiting(Exception):
+    """The other process has not given its share yet (two processes played one after the other)."""
+
+
+def two_processes_in_turn():
+    """A stand-in for two processes run one after the other: rank 1 gives its share and stops
+    (Waiting); rank 0 then gathers both."""
     class Process:
         world, shares = 2, {}
 
@@ -224,7 +223,4 @@ def test_perplexity_split_across_processes_gives_exactly_the_one_process_metrics
                 raise Waiting
             return [Process.shares[r] for r in range(self.world)]
 
-    with pytest.raises(Waiting):
-        teacher_forced_metrics(model, examples, collate, 2, "cpu", causal=True, processes=Process(1))
-    split = teacher_forced_metrics(model, examples, collate, 2, "cpu", causal=True, processes=Process(0))
-    assert split == alone and len(Process.shares[1]) == 3  # the second process computed 3 of the 6 batches
+    return Process

@@ -103,11 +103,19 @@ def lora_parameters(layer) -> list:
 
 def merge_lora(model):
     """Fold every LoRA update into its base layer and put the plain layer back in its place."""
-    for name, layer in lora_layers(model):
+    return merge_tuner_layers(model, lora_layers(model))
+
+
+def merge_tuner_layers(model, layers: list):
+    """Merge each peft tuner layer of ``layers`` (name, module) into its base layer and put the plain
+    layer back in its place; peft's config goes once no tuner layer is left."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, layer in layers:
         layer.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.get_base_layer())
-    if hasattr(model, "peft_config"):
+    if hasattr(model, "peft_config") and not any(isinstance(m, BaseTunerLayer) for m in model.modules()):
         del model.peft_config
     return model
 

@@ -114,15 +114,10 @@ class PeftTuner(Selector):
     def finish(self, model):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        tuned = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer) and self.prefix in
-                 "".join(m.adapter_layer_names)]
-        for name, layer in tuned:
-            layer.merge()
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
-        if hasattr(model, "peft_config"):
-            del model.peft_config
-        return model
+        from .lora import merge_tuner_layers
+
+        return merge_tuner_layers(model, [(n, m) for n, m in model.named_modules()
+                                          if isinstance(m, BaseTunerLayer) and self.prefix in "".join(m.adapter_layer_names)])
 
     def export(self, model, run_dir) -> None:
         """The tuner alone (and the head) as a PEFT adapter folder, for ``PeftModel.from_pretrained``."""
