@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -69,3 +70,14 @@ def train_one_stage(run, stage_index: int = 0):
     before = snapshot(selection.model)
     report = run_stage(run, stage_index, spec, selection=selection)
     return before, snapshot(selection.model), selection, report
+
+
+def rewind_to(run_dir, checkpoint: str) -> None:
+    """The folder as a crash right after ``checkpoint`` was written would leave it."""
+    root = run_dir / "checkpoints"
+    for p in root.iterdir():
+        if p.is_dir() and p.name != checkpoint:
+            shutil.rmtree(p)
+    (root / "latest").write_text(checkpoint)
+    shutil.rmtree(run_dir / "model")
+    (run_dir / "report.json").unlink()

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from .conftest import base_recipe, write_recipe
+from .helpers import rewind_to
 
 
 def free_port() -> int:
@@ -61,17 +62,6 @@ def test_two_processes_run_the_unlabeled_objectives(tiny_model, sentiment_csv, u
     assert report["stages"][-1]["objective_details"]["pseudo_label"]["rounds"][0]["kept"] == 60
     names = {p.name for p in (tmp_path / "two" / "checkpoints").iterdir()}
     assert "latest" in names and not any(n.startswith(".tmp") for n in names)
-
-
-def rewind_to(run_dir, checkpoint: str) -> None:
-    """The folder as a crash right after ``checkpoint`` was written would leave it."""
-    root = run_dir / "checkpoints"
-    for p in root.iterdir():
-        if p.is_dir() and p.name != checkpoint:
-            shutil.rmtree(p)
-    (root / "latest").write_text(checkpoint)
-    shutil.rmtree(run_dir / "model")
-    (run_dir / "report.json").unlink()
 
 
 @pytest.mark.slow

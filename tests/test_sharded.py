@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from .conftest import base_recipe, write_recipe
+from .helpers import rewind_to
 
 
 def free_port() -> int:
@@ -100,17 +101,6 @@ def test_fsdp_hands_a_stage_on_to_the_next_and_teachers_are_whole(no_dropout_mod
     one, two = (hybridft.load(tmp_path / d / "model").model.state_dict() for d in ("one", "two"))
     adapters = [k for k in two if ".adapter." in k]
     assert adapters and all(torch.allclose(one[k], two[k], atol=1e-5) for k in adapters)
-
-
-def rewind_to(run_dir, checkpoint: str) -> None:
-    """The folder as a crash right after ``checkpoint`` was written would leave it."""
-    root = run_dir / "checkpoints"
-    for p in root.iterdir():
-        if p.is_dir() and p.name != checkpoint:
-            shutil.rmtree(p)
-    (root / "latest").write_text(checkpoint)
-    shutil.rmtree(run_dir / "model")
-    (run_dir / "report.json").unlink()
 
 
 @pytest.mark.slow

@@ -64,18 +64,15 @@ def merge_point(method, alpha: float | None, scale: float | None, density: float
 def fine_tuned_states(fine: str, more: list[str]):
     """(model, tokenizer, meta, states): the first fine-tuned folder loaded, every one's tensors;
     all with the first one's labels and no adapters."""
-    model, tokenizer, meta, labels = load_saved(fine)
-    states = [model.state_dict()]
-    for folder in [fine, *more]:
-        other, _, other_meta, other_labels = (model, None, meta, labels) if folder == fine else load_saved(folder)
+    loaded = [load_saved(folder) for folder in [fine, *more]]
+    model, tokenizer, meta, labels = loaded[0]
+    for folder, (_, _, other_meta, other_labels) in zip([fine, *more], loaded, strict=True):
         if other_meta.get("adapters"):
             raise HybridftError(f"{folder} has bottleneck adapters, which have no pretrained counterpart to mix with")
         if other_labels != labels:
             raise HybridftError(f"{folder} predicts labels {(other_labels or [])[:8]}, {fine} predicts "
                                 f"{(labels or [])[:8]}: models with different label sets cannot be merged")
-        if folder != fine:
-            states.append(other.state_dict())
-    return model, tokenizer, meta, states
+    return model, tokenizer, meta, [m.state_dict() for m, _, _, _ in loaded]
 
 
 def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_layer: str | None,

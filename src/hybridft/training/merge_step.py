@@ -57,6 +57,7 @@ class MergeSearch:
         self.fines = [self.fine, *further_models(run, spec.models)]
         self.metric = run.recipe.selection_metric
         self.sign = -1.0 if lower_is_better(self.metric) else 1.0
+        self.done: dict[tuple, dict] = {}  # (method, point, split) -> metrics: the chosen point's test is a best's
 
     def state(self, method, point: MergePoint | None) -> dict:
         """M_fine for no point, else ``method``'s merge at ``point``."""
@@ -66,6 +67,12 @@ class MergeSearch:
                             self.run.recipe.seed, ["this run's model", *self.spec.models])
 
     def evaluate(self, method, point: MergePoint | None, split: str = "validation") -> dict:
+        key = (method.name if point else None, point, split)
+        if key not in self.done:
+            self.done[key] = self.evaluated(method, point, split)
+        return self.done[key]
+
+    def evaluated(self, method, point: MergePoint | None, split: str) -> dict:
         self.model.load_state_dict(self.state(method, point))
         label = "fine-tuned" if point is None else f"{method.name} {point.label}"
         run = self.run
