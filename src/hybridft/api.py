@@ -151,7 +151,7 @@ class SavedModel:
     labels: list[str]
     meta: dict  # hybridft.json
 
-    def predict(self, texts: str | list[str], batch_size: int = 64, pairs: bool | None = None, seed: int = 0,
+    def predict(self, texts: str | list[str], batch_size: int | None = None, pairs: bool | None = None, seed: int = 0,
                 **generation) -> list[dict]:
         """One record per text: its label (or tags, or generated text). A pair model reads
         ``"first\\tsecond"``; ``pairs`` overrides what the model's task says. ``generation``: e.g.

@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("model_dir")
     ev.add_argument("data")
     ev.add_argument("--format", default="auto")
-    ev.add_argument("--batch-size", type=_positive_int, default=64)
+    ev.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="examples per batch (length-sorted); default: as many as fit a token budget (16 rows for text generation)")
     _column_flags(ev)
     _progress_flags(ev)
 
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("model_dir")
     pr.add_argument("--input", "-i", default="-", help="text file, one example per line; - for stdin")
     pr.add_argument("--text", action="append", help="an example given on the command line (repeatable)")
-    pr.add_argument("--batch-size", type=_positive_int, default=64)
+    pr.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="examples per batch (length-sorted); default: as many as fit a token budget (16 rows for text generation)")
     pr.add_argument("--pair", action="store_true", default=None,
                     help="the model classifies pairs: each line is text<TAB>text (default: as the model was trained)")
     _progress_flags(pr)

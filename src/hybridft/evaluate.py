@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -47,28 +49,68 @@ def tagging_metrics(pred_tags: list[list[str]], gold_tags: list[list[str]]) -> d
     }
 
 
-@torch.no_grad()
-def predict(model, examples: list[dict], collator, batch_size: int, device, desc: str = "eval",
+# padded tokens per inference batch when no batch size is given. On this project's CPU, batches past
+# this size stop paying (benchmarks/bench_inference.py); a GPU starts larger and a batch that does not
+# fit is halved, the size that fitted then capping the batches after it
+INFERENCE_TOKENS = {"cpu": 8192, "cuda": 65536}
+
+
+def forward_batch(model, rows: list[dict], collator, device) -> tuple[list, float, int]:
+    """Per-example logits (numpy, unpadded for tokens), the loss summed over labels, and their count."""
+    batch = {k: v.to(device) for k, v in collator(rows).items()}
+    labels = batch.pop("labels", None)
+    logits = model(**batch).logits.float()
+    n = int((labels != IGNORE_INDEX).sum()) if labels is not None else 0
+    loss = float(task_loss(logits, labels)) * n if labels is not None else 0.0
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    out = [logits[row, : lengths[row]].cpu().numpy() if logits.dim() == 3 else logits[row].cpu().numpy()
+           for row in range(len(rows))]
+    return out, loss, n
+
+
+class FittingForward:
+    """``forward_batch`` on as much of a batch as the device has memory for: a batch that does not fit
+    is halved, and the batches after it are cut to the size that fitted. Only on one process: a
+    sharded model gathers its weights in every forward, so every process must run as many."""
+
+    def __init__(self, model, collator, device, may_split: bool):
+        self.model, self.collator, self.device, self.may_split = model, collator, device, may_split
+        self.max_tokens = math.inf
+
+    def __call__(self, rows: list[dict]) -> tuple[list, float, int]:
+        tokens = len(rows) * max(len(ex["input_ids"]) for ex in rows)
+        if tokens > self.max_tokens and len(rows) > 1:
+            return self.halves(rows)
+        try:
+            return forward_batch(self.model, rows, self.collator, self.device)
+        except torch.OutOfMemoryError:
+            if not self.may_split or len(rows) == 1:
+                raise
+            self.max_tokens = tokens // 2
+            torch.cuda.empty_cache()
+            return self.halves(rows)
+
+    def halves(self, rows: list[dict]) -> tuple[list, float, int]:
+        first, second = self(rows[: len(rows) // 2]), self(rows[len(rows) // 2:])
+        return first[0] + second[0], first[1] + second[1], first[2] + second[2]
+
+
+@torch.inference_mode()
+def predict(model, examples: list[dict], collator, batch_size: int | None, device, desc: str = "eval",
             progress: bool = True, processes=None) -> tuple[list, float]:
     """Per-example logits (numpy, unpadded for tokens) in input order, and the mean loss where
-    examples carry labels (NaN otherwise). With ``processes`` (rank, world, gather) each process
-    computes a share of the batches and all get every result, added up in the order one process
-    would: the same numbers, bit for bit."""
+    examples carry labels (NaN otherwise). Batches are length-sorted, of ``batch_size`` examples or,
+    without one, of as many as fit ``INFERENCE_TOKENS``. With ``processes`` (rank, world, gather)
+    each process computes a share of the batches and all get every result, added up in the order
+    one process would: the same numbers, bit for bit."""
     was_training = model.training
     model.eval()
-    batches = length_sorted_batches(examples, batch_size)
-    done: dict[int, tuple[list, float, int]] = {}  # batch -> (per-example logits, loss x labels, labels)
-    for b in track(my_batches(len(batches), processes), desc, progress):
-        idx = batches[b]
-        batch = {k: v.to(device) for k, v in collator([examples[i] for i in idx]).items()}
-        labels = batch.pop("labels", None)
-        logits = model(**batch).logits.float()
-        n = int((labels != IGNORE_INDEX).sum()) if labels is not None else 0
-        loss = float(task_loss(logits, labels)) * n if labels is not None else 0.0
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        rows = [logits[row, : lengths[row]].cpu().numpy() if logits.dim() == 3 else logits[row].cpu().numpy()
-                for row in range(len(idx))]
-        done[b] = (rows, loss, n)
+    device = torch.device(device)
+    budget = INFERENCE_TOKENS.get(device.type, INFERENCE_TOKENS["cpu"])
+    batches = length_sorted_batches([len(ex["input_ids"]) for ex in examples], batch_size, budget)
+    forward = FittingForward(model, collator, device, may_split=processes is None or processes.world == 1)
+    done = {b: forward([examples[i] for i in batches[b]])  # batch -> (per-example logits, loss x labels, labels)
+            for b in track(my_batches(len(batches), processes), desc, progress)}
     if processes is not None and processes.world > 1:
         done = {b: result for part in processes.gather(done) for b, result in part.items()}
     model.train(was_training)

@@ -6,22 +6,22 @@ from pathlib import Path
 
 import torch
 from pydantic import ValidationError
+from transformers import DataCollatorWithPadding
 
 from .data.collate import collator_for
 from .data.prepare import check_labels, encode, read_rows
 from .errors import HybridftError
-from .evaluate import evaluate
+from .evaluate import evaluate, predict
 from .generative.chat import encode_chat, prompt_ids
 from .generative.data import bos_id, encode_causal, encode_seq2seq, read_generative_rows
-from .generative.evaluate import teacher_forced_metrics
+from .generative.evaluate import GENERATIVE_EVAL_ROWS, teacher_forced_metrics
 from .generative.generate import generate_texts
 from .generative.metrics import is_uncased, translation_metrics
 from .model_io import load_saved
-from .progress import track
 from .recipe import Columns, DataSpec, GenerationSpec, LanguagePair, format_validation_error
 
 
-def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, columns: dict,
+def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int | None, columns: dict,
                   progress: bool = False) -> dict:
     model, tokenizer, meta, labels = load_saved(model_dir)
     cols = Columns(**{**meta.get("columns", {}), **{k: v for k, v in columns.items() if v}})
@@ -44,12 +44,12 @@ def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int, col
     return metrics
 
 
-def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: str, batch_size: int, cols,
-                             progress: bool) -> dict:
+def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: str, batch_size: int | None,
+                             cols, progress: bool) -> dict:
     """Perplexity and token accuracy; for seq2seq also BLEU and chrF with the saved generation
     settings. Parallel text (a path with {lang}) uses the languages the model was trained on."""
 
-    task = meta["task"]
+    task, batch_size = meta["task"], batch_size or GENERATIVE_EVAL_ROWS
     path = str(Path(data_path).resolve())
     languages = LanguagePair(**meta["languages"]) if meta.get("languages") else None
     data = DataSpec(train=path, test=path, format=fmt, columns=cols, languages=languages)
@@ -83,7 +83,7 @@ def device_for(model) -> torch.device:
     return current
 
 
-def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: int, generation: dict,
+def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: int | None, generation: dict,
                    seed: int) -> list[dict]:
     """Text for each line: a translation (seq2seq) or a continuation of the prompt (causal_lm)."""
     try:
@@ -99,7 +99,7 @@ def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: i
         start = bos_id(tokenizer)
         inputs = [([start] if start is not None else []) + ids[-(max_length - 1):]
                   for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
-    texts = generate_texts(model, tokenizer, inputs, spec, batch_size, device_for(model), seed)
+    texts = generate_texts(model, tokenizer, inputs, spec, batch_size or GENERATIVE_EVAL_ROWS, device_for(model), seed)
     return [{"input": line, "generated": text} for line, text in zip(lines, texts, strict=True)]
 
 
@@ -116,59 +116,66 @@ def split_pairs(lines: list[str]) -> tuple[list[str], list[str]]:
     return firsts, seconds
 
 
-def tag_batch(model, tokenizer, chunk: list[str], labels: list[str], max_length: int, device) -> list[dict]:
-    words = [line.split() for line in chunk]
-    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True,
-                    return_tensors="pt")
-    probs = model(**enc.to(device)).logits.softmax(-1)
+def encoded_rows(encoding) -> list[dict]:
+    return [{k: encoding[k][i] for k in encoding} for i in range(len(encoding["input_ids"]))]
+
+
+def tag_lines(model, tokenizer, lines: list[str], labels: list[str], max_length: int, batch_size: int | None,
+              device, progress: bool) -> list[dict]:
+    """The tag of each word's first sub-token (words split on spaces)."""
+    words = [line.split() for line in lines]
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    logits, _ = predict(model, encoded_rows(enc), DataCollatorWithPadding(tokenizer), batch_size, device, "predict",
+                        progress)
     records = []
     for i, ws in enumerate(words):
         first = {}
         for pos, w in enumerate(enc.word_ids(i)):
             if w is not None and w not in first:
                 first[w] = pos
-        records.append({"tokens": ws, "tags": [labels[int(probs[i, first[w]].argmax())] if w in first else "O"
+        records.append({"tokens": ws, "tags": [labels[int(logits[i][first[w]].argmax())] if w in first else "O"
                                                for w in range(len(ws))]})
     return records
 
 
-def label_batch(model, tokenizer, chunk: list[str], labels: list[str], max_length: int, pairs: bool,
-                device) -> list[dict]:
-    texts, second = split_pairs(chunk) if pairs else (chunk, None)
-    enc = tokenizer(texts, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    probs = model(**enc.to(device)).logits.softmax(-1)
+def label_lines(model, tokenizer, lines: list[str], labels: list[str], max_length: int, pairs: bool,
+                batch_size: int | None, device, progress: bool) -> list[dict]:
+    texts, second = split_pairs(lines) if pairs else (lines, None)
+    enc = tokenizer(texts, second, truncation=True, max_length=max_length)
+    logits, _ = predict(model, encoded_rows(enc), DataCollatorWithPadding(tokenizer), batch_size, device, "predict",
+                        progress)
     records = []
-    for line, pr in zip(chunk, probs, strict=True):
-        j = int(pr.argmax())
-        records.append({"text": line, "label": labels[j], "score": round(float(pr[j]), 4)})
+    for line, scores in zip(lines, logits, strict=True):
+        probs = torch.from_numpy(scores).softmax(-1)
+        j = int(probs.argmax())
+        records.append({"text": line, "label": labels[j], "score": round(float(probs[j]), 4)})
     return records
 
 
-@torch.no_grad()
-def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[str], batch_size: int,
+def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[str], batch_size: int | None,
                  generation: dict | None = None, seed: int = 0, pairs: bool | None = None,
                  progress: bool = False) -> list[dict]:
     """One record per line, in order: a label (a pair model reads ``first<TAB>second``; whether the
     model reads pairs comes from its task, or ``pairs``), tags (words split on spaces), or generated
-    text. An empty line gets a record with an error instead of being dropped."""
+    text. An empty line gets a record with an error instead of being dropped. Batches are
+    length-sorted, of ``batch_size`` lines or, without one, as many as fit a token budget."""
+    texts = [x for x in lines if x.strip()]
     if meta["task"] in ("causal_lm", "seq2seq"):
-        predicted = generate_lines(model, tokenizer, meta, [x for x in lines if x.strip()], batch_size,
-                                   generation or {}, seed)
+        predicted = generate_lines(model, tokenizer, meta, texts, batch_size, generation or {}, seed)
+    elif not texts:
+        predicted = []
+    elif meta["task"] == "token_classification":
+        predicted = tag_lines(model, tokenizer, texts, labels, meta.get("max_length", 128), batch_size,
+                              device_for(model), progress)
     else:
         pairs = meta["task"] == "pair_classification" if pairs is None else pairs
-        device, max_length = device_for(model), meta.get("max_length", 128)
-        texts = [x for x in lines if x.strip()]
-        predicted = []
-        for start in track(range(0, len(texts), batch_size), "predict", progress):
-            chunk = texts[start:start + batch_size]
-            predicted += tag_batch(model, tokenizer, chunk, labels, max_length, device) \
-                if meta["task"] == "token_classification" else \
-                label_batch(model, tokenizer, chunk, labels, max_length, pairs, device)
+        predicted = label_lines(model, tokenizer, texts, labels, meta.get("max_length", 128), pairs, batch_size,
+                                device_for(model), progress)
     answers = iter(predicted)
     return [next(answers) if line.strip() else {"text": line, "error": "empty text"} for line in lines]
 
 
-def predict_lines(model_dir: str, lines: list[str], batch_size: int, generation: dict | None = None,
+def predict_lines(model_dir: str, lines: list[str], batch_size: int | None, generation: dict | None = None,
                   seed: int = 0, pairs: bool | None = None, progress: bool = False) -> list[dict]:
     """``predict_with`` on a saved model folder."""
     model, tokenizer, meta, labels = load_saved(model_dir)

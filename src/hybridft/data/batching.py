@@ -13,28 +13,46 @@ from functools import lru_cache
 import torch
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False) -> list[list[int]]:
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False,
+                  accumulate: int = 1) -> list[list[int]]:
     """A seeded shuffle per (run seed, stage, epoch): the data order never depends on RNG state,
     so a resumed run sees exactly the batches the interrupted one would have.
 
-    With ``group_by_length``, examples of similar length share a batch (sorted within shuffled
-    windows of 50 batches, then the batches shuffled), so dynamic padding wastes little compute."""
+    With ``group_by_length``, examples of similar length share an optimizer step's batch (sorted
+    within shuffled windows of 50 steps, then the steps shuffled), so dynamic padding wastes little
+    compute; each step's examples are cut into ``accumulate`` micro-batches, so accumulating k
+    micro-batches of n trains on the same examples as one batch of k x n. The one short step (the
+    epoch's remainder) comes last."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(lengths), generator=g).tolist()
     if not group_by_length:
         return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
-    window = 50 * batch_size
-    batches = []
+    step = batch_size * accumulate
+    window = 50 * step
+    steps = []
     for start in range(0, len(perm), window):
         chunk = sorted(perm[start:start + window], key=lambda i: -lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        steps += [chunk[i:i + step] for i in range(0, len(chunk), step)]
+    short = [steps.pop()] if len(steps[-1]) < step else []  # stays last, as without grouping
+    shuffled = [steps[i] for i in torch.randperm(len(steps), generator=g).tolist()] + short
+    return [s[i:i + batch_size] for s in shuffled for i in range(0, len(s), batch_size)]
 
 
-def length_sorted_batches(examples: list[dict], batch_size: int) -> list[list[int]]:
-    """Batches of similar length: evaluation order does not matter and padding is wasted work."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+def length_sorted_batches(lengths: list[int], max_rows: int | None, max_tokens: int) -> list[list[int]]:
+    """Inference batches: examples sorted by length (order does not matter and padding is wasted work),
+    longest first so that a batch too large for the device fails at once. ``max_rows`` examples per
+    batch when given; otherwise as many as fit ``max_tokens`` padded tokens, so short sentences go
+    in large batches and long ones in small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if max_rows is not None:
+        return [order[i:i + max_rows] for i in range(0, len(order), max_rows)]
+    batches: list[list[int]] = []
+    for i in order:  # the first of a batch is its longest, so the padded size is rows x that length
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 @lru_cache(maxsize=8)

@@ -15,17 +15,18 @@ from .generate import generate_texts
 from .metrics import is_uncased, translation_metrics
 
 SAMPLES = 5  # generated examples kept for the report
+GENERATIVE_EVAL_ROWS = 16  # without an eval batch size: a language model's logits are rows x tokens x vocabulary
 
 
 @torch.no_grad()
-def teacher_forced_metrics(model, examples: list[dict], collator, batch_size: int, device, causal: bool,
+def teacher_forced_metrics(model, examples: list[dict], collator, batch_size: int | None, device, causal: bool,
                            desc: str = "eval", progress: bool = False, processes=None) -> dict:
     """Mean token loss (nats), its exponential (perplexity) and next-token accuracy over the
     positions that carry a label. With several ``processes`` each computes every N-th batch and the
     per-batch sums are added up in one process's order: the same numbers, bit for bit."""
     was_training = model.training
     model.eval()
-    batches = length_sorted_batches(examples, batch_size)
+    batches = length_sorted_batches([len(ex["input_ids"]) for ex in examples], batch_size or GENERATIVE_EVAL_ROWS, 0)
     done: dict[int, tuple[float, int, int]] = {}  # batch -> (loss sum, correct, tokens)
     for b in track(my_batches(len(batches), processes), desc, progress):
         batch = {k: v.to(device) for k, v in collator([examples[i] for i in batches[b]]).items()}
@@ -48,8 +49,8 @@ def teacher_forced_metrics(model, examples: list[dict], collator, batch_size: in
             "token_accuracy": correct / max(tokens, 1)}
 
 
-def evaluate_generative(run, model, split: str, batch_size: int, desc: str, progress: bool) -> dict | None:
-    data = run.data
+def evaluate_generative(run, model, split: str, batch_size: int | None, desc: str, progress: bool) -> dict | None:
+    data, batch_size = run.data, batch_size or GENERATIVE_EVAL_ROWS
     examples = getattr(data, split)
     if examples is None:
         return None

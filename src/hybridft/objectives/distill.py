@@ -39,9 +39,6 @@ from .teachers import (
     teacher_state,
 )
 
-# Teacher inference keeps no activations for a backward pass, so it takes twice a usual training batch.
-TEACHER_BATCH_SIZE = 64
-
 
 class DistillSpec(TeacherSpec):
     name: Literal["distill"] = "distill"
@@ -212,7 +209,7 @@ class Distill(Objective):
         self.precomputed = True
         if self.generative or run.data.task == "multi_task" or not examples:
             return
-        members = [predict(t, examples, run.collator, TEACHER_BATCH_SIZE, run.device, "teacher", run.progress,
+        members = [predict(t, examples, run.collator, None, run.device, "teacher", run.progress,
                            run.processes)[0]
                    for t in self.teachers]
         for i in range(len(examples)):

@@ -91,8 +91,7 @@ class PseudoLabel(Objective):
 
     def label_pool(self, epoch: int) -> None:
         run = self.run
-        members = [torch.from_numpy(np.stack(predict(model, run.data.unlabeled, run.collator,
-                                                      2 * (self.config.batch_size or 32), run.device,
+        members = [torch.from_numpy(np.stack(predict(model, run.data.unlabeled, run.collator, None, run.device,
                                                       "pseudo-labeling", run.progress, run.processes)[0]))
                    for model in self.teachers or [run.processes.unwrap(run.model)]]
         probs = torch.softmax(ensemble_logits(members), dim=-1).numpy()  # one member: its own softmax

@@ -25,6 +25,9 @@ class ModelSpec(Spec):
     chat_template: str | None = Field(None, description="causal_lm with data.columns.messages: a Jinja chat template, "
                                                         "or a file holding one; replaces the tokenizer's and is "
                                                         "saved with the model")
+    compile: bool = Field(False, description="torch.compile the model's forward for the training steps and the "
+                                             "stage's evaluations (inductor: a C++ compiler on the CPU, Triton on "
+                                             "a GPU); the first steps pay for compiling, about a minute or two")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass instead of "
                                                             "keeping them: less memory, about a third more compute")
     dtype: Literal["float32", "bfloat16"] = Field(

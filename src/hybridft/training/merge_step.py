@@ -51,7 +51,7 @@ def further_models(run, refs: list[str]) -> list[dict]:
 class MergeSearch:
     """Evaluates merges on validation data."""
 
-    def __init__(self, run, model, spec, eval_batch: int):
+    def __init__(self, run, model, spec, eval_batch: int | None):
         self.run, self.model, self.spec, self.batch = run, model, spec, eval_batch
         self.fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.fines = [self.fine, *further_models(run, spec.models)]

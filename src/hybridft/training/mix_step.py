@@ -46,7 +46,7 @@ def golden_section(f, lo: float, hi: float, steps: int) -> None:
 class MixSearch:
     """Evaluates mixes on validation data, remembering every result."""
 
-    def __init__(self, run, model, pre: dict, fine: dict, eval_batch: int):
+    def __init__(self, run, model, pre: dict, fine: dict, eval_batch: int | None):
         self.run, self.model, self.pre, self.fine = run, model, pre, fine
         self.metric = run.recipe.selection_metric
         self.sign = -1.0 if lower_is_better(self.metric) else 1.0

@@ -67,12 +67,13 @@ class Stage:
     scheduler: object
     best: BestWeights
     state: StageState
-    wrapped: torch.nn.Module  # what the forward pass runs through (the model itself on one process)
+    wrapped: torch.nn.Module  # what training forwards run through: the model on one process, compiled or not
     extra: tuple  # parameters outside the model that train with it (an objective's MLM head)
     trainable: list  # everything the optimizer updates (whose gradient norm is clipped)
     cache: PrefixCache | None = None
     cache_note: str | None = None
     entry_masks: EntryMasks | None = None
+    compiled_model: torch.nn.Module | None = None  # the stage's evaluations run it (model.compile)
     running: dict = field(default_factory=dict)  # losses of the optimizer step in progress
     tic: float = 0.0
 
@@ -106,6 +107,10 @@ class Stage:
         replicated = (selection.model.get_input_embeddings().weight,) if any(o.config.reads_embeddings
                                                                             for o in objectives) else ()
         wrapped = run.processes.wrap(selection.model, replicated)
+        compiled_model = None
+        if run.recipe.model.compile:  # the compiled module shares the parameters; state dicts keep their keys
+            compiled_model = torch.compile(selection.model)
+            wrapped = compiled_model if wrapped is selection.model else torch.compile(wrapped)
         lr_overrides = {k: v for s in selection.selectors
                         for k, v in s.lr_overrides(selection.model, spec.optimizer.lr).items()}
         extra = tuple(p for o in objectives for p in o.trainable_parameters())
@@ -119,7 +124,7 @@ class Stage:
         masks = EntryMasks(selection.model, selection.masks, run.processes.local) if selection.masks else None
         trainable = [p for p in selection.model.parameters() if p.requires_grad] + list(extra)
         return cls(run, index, spec, name, selection, objectives, examples, total, optimizer, scheduler, best,
-                   state, wrapped, extra, trainable, cache, note, masks)
+                   state, wrapped, extra, trainable, cache, note, masks, compiled_model)
 
     @contextmanager
     def started(self):
@@ -151,7 +156,7 @@ class Stage:
                                         run.recipe.sampling.temperature)
         else:
             batches = epoch_batches([len(ex["input_ids"]) for ex in self.examples], spec.batch_size, seed,
-                                    spec.group_by_length)
+                                    spec.group_by_length, spec.grad_accum_steps)
         if st.micro == 0:
             for o in self.objectives:
                 o.on_epoch_start(run, st.epoch)
@@ -264,7 +269,8 @@ class Stage:
 
     def evaluation(self, desc: str) -> dict:
         run = self.run
-        return scalar_metrics(evaluate_data(run, self.model, "validation", self.spec.eval_batch, desc, run.progress))
+        model = self.model if self.compiled_model is None else self.compiled_model
+        return scalar_metrics(evaluate_data(run, model, "validation", self.spec.eval_batch, desc, run.progress))
 
     def evaluate(self) -> None:
         run, st, spec, metric = self.run, self.state, self.spec, self.run.recipe.selection_metric
