@@ -27,7 +27,7 @@ How
     hybridft: ``run_recipe`` on a one-stage recipe. Its number is the stage's ``samples_per_s``:
     samples over the time of the training steps only (collation, forward, backward, clip,
     optimizer and scheduler step, metric logging); model loading, tokenisation and evaluation are
-    excluded. ``--compile`` adds ``model.compile: true`` (its compile time is in the steps' time).
+    excluded. ``--compile`` adds a side with ``model.compile: true`` (compiling is in its steps' time).
 
     Trainer: the same rows (the script re-does hybridft's cleaning and seeded subset, and checks
     the result against hybridft's own loader), tokenised once with truncation and no padding,
@@ -44,6 +44,7 @@ Run (from the repository root, on an otherwise idle machine)
     python benchmarks/bench_vs_trainer.py --samples 1024 --repeats 3
     python benchmarks/bench_vs_trainer.py --accuracy --strategies full,lora
     python benchmarks/bench_vs_trainer.py --samples 128 --repeats 1 --strategies top2   # smoke test
+    python benchmarks/bench_vs_trainer.py --device cuda --compile   # on a GPU: bf16, MFU against its bf16 peak
 """
 
 from __future__ import annotations
@@ -61,8 +62,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# CPU benchmark: keep both sides off any GPU (hybridft's Accelerator would otherwise pick one).
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,8 +77,10 @@ STRATEGIES = {
     "top2": ([{"name": "layers", "top_k": 2, "head": True}], {"prefix_cache": {}}, 3, ("trainer", "trainer-grouped")),
 }
 # hybridft as it comes batches examples of similar length together; "-random" is its old default
-# (plain shuffled batches, as the Trainer as it comes), for the accuracy comparison
-VARIANTS = {"hybridft": {}, "hybridft-random": {"group_by_length": False}}
+# (plain shuffled batches, as the Trainer as it comes), for the accuracy comparison; "-compiled"
+# adds model.compile (with --compile)
+VARIANTS = {"hybridft": {}, "hybridft-random": {"stage": {"group_by_length": False}},
+            "hybridft-compiled": {"model": {"compile": True}}}
 ACCURACY_SEEDS = (1, 2, 3)
 
 
@@ -91,7 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="runs per side, in turn; default 3")
     p.add_argument("--accuracy", action="store_true",
                    help="dev accuracy over 3 seeds instead of throughput (hybridft, its shuffled batches, Trainer)")
-    p.add_argument("--compile", action="store_true", help="hybridft with model.compile: true")
+    p.add_argument("--compile", action="store_true", help="also hybridft with model.compile: true")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: both sides on the GPU in bf16 autocast (hybridft's model.precision auto, the "
+                        "Trainer's bf16=True); the FLOP/s line is then MFU against the GPU's measured bf16 peak")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -103,6 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--worker-seed", type=int, default=SEED, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.device == "cpu":  # keep both sides off any GPU (hybridft's Accelerator would otherwise pick one)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     args.samples = args.samples or (4000 if args.accuracy else 1024)
     args.strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
     unknown = [x for x in args.strategies if x not in STRATEGIES]
@@ -165,11 +171,11 @@ def make_recipe(args, train_tsv: Path, dev_tsv: Path, strategy: str = "full", va
     select, extra, epochs, _ = STRATEGIES[strategy]
     return validate_recipe({
         "name": "bench", "task": "classification", "seed": seed,
-        "model": {"max_length": args.max_length, **({"compile": True} if args.compile else {})},
+        "model": {"max_length": args.max_length, **VARIANTS[variant].get("model", {})},
         "data": {"train": str(train_tsv), "validation": str(dev_tsv), "format": "tsv",
                  "columns": {"text": "sentence", "label": "label"}, "max_train_samples": args.samples,
                  **({} if args.accuracy else {"max_eval_samples": MAX_EVAL_SAMPLES})},
-        "stages": [{"name": "ft", "select": select, **extra, **VARIANTS[variant], "keep_best": False,
+        "stages": [{"name": "ft", "select": select, **extra, **VARIANTS[variant].get("stage", {}), "keep_best": False,
                     "optimizer": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY},
                     "scheduler": {"name": "linear"}, "epochs": epochs, "batch_size": args.batch_size}],
         "output": {"save_model": False},
@@ -253,7 +259,8 @@ def run_trainer(args, model_dir: Path, dataset, tokenizer, workdir: Path, strate
         output_dir=str(workdir / "trainer"), per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=2 * args.batch_size, num_train_epochs=epochs,
         learning_rate=LR, weight_decay=WEIGHT_DECAY, lr_scheduler_type="linear", max_grad_norm=1.0,
-        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], use_cpu=True,
+        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[],
+        use_cpu=args.device == "cpu", bf16=args.device == "cuda",
         dataloader_num_workers=0, seed=seed, disable_tqdm=True, **(grouped if side == "trainer-grouped" else {}),
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
@@ -279,16 +286,22 @@ def run_trainer(args, model_dir: Path, dataset, tokenizer, workdir: Path, strate
 
 # ---------------------------------------------------------------- main
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
-    """The machine's fp32 matmul throughput: the best of several size x size ``torch.mm`` runs."""
+def matmul_peak_flops(device: str = "cpu", repeats: int = 10) -> float:
+    """The machine's matmul throughput: the best of several square ``torch.mm`` runs, fp32 on the
+    CPU (2048), bf16 on a GPU (8192)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    size, dtype = (2048, torch.float32) if device == "cpu" else (8192, torch.bfloat16)
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)  # warm-up
     best = math.inf
     for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
         tic = time.perf_counter()
         torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - tic)
     return 2 * size ** 3 / best
 
@@ -315,12 +328,14 @@ def run_worker(argv, side: str, strategy: str, seed: int, tmp: Path, threads: in
     return out
 
 
-def sides_of(strategy: str, accuracy: bool) -> tuple[str, ...]:
-    return ("hybridft", "hybridft-random", "trainer") if accuracy else ("hybridft", *STRATEGIES[strategy][3])
+def sides_of(strategy: str, args) -> tuple[str, ...]:
+    if args.accuracy:
+        return "hybridft", "hybridft-random", "trainer"
+    return ("hybridft", *(("hybridft-compiled",) if args.compile else ()), *STRATEGIES[strategy][3])
 
 
 def throughput(args, argv, threads: int, model_dir: Path) -> dict:
-    results = {s: {side: [] for side in sides_of(s, False)} for s in args.strategies}
+    results = {s: {side: [] for side in sides_of(s, args)} for s in args.strategies}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for r in range(args.repeats):
             for strategy in args.strategies:
@@ -330,33 +345,35 @@ def throughput(args, argv, threads: int, model_dir: Path) -> dict:
                     print(f"  run {r + 1} {strategy:<5} {side:<16}: {out['samples_per_s']:8.1f} samples/s "
                           f"({out['trainable']:,} trainable, {out['steps']} steps)", flush=True)
     print()
-    header = f"{'strategy':<8} | {'epochs':>6} | {'trainable':>10} | {'side':<16} | {'samples/s':>9} | {'hybridft is':>11}"
+    header = f"{'strategy':<8} | {'epochs':>6} | {'trainable':>10} | {'side':<17} | {'samples/s':>9} | against the Trainers"
     print(header + "\n" + "-" * len(header))
     summary = {}
     for strategy, sides in results.items():
         med = {side: statistics.median(o["samples_per_s"] for o in outs) for side, outs in sides.items()}
-        ratios = {side: med["hybridft"] / med[side] for side in med if side != "hybridft"}
+        trainers = [side for side in med if side.startswith("trainer")]
+        ratios = {side: {t: med[side] / med[t] for t in trainers} for side in med if side.startswith("hybridft")}
         summary[strategy] = {"median_samples_per_s": med, "ratios": ratios}
         for side, value in med.items():
-            ratio = f"{ratios[side]:.2f}x" if side in ratios else ""
-            print(f"{strategy:<8} | {STRATEGIES[strategy][2]:>6} | {sides[side][0]['trainable']:>10,} | {side:<16} | "
-                  f"{value:>9.1f} | {ratio:>11}")
+            against = ", ".join(f"{r:.2f}x {t}" for t, r in ratios.get(side, {}).items())
+            print(f"{strategy:<8} | {STRATEGIES[strategy][2]:>6} | {sides[side][0]['trainable']:>10,} | {side:<17} | "
+                  f"{value:>9.1f} | {against}")
     if "full" in results:
-        peak, params = matmul_peak_flops(), non_embedding_params(model_dir)
+        peak, params = matmul_peak_flops(args.device), non_embedding_params(model_dir)
         tokens = statistics.median(o["tokens_per_s"] for o in results["full"]["hybridft"])
         achieved = 6 * params * tokens
         summary["full"]["flops"] = {"non_embedding_params": params, "tokens_per_s": tokens,
                                     "achieved": achieved, "matmul_peak": peak}
         print(f"\nfull fine-tuning: {achieved / 1e9:.1f} GFLOP/s achieved (6 x {params:,} non-embedding parameters x "
-              f"{tokens:.0f} real tokens/s) = {100 * achieved / peak:.0f}% of the measured fp32 matmul peak "
-              f"{peak / 1e9:.1f} GFLOP/s ({threads} threads)")
+              f"{tokens:.0f} real tokens/s) = {100 * achieved / peak:.0f}% of the measured "
+              f"{'fp32' if args.device == 'cpu' else 'bf16'} matmul peak "
+              f"{peak / 1e9:.1f} GFLOP/s ({threads} threads)" + (" (MFU)" if args.device == "cuda" else ""))
     print(f"\nratio = median hybridft samples/s / median samples/s of that side over {args.repeats} runs each, "
           "every run in a fresh process; above 1 means hybridft is faster")
     return {"summary": summary, "runs": results}
 
 
 def accuracy(args, argv, threads: int) -> dict:
-    results = {s: {side: [] for side in sides_of(s, True)} for s in args.strategies}
+    results = {s: {side: [] for side in sides_of(s, args)} for s in args.strategies}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for strategy in args.strategies:
             for seed in ACCURACY_SEEDS:
@@ -404,8 +421,8 @@ def main(argv=None) -> int:
         return worker(args, train_tsv, dev_tsv, model_dir)
 
     print(f"{'accuracy' if args.accuracy else 'throughput'} benchmark: {args.samples} SST-2 samples, batch "
-          f"{args.batch_size}, max_length {args.max_length}, {threads} torch threads, CPU, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}{', hybridft compiled' if args.compile else ''}", flush=True)
+          f"{args.batch_size}, max_length {args.max_length}, {threads} torch threads, {args.device}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}", flush=True)
     print(f"model: {model_dir}", flush=True)
     out = accuracy(args, argv, threads) if args.accuracy else throughput(args, argv, threads, model_dir)
     if args.json:

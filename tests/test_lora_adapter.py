@@ -190,7 +190,7 @@ def test_lora_variants_train_merge_and_load_with_plain_transformers(tiny_model, 
     from hybridft.evaluate import evaluate_data
     from hybridft.selectors.lora import lora_layers
 
-    for variant in ({"use_dora": True}, {"use_rslora": True}, {"init": "pissa"}, {"init": "olora"}):
+    for variant in ({"use_dora": True}, {"use_rslora": True}, {"init": "pissa"}, {"init": "olora"}, {"init": "eva"}):
         lora = {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"], **variant}
         recipe = base_recipe(tiny_model, sentiment_csv, select=[lora], max_steps=3, optimizer={"lr": 5e-2})
         tag = "_".join(f"{k}-{v}" for k, v in variant.items())
@@ -213,7 +213,32 @@ def test_lora_variants_train_merge_and_load_with_plain_transformers(tiny_model, 
         plain = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
         metrics = evaluate_data(probe, plain, "validation", 16, "check", progress=False)
         assert metrics["loss"] == pytest.approx(report["metrics"]["loss"], rel=1e-5), variant
-        assert (out / "peft_adapter").is_dir() == ("init" not in variant)
+        assert (out / "peft_adapter").is_dir() == (variant.get("init") not in ("pissa", "olora"))
+
+
+def test_eva_starts_a_at_the_principal_directions_of_the_layer_inputs(tiny_model, sentiment_csv, tmp_path):
+    """EVA: A's rows are (close to) the top-r right singular vectors of the centred inputs the layer
+    sees on the training data; B is zero, so the model starts as the pretrained one."""
+    from hybridft.training.loop import build_selection
+
+    recipe = base_recipe(tiny_model, sentiment_csv, select=[{"name": "lora", "r": 4, "init": "eva",
+                                                             "target_modules": ["query"]}])
+    run = make_run(recipe, tmp_path / "run")
+    inputs = []
+    layer = run.model.bert.encoder.layer[0].attention.self.query
+    hook = layer.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach()))
+    batch = run.collator(run.data.train)
+    with torch.no_grad():
+        run.model.eval()(**{k: v for k, v in batch.items() if k != "labels"})
+    hook.remove()
+    x = inputs[0][batch["attention_mask"].bool()]  # the real tokens' inputs
+    top = torch.linalg.svd(x - x.mean(0), full_matrices=False).Vh[:4]
+    selection = build_selection(run, run.recipe.stages[0], "s")
+    query = selection.model.bert.encoder.layer[0].attention.self.query
+    a = query.lora_A["default"].weight.detach()
+    assert torch.allclose(a @ a.T, torch.eye(4), atol=1e-4)  # orthonormal rows
+    assert float((top @ a.T).square().sum()) > 0.9 * 4  # the same subspace (4 when identical)
+    assert torch.count_nonzero(query.lora_B["default"].weight) == 0
 
 
 def test_loraplus_trains_b_at_a_multiple_of_the_learning_rate(tiny_model, sentiment_csv, tmp_path):

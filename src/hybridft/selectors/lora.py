@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import torch
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from pydantic import Field, model_validator
 
@@ -34,10 +35,12 @@ class LoraSpec(SelectorSpec):
                                               "(Liu et al., 2024)")
     use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r) instead of alpha / r "
                                                 "(Kalajdzievski, 2023)")
-    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
-        "default", description="how A and B start: default (B = 0, A Kaiming-uniform), gaussian, or from the base "
-                               "weight: pissa (its principal singular vectors), olora (its QR factors); pissa and "
-                               "olora move that part out of the base weight, so they need merge: true")
+    init: Literal["default", "gaussian", "pissa", "olora", "eva"] = Field(
+        "default", description="how A and B start: default (B = 0, A Kaiming-uniform), gaussian, from the base "
+                               "weight: pissa (its principal singular vectors), olora (its QR factors), which move "
+                               "that part out of the base weight and so need merge: true; or from the data: eva "
+                               "(A = the top-r singular vectors of each layer's inputs on the training set, B = 0; "
+                               "the same r in every layer)")
     loraplus_lr_ratio: float | None = Field(None, gt=0, description="LoRA+: B trains at this multiple of the "
                                                                    "learning rate A has (Hayou et al., 2024; ~16)")
     saves: ClassVar[tuple[str, ...]] = ("peft_adapter/",)  # when it is the whole recipe
@@ -56,7 +59,8 @@ def peft_config(spec: LoraSpec, model):
     # the head (classifier, BERT's pooler) trains whole, so LoRA never wraps it
     head_modules = sorted({n.rpartition(".")[0].replace(".base_layer", "") for n in architecture.head_param_names(model)
                            if ".lora_" not in n})
-    init = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[spec.init]
+    # eva's A is computed from the data before injection and copied in (eva_components)
+    init = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "eva": True}[spec.init]
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, use_dora=spec.use_dora,
                       use_rslora=spec.use_rslora, init_lora_weights=init,
                       target_modules=lora_targets(spec, model), fan_in_fan_out=targets_conv1d(spec, model),
@@ -64,6 +68,30 @@ def peft_config(spec: LoraSpec, model):
                       if spec.layers is not None else None,
                       layers_pattern=architecture.main_layer_stack(model)[0].split(".")[-1] if spec.layers else None,
                       exclude_modules=head_modules or None, modules_to_save=head_modules or None)
+
+
+EVA_EXAMPLES = 2048  # the training examples EVA's incremental SVD cycles over until its components settle
+EVA_BATCH = 32
+
+
+def eva_components(config, model, run) -> dict:
+    """EVA (Paischer et al., 2024): each targeted layer's A starts as the top-r right singular vectors
+    of that layer's inputs over the training data, by peft's incremental SVD on the model before
+    injection. Ranks are not redistributed (rho 1), so every layer keeps r and the adapter one shape."""
+    import copy
+
+    from peft import EvaConfig
+    from peft.tuners.lora.eva import get_eva_state_dict
+
+    eva = copy.copy(config)
+    eva.init_lora_weights, eva.eva_config = "eva", EvaConfig(rho=1.0, use_label_mask=False)
+    examples = run.data.train[:EVA_EXAMPLES]
+    batches = [{k: v for k, v in run.collator(examples[i:i + EVA_BATCH]).items() if k != "labels"}
+               for i in range(0, len(examples), EVA_BATCH)]
+    try:
+        return get_eva_state_dict(model, batches, eva, gather_distributed_inputs=False, show_progress_bar=False)
+    except ValueError as e:
+        raise HybridftError(f"lora.init eva: {str(e).splitlines()[0]}") from None
 
 
 def lora_targets(spec: LoraSpec, model) -> list[str]:
@@ -144,13 +172,18 @@ class Lora(Selector):
 
         config = peft_config(self.config, model)
         config.modules_to_save = None  # the head trains in place; we list it in trainable()
-        if next(model.parameters()).is_meta:  # validate's weightless skeleton: the structure is what counts
+        skeleton = next(model.parameters()).is_meta  # validate's weightless model: the structure is what counts
+        if skeleton:
             config.init_lora_weights = True
+        eva = eva_components(config, model, run) if self.config.init == "eva" and not skeleton else {}
         try:
             model = inject_adapter_in_model(config, model)
         except ValueError as e:
             raise HybridftError(f"lora.target_modules {lora_targets(self.config, model)}: "
                                 f"{str(e).splitlines()[0]}") from None
+        with torch.no_grad():
+            for name, components in eva.items():
+                model.get_submodule(name).lora_A["default"].weight.copy_(components)
         return model
 
     def lr_overrides(self, model, lr: float) -> dict[str, float]:
@@ -168,7 +201,7 @@ class Lora(Selector):
     def export(self, model, run_dir) -> None:
         """The PEFT adapter (LoRA + head on the original base model), for ``PeftModel.from_pretrained``.
         Not for pissa and olora, whose adapter belongs to a base weight they changed."""
-        if self.config.init in ("default", "gaussian"):
+        if self.config.init not in ("pissa", "olora"):
             self.save_adapter(model, run_dir / "peft_adapter")
 
     def finish(self, model):
