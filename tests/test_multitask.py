@@ -75,7 +75,7 @@ def test_sampling_strategies():
 @pytest.mark.parametrize("change, expected", [
     (lambda r: r["tasks"][1].update(name="sentiment"), "used by two tasks"),
     (lambda r: r["tasks"][1].pop("task"), "tasks.1.task: Field required"),
-    (lambda r: r["stages"].append({"mix": {}}), "mix stages are for single-task recipes"),
+    (lambda r: r["stages"].append({"mix": {}}), "it comes last, after a per_task stage"),
     (lambda r: r["stages"][0].update(objectives=[{"name": "task"}, {"name": "distill", "teacher": "previous"}]),
      "not supported in multi-task"),
     (lambda r: r.update(tasks=r["tasks"][:1]), "at least two tasks"),
@@ -123,3 +123,69 @@ def test_per_task_needs_a_multitask_recipe_and_stays_per_task(tiny_model, sentim
     recipe["stages"].append({"name": "again"})
     with pytest.raises(HybridftError, match="later stages must be per_task too"):
         validate_recipe(recipe)
+
+
+def per_task_recipe(tiny_model, sentiment_csv, conll_file, mix: dict) -> dict:
+    recipe = multitask_recipe(tiny_model, sentiment_csv, conll_file, epochs=1)
+    recipe["stages"].append({"name": "tune", "per_task": True, "optimizer": {"lr": 3e-3}, "batch_size": 4,
+                             "max_steps": 3})
+    recipe["stages"].append({"name": "merge", "mix": mix})
+    return recipe
+
+
+@pytest.mark.parametrize("mix, expected", [
+    ({"method": "slerp"}, "method slerp merges M_pre with one model"),
+    ({"method": "ties", "weights": [1.0, 2.0, 3.0]}, "one weight per task"),
+    ({"method": "ties", "models": ["stage:shared"]}, "mix.models: a multi-task merge"),
+    ({"method": "linear", "per_layer": True}, "mix.per_layer: a multi-task merge"),
+])
+def test_a_multitask_merge_is_refused_where_it_cannot_work(tiny_model, sentiment_csv, conll_file, mix, expected):
+    with pytest.raises(HybridftError, match=expected):
+        validate_recipe(per_task_recipe(tiny_model, sentiment_csv, conll_file, mix))
+
+
+def test_the_tasks_own_encoders_merge_into_one_shared_encoder(tiny_model, sentiment_csv, conll_file, tmp_path):
+    """After a per_task stage every task has its own encoder; a TIES merge of their task vectors
+    against the pretrained encoder is one encoder that both tasks share, each keeping its head."""
+    from hybridft.merging import MergePoint, build_method, merge_states
+    from hybridft.multitask.model import unshared
+    from hybridft.training.merge_step import TaskMergeSearch
+
+    from .helpers import make_run
+
+    recipe = per_task_recipe(tiny_model, sentiment_csv, conll_file, {"method": "ties"})
+    run = make_run(recipe, tmp_path / "run")
+    model = unshared(run.model)
+    for seed, name in enumerate(model.task_names):  # each task's encoder moved its own way
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in model.task_model(name).base_model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    encoders = [{k: v.clone() for k, v in model.task_model(n).base_model.state_dict().items()} for n in model.task_names]
+    search = TaskMergeSearch(run, model, run.recipe.stages[-1].mix, None)
+    ties, point = build_method("ties"), MergePoint(scale=1.0, density=0.5)
+    merged = search.model_at(ties, point)
+    expected = merge_states(run.artifacts.pretrained_state, encoders, ties, point)
+    assert all(torch.equal(merged.encoder.state_dict()[k], v) for k, v in expected.items())
+    assert all(merged.task_model(n).base_model is merged.encoder for n in merged.task_names)
+    for name in model.task_names:
+        assert torch.equal(merged.task_model(name).classifier.weight, model.task_model(name).classifier.weight)
+    assert search.model_at(None, None) is model  # M_fine: the per-task model, untouched
+    assert all(torch.equal(model.task_model(n).base_model.state_dict()[k], e[k])
+               for n, e in zip(model.task_names, encoders, strict=True) for k in e)
+
+
+def test_a_multitask_run_merges_its_per_task_models_and_saves_the_choice(tiny_model, sentiment_csv, conll_file,
+                                                                         tmp_path):
+    recipe = per_task_recipe(tiny_model, sentiment_csv, conll_file,
+                             {"method": ["task_arithmetic", "ties"], "scales": [0.5, 1.0], "densities": [0.5]})
+    report, _ = train_and_load_multitask(recipe, tmp_path / "run")
+    mix = report["mix"]
+    assert mix["models"] == ["task sentiment's model", "task ner's model"]
+    assert [(c["method"], c["scale"]) for c in mix["curve"]] == [("task_arithmetic", 0.5), ("task_arithmetic", 1.0),
+                                                                ("ties", 0.5), ("ties", 1.0)]
+    assert "score" in mix["fine_tuned"] and set(mix["methods"]) == {"task_arithmetic", "ties"}
+    chosen = mix["chosen"]["score"]
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "encoder").exists() == (mix["final"] == "merge")  # a merge shares one encoder again
+    assert report["metrics"]["score"] == pytest.approx(chosen)

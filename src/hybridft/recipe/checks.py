@@ -40,14 +40,15 @@ def check_recipe(recipe) -> None:
 
 
 def check_merged_stages(recipe, i: int, mix) -> None:
-    """A mix stage's ``stage:<name>`` models are earlier training stages."""
+    """A mix stage's ``stage:<name>`` models are earlier training stages; one weight per merged model."""
+    if recipe.task != MULTI_TASK and mix.weights is not None and len(mix.weights) != 1 + len(mix.models):
+        raise ValueError(f"stages.{i}: mix.weights needs one weight per fine-tuned model: {1 + len(mix.models)} "
+                         f"(this run's and {len(mix.models)} in mix.models), got {len(mix.weights)}")
     earlier = {recipe.stage_name(j) for j in range(i) if recipe.stages[j].kind == "train"}
     for ref in mix.models:
         if ref.startswith(STAGE_REF) and ref[len(STAGE_REF):] not in earlier:
             raise ValueError(f"stages.{i}: mix.models {ref}: no training stage of that name comes before the mix "
                              f"(earlier: {', '.join(sorted(earlier)) or 'none'})")
-    if recipe.task == MULTI_TASK and not mix.interpolates:
-        raise ValueError(f"stages.{i}: a multi-task run mixes with method linear and no further models")
 
 
 def check_precision(recipe) -> None:
@@ -154,6 +155,23 @@ def check_generative(recipe) -> None:
             raise ValueError(f"stages.{i}.prefix_cache: for classification and tagging encoders")
 
 
+def check_task_merge(recipe, i: int, mix) -> None:
+    """A multi-task run's mix stage merges the tasks' own models of a per_task stage into one shared
+    encoder: it comes last, after such a stage, with methods that merge several models."""
+    if not any(s.kind == "train" and s.per_task for s in recipe.stages[:i]) or i != len(recipe.stages) - 1:
+        raise ValueError(f"stages.{i}: a multi-task run's mix stage merges the tasks' own models of a per_task "
+                         "stage into one shared encoder; it comes last, after a per_task stage")
+    refined = next((k for k in ("refine", "per_layer", "ensemble", "learn") if getattr(mix, k)), None)
+    if mix.models or refined:
+        raise ValueError(f"stages.{i}: mix.{'models' if mix.models else refined}: a multi-task merge takes the "
+                         "tasks' models of its per_task stage, with no further models or refinements")
+    if "slerp" in mix.methods:
+        raise ValueError(f"stages.{i}: method slerp merges M_pre with one model; a multi-task merge has one per task")
+    if mix.weights is not None and len(mix.weights) != len(recipe.tasks):
+        raise ValueError(f"stages.{i}: mix.weights needs one weight per task ({len(recipe.tasks)}), "
+                         f"got {len(mix.weights)}")
+
+
 def check_multi_task(recipe) -> None:
     if not recipe.tasks or len(recipe.tasks) < 2:
         raise ValueError("tasks: a multi_task recipe needs at least two tasks")
@@ -167,7 +185,8 @@ def check_multi_task(recipe) -> None:
         raise ValueError("metric: a multi_task recipe selects by score (the mean of the tasks' primary metrics)")
     for i, stage in enumerate(recipe.stages):
         if stage.kind == "mix":
-            raise ValueError(f"stages.{i}: mix stages are for single-task recipes")
+            check_task_merge(recipe, i, stage.mix)
+            continue
         if stage.data == "unlabeled":
             raise ValueError(f"stages.{i}: data: unlabeled is not supported in multi-task recipes yet")
         if stage.prefix_cache is not None:

@@ -213,9 +213,6 @@ class MixSpec(Spec):
         alone = next((m.name for m in methods if not m.several_models), None)
         if self.models and alone:
             raise ValueError(f"method {alone} merges M_pre with one fine-tuned model; mix.models is for the others")
-        if self.weights is not None and len(self.weights) != 1 + len(self.models):
-            raise ValueError(f"mix.weights needs one weight per fine-tuned model: {1 + len(self.models)} "
-                             f"(this run's and {len(self.models)} in mix.models), got {len(self.weights)}")
         if self.weights is not None and any(w <= 0 for w in self.weights):
             raise ValueError("mix.weights must be above 0")
         return self

@@ -2,10 +2,14 @@
 ``mix.models``): every point of the method's parameter grid is evaluated on validation data beside
 M_fine, and the best point (or M_fine, under the one-standard-error rule unless a merge beats it by
 more) becomes the run's model. Every point goes to the report.
+
+After a multi-task run's per_task stage, the merged models are the tasks' own encoders: the merge
+is one shared encoder again, each task keeping its own head (``TaskMergeSearch``).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from ..errors import HybridftError
 from ..evaluate import evaluate_data, scalar_metrics
 from ..merging import MergePoint, build_method, merge_states
 from ..model_io import load_saved
+from ..multitask.model import MultiTaskModel
 from ..spec import STAGE_REF
 from ..tasks import lower_is_better
 
@@ -55,6 +60,8 @@ class MergeSearch:
         self.run, self.model, self.spec, self.batch = run, model, spec, eval_batch
         self.fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.fines = [self.fine, *further_models(run, spec.models)]
+        self.pre = run.artifacts.pretrained_state
+        self.labels = ["this run's model", *spec.models]
         self.metric = run.recipe.selection_metric
         self.sign = -1.0 if lower_is_better(self.metric) else 1.0
         self.done: dict[tuple, dict] = {}  # (method, point, split) -> metrics: the chosen point's test is a best's
@@ -63,8 +70,16 @@ class MergeSearch:
         """M_fine for no point, else ``method``'s merge at ``point``."""
         if point is None:
             return self.fine
-        return merge_states(self.run.artifacts.pretrained_state, self.fines, method, point, self.spec.weights,
-                            self.run.recipe.seed, ["this run's model", *self.spec.models])
+        return merge_states(self.pre, self.fines, method, point, self.spec.weights, self.run.recipe.seed, self.labels)
+
+    def model_at(self, method, point: MergePoint | None):
+        """The model holding M_fine (no point) or the merge."""
+        self.model.load_state_dict(self.state(method, point))
+        return self.model
+
+    def apply(self, method, point: MergePoint | None) -> None:
+        """The choice becomes the run's model."""
+        self.model_at(method, point)
 
     def evaluate(self, method, point: MergePoint | None, split: str = "validation") -> dict:
         key = (method.name if point else None, point, split)
@@ -73,10 +88,10 @@ class MergeSearch:
         return self.done[key]
 
     def evaluated(self, method, point: MergePoint | None, split: str) -> dict:
-        self.model.load_state_dict(self.state(method, point))
+        model = self.model_at(method, point)
         label = "fine-tuned" if point is None else f"{method.name} {point.label}"
         run = self.run
-        m = scalar_metrics(evaluate_data(run, self.model, split, self.batch, f"merge {label}", run.progress))
+        m = scalar_metrics(evaluate_data(run, model, split, self.batch, f"merge {label}", run.progress))
         if split == "validation":
             run.log.write(run.global_step, {"stage": "mix", "mix": label, **{f"mix/{k}": v for k, v in m.items()}})
         return m
@@ -85,11 +100,37 @@ class MergeSearch:
         return self.sign * a[self.metric] > self.sign * b[self.metric]
 
 
+class TaskMergeSearch(MergeSearch):
+    """After a per_task stage: the merged models are the tasks' own encoders, the merge one encoder
+    that every task shares again, each task keeping its own head. M_fine is the per-task model."""
+
+    def __init__(self, run, model: MultiTaskModel, spec, eval_batch: int | None):
+        super().__init__(run, model, spec, eval_batch)
+        self.fines = [{k: v.detach().clone() for k, v in model.task_model(t).base_model.state_dict().items()}
+                      for t in model.task_names]
+        self.labels = [f"task {t}'s model" for t in model.task_names]
+        self.shared = MultiTaskModel({t: copy.deepcopy(model.task_model(t)) for t in model.task_names}, share=True)
+
+    def state(self, method, point: MergePoint | None) -> dict:
+        """The per-task model (no point), else the merged encoder."""
+        return self.fine if point is None else super().state(method, point)
+
+    def model_at(self, method, point: MergePoint | None):
+        if point is None:
+            return super().model_at(method, point)
+        self.shared.encoder.load_state_dict(self.state(method, point))
+        return self.shared
+
+    def apply(self, method, point: MergePoint | None) -> None:
+        self.run.model = self.model_at(method, point)
+
+
 def run_merge_step(run, spec, train_spec, tolerance_of) -> dict:
     """The chosen merge left in the run's model; the report's ``mix`` section. ``tolerance_of``:
     the one-standard-error rule's tolerance for a best value (the linear path's rule)."""
     model = run.processes.unwrap(run.model)
-    search = MergeSearch(run, model, spec, train_spec.eval_batch)
+    search = (TaskMergeSearch if isinstance(model, MultiTaskModel) else MergeSearch)(run, model, spec,
+                                                                                    train_spec.eval_batch)
     run.artifacts.fine_tuned_state = search.fine
     methods = [build_method(name, spec.majority_sign) for name in spec.methods]
     fine = search.evaluate(None, None)
@@ -99,7 +140,7 @@ def run_merge_step(run, spec, train_spec, tolerance_of) -> dict:
     tolerance = tolerance_of(best) if spec.rule == "one_se" else 0.0
     method, point, chosen = next(x for x in points if search.sign * x[2][search.metric] >=
                                  search.sign * best - tolerance - 1e-12)
-    result = {"method": spec.method, "models": ["this run's model", *spec.models], "weights": spec.weights,
+    result = {"method": spec.method, "models": search.labels, "weights": spec.weights,
               "metric": search.metric, "rule": spec.rule, "tolerance": tolerance, "fine_tuned": fine,
               "curve": [{"method": m.name, **p.as_dict(), **r} for m, p, r in points[1:]], "chosen": chosen,
               "chosen_method": method.name if method else None, "chosen_point": point.as_dict() if point else None,
@@ -115,5 +156,5 @@ def run_merge_step(run, spec, train_spec, tolerance_of) -> dict:
     if run.data.test is not None:  # the choice was made on validation; test shows what it is worth
         result["test"] = {"fine_tuned": search.evaluate(None, None, "test"),
                           "chosen": search.evaluate(method, point, "test")}
-    model.load_state_dict(search.state(method, point))
+    search.apply(method, point)
     return result

@@ -20,7 +20,7 @@ from ..architecture import num_layers
 from ..evaluate import evaluate_data, metrics_from_scores, predict, scalar_metrics
 from ..mixing import PART_ORDER, interpolate, per_part_alpha
 from ..recipe import StageSpec
-from ..tasks import lower_is_better
+from ..tasks import MULTI_TASK, lower_is_better
 from .learned_mix import learn_mixing, mix_groups
 from .loop import run_stage
 from .merge_step import run_merge_step
@@ -147,7 +147,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def run_mix_step(run, spec, train_spec) -> dict:
     """``train_spec``: the training stage before the mix (its batch sizes and optimizer are reused).
     Leaves the chosen mix in the run's model and M_fine's weights in ``run.artifacts.fine_tuned_state``."""
-    if not spec.interpolates:
+    if not spec.interpolates or run.data.task == MULTI_TASK:  # a multi-task run merges its tasks' models
         return run_merge_step(run, spec, train_spec, lambda best: standard_error(best, len(run.data.validation)))
     model = run.processes.unwrap(run.model)
     fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
