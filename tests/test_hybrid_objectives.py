@@ -37,9 +37,11 @@ def test_mlm_alone_on_unlabeled_text_lowers_the_mlm_loss(tiny_model, sentiment_c
 
 def test_a_student_distilled_on_unlabeled_text_is_evaluated(tiny_model, sentiment_csv, unlabeled_csv, tmp_path):
     """Its head learns the teacher's answers, so unlike an MLM-only stage its score is worth reporting."""
-    recipe = with_unlabeled(base_recipe(tiny_model, sentiment_csv, max_steps=120, optimizer={"lr": 2e-3}),
-                            unlabeled_csv)
+    # the toy teacher and student are sized to learn within these steps in this (shuffled) order
+    recipe = with_unlabeled(base_recipe(tiny_model, sentiment_csv, max_steps=120, optimizer={"lr": 2e-3},
+                                        group_by_length=False), unlabeled_csv)
     recipe["stages"].append({"name": "student", "init": "pretrained", "data": "unlabeled", "epochs": 12,
+                             "group_by_length": False,
                              "keep_best": False, "optimizer": {"lr": 5e-3},
                              "objectives": [{"name": "distill", "teacher": "previous", "temperature": 1.0}]})
     report, _ = train_and_load(recipe, tmp_path / "run")
@@ -192,7 +194,8 @@ def test_a_stage_restarted_from_pretrained_learns_from_the_previous_model(tiny_m
     from transformers import AutoModelForSequenceClassification
 
     def run(init, teacher, out):
-        recipe = base_recipe(tiny_model, sentiment_csv, max_steps=60, optimizer={"lr": 2e-3})
+        # the toy teacher is sized to learn within 60 steps in this (shuffled) order
+        recipe = base_recipe(tiny_model, sentiment_csv, max_steps=60, optimizer={"lr": 2e-3}, group_by_length=False)
         recipe["stages"].append({"name": "student", "init": init, "max_steps": 2, "keep_best": False,
                                  "optimizer": {"name": "sgd", "lr": 1e-12},  # no visible update: compare starts
                                  "objectives": [{"name": "task"},
@@ -233,8 +236,9 @@ def test_a_teacher_named_by_stage_is_the_model_that_stage_left_also_after_a_resu
     pretrained weights in between does not change it, and a run resumed after that stage rebuilds it
     from the checkpoint."""
     def recipe(between: bool, teacher: str) -> dict:
+        # the toy teacher is sized to learn within 40 steps in this (shuffled) order
         r = with_unlabeled(base_recipe(tiny_model, sentiment_csv, name="first", max_steps=40,
-                                       optimizer={"lr": 2e-3}), unlabeled_csv)
+                                       optimizer={"lr": 2e-3}, group_by_length=False), unlabeled_csv)
         if between:  # a second teacher, trained afresh: "previous" is now this one, not the first
             r["stages"].append({"name": "second", "init": "pretrained", "max_steps": 3, "optimizer": {"lr": 2e-3}})
         r["stages"].append({"name": "student", "init": "pretrained", "max_steps": 4, "keep_best": False,
