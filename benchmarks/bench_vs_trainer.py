@@ -342,16 +342,23 @@ def sides_of(strategy: str, args) -> tuple[str, ...]:
     return ("hybridft", *(("hybridft-compiled",) if args.compile else ()), *STRATEGIES[strategy][3])
 
 
-def throughput(args, argv, threads: int, model_dir: Path) -> dict:
+def run_all(args, argv, threads: int, plan: list[tuple[str, str, int]], describe) -> dict:
+    """Every side of each (label, strategy, seed) of ``plan``, in turn, each in a fresh process;
+    results[strategy][side] lists the runs in plan order."""
     results = {s: {side: [] for side in sides_of(s, args)} for s in args.strategies}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        for r in range(args.repeats):
-            for strategy in args.strategies:
-                for side in results[strategy]:
-                    out = run_worker(argv, side, strategy, SEED, Path(tmp), threads)
-                    results[strategy][side].append(out)
-                    print(f"  run {r + 1} {strategy:<5} {side:<16}: {out['samples_per_s']:8.1f} samples/s "
-                          f"({out['trainable']:,} trainable, {out['steps']} steps)", flush=True)
+        for label, strategy, seed in plan:
+            for side in results[strategy]:
+                out = run_worker(argv, side, strategy, seed, Path(tmp), threads)
+                results[strategy][side].append(out)
+                print(f"  {label} {strategy:<5} {side:<17}: {describe(out)}", flush=True)
+    return results
+
+
+def throughput(args, argv, threads: int, model_dir: Path) -> dict:
+    plan = [(f"run {r + 1}", strategy, SEED) for r in range(args.repeats) for strategy in args.strategies]
+    results = run_all(args, argv, threads, plan, lambda out: f"{out['samples_per_s']:8.1f} samples/s "
+                      f"({out['trainable']:,} trainable, {out['steps']} steps)")
     print()
     header = f"{'strategy':<8} | {'epochs':>6} | {'trainable':>10} | {'side':<17} | {'samples/s':>9} | against the Trainers"
     print(header + "\n" + "-" * len(header))
@@ -381,15 +388,9 @@ def throughput(args, argv, threads: int, model_dir: Path) -> dict:
 
 
 def accuracy(args, argv, threads: int) -> dict:
-    results = {s: {side: [] for side in sides_of(s, args)} for s in args.strategies}
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        for strategy in args.strategies:
-            for seed in ACCURACY_SEEDS:
-                for side in results[strategy]:
-                    out = run_worker(argv, side, strategy, seed, Path(tmp), threads)
-                    results[strategy][side].append(out)
-                    print(f"  {strategy:<5} seed {seed} {side:<16}: dev accuracy {100 * out['dev_accuracy']:.2f}% "
-                          f"({out['samples_per_s']:.1f} samples/s)", flush=True)
+    plan = [(f"seed {seed}", strategy, seed) for strategy in args.strategies for seed in ACCURACY_SEEDS]
+    results = run_all(args, argv, threads, plan, lambda out: f"dev accuracy {100 * out['dev_accuracy']:.2f}% "
+                      f"({out['samples_per_s']:.1f} samples/s)")
     print()
     summary = {}
     for strategy, sides in results.items():

@@ -175,7 +175,7 @@ class Lora(Selector):
         skeleton = next(model.parameters()).is_meta  # validate's weightless model: the structure is what counts
         if skeleton:
             config.init_lora_weights = True
-        eva = eva_components(config, model, run) if self.config.init == "eva" and not skeleton else {}
+        eva = eva_components(config, model, run) if self.config.init == "eva" and not skeleton and run is not None else {}
         try:
             model = inject_adapter_in_model(config, model)
         except ValueError as e:
