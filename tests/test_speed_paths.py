@@ -3,7 +3,10 @@ predictions in input order, length-grouped training batches by default, and mode
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -115,3 +118,35 @@ def test_compiled_training_matches_eager(no_dropout_model, sentiment_csv, tmp_pa
         torch.testing.assert_close(compiled[name], tensor, atol=1e-4, rtol=1e-3)
     assert compiled_report["metrics"]["loss"] == pytest.approx(eager_report["metrics"]["loss"], rel=1e-4)
     assert counters["stats"]["unique_graphs"] >= 2  # training and evaluation forwards ran compiled
+
+
+# A child process mallocs, writes and frees 64 MiB twice and counts the page faults of the second
+# time: glibc maps a block that large afresh each time (and unmaps it when freed) unless tuned.
+REUSE_PROBE = """
+import ctypes, resource
+from hybridft.allocator import keep_freed_memory
+tuned = keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def use_and_free():
+    block = libc.malloc(64 * 2**20)
+    ctypes.memset(block, 1, 64 * 2**20)
+    libc.free(block)
+use_and_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+use_and_free()
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc is tuned on glibc Linux only")
+@pytest.mark.parametrize("setting", ["", "system"])
+def test_freed_cpu_memory_is_reused_unless_the_system_malloc_is_asked_for(setting):
+    env = {**os.environ, "HYBRIDFT_MALLOC": setting}
+    out = subprocess.run([sys.executable, "-c", REUSE_PROBE], env=env, capture_output=True, text=True, check=True)
+    tuned, faults = out.stdout.split()
+    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    if setting == "system":
+        assert tuned == "False" and int(faults) > pages // 2  # every page mapped again
+    else:
+        assert tuned == "True" and int(faults) < pages // 20  # the freed pages are used again

@@ -38,6 +38,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .. import architecture
+from ..allocator import keep_freed_memory
 from ..errors import HybridftError
 
 
@@ -265,6 +266,8 @@ def launch(run_dir, spec=None) -> SingleProcess:
     if accelerator.mixed_precision == "fp16":  # its gradient scaler would step on scaled gradients
         raise HybridftError("accelerate launched with --mixed_precision fp16, which hybridft does not support; set "
                             "model.precision: bf16 in the recipe (or distributed.mixed_precision for fsdp)")
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()
     if accelerator.num_processes == 1:
         return SingleProcess(accelerator)
     if spec is not None and spec.strategy == "fsdp":

@@ -1,0 +1,47 @@
+"""Keep freed CPU memory in the process for the next step instead of handing it back to the kernel.
+
+glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
+``munmap``s it when freed, and gives the top of its heap back once more than 128 KiB lie free there.
+A training step on the CPU frees and re-allocates the same large tensors every step (activations,
+the embedding matrix's dense gradient: 45 MiB for MiniLM), so each step pays the kernel again to
+zero and map every page (hundreds of thousands of page faults per epoch). Serving large blocks from
+the heap and never trimming it lets each step reuse the pages of the last one: 8-10% more samples/s
+for full fine-tuning of MiniLM on this project's CPU machine (docs/results/throughput.md).
+
+The cost: the process keeps its peak memory resident until it exits, which a training or
+inference process reaches again at every step anyway. ``HYBRIDFT_MALLOC=system`` leaves malloc as
+it is; elsewhere than glibc (macOS, musl) nothing changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+# from glibc's <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int): free top-of-heap memory stays
+
+_tuned: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc's malloc as the module docstring says, once per process; True when it is tuned."""
+    global _tuned
+    if _tuned is None:
+        _tuned = _tune()
+    return _tuned
+
+
+def _tune() -> bool:
+    if not sys.platform.startswith("linux") or os.environ.get("HYBRIDFT_MALLOC", "").lower() == "system":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success
+    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1
