@@ -4,12 +4,13 @@ glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with
 ``munmap``s it when freed, and gives the top of its heap back once more than 128 KiB lie free there.
 A training step on the CPU frees and re-allocates the same large tensors every step (activations,
 the embedding matrix's dense gradient: 45 MiB for MiniLM), so each step pays the kernel again to
-zero and map every page (hundreds of thousands of page faults per epoch). Serving large blocks from
-the heap and never trimming it lets each step reuse the pages of the last one: 8-10% more samples/s
-for full fine-tuning of MiniLM on this project's CPU machine (docs/results/throughput.md).
+zero and map every page again. Serving large blocks from the heap and never trimming it lets a
+step reuse the pages of the steps before: in hybridft's full fine-tuning of MiniLM on this
+project's CPU machine, 39% fewer page faults and about 4% more samples/s over four epochs, at the
+same peak memory (``benchmarks/bench_malloc.py``; docs/results/throughput.md).
 
-The cost: the process keeps its peak memory resident until it exits, which a training or
-inference process reaches again at every step anyway. ``HYBRIDFT_MALLOC=system`` leaves malloc as
+The cost: the process keeps its peak memory resident until it exits (a training or inference
+process comes back to it every step anyway). ``HYBRIDFT_MALLOC=system`` leaves malloc as
 it is; elsewhere than glibc (macOS, musl) nothing changes.
 """
 
