@@ -1,7 +1,8 @@
 """Keep freed CPU memory in the process for the next step instead of handing it back to the kernel.
 
-glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
-``munmap``s it when freed, and gives the top of its heap back once more than 128 KiB lie free there.
+glibc's malloc serves a block above its mmap threshold (128 KiB at first, rising with use to at most
+32 MiB) with a fresh ``mmap`` and ``munmap``s it when freed, and gives the top of its heap back to
+the kernel once enough of it lies free.
 A training step on the CPU frees and re-allocates the same large tensors every step (activations,
 the embedding matrix's dense gradient: 45 MiB for MiniLM), so each step pays the kernel again to
 zero and map every page again. Serving large blocks from the heap and never trimming it lets a
