@@ -40,15 +40,13 @@ def epoch_rates(metrics: Path, steps_per_epoch: int, batch_size: int) -> list[fl
 
 
 def worker(samples: int, epochs: int) -> dict:
-    from hybridft.api import run_recipe
     args = bench_vs_trainer.parse_args(["--samples", str(samples), "--strategies", "full"])
     data = args.data_dir / "sst2"
     recipe = bench_vs_trainer.make_recipe(args, data / "train.tsv", data / "dev.tsv", "full")
     recipe.stages[0].epochs = epochs
     with tempfile.TemporaryDirectory() as tmp:
-        run_recipe(recipe, bench_vs_trainer.REPO_ROOT, Path(tmp) / "run", progress=False)
-        metrics = next(Path(tmp).rglob("metrics.jsonl"))
-        rates = epoch_rates(metrics, samples // args.batch_size, args.batch_size)
+        bench_vs_trainer.run_hybridft(recipe, Path(tmp))
+        rates = epoch_rates(Path(tmp) / "run" / "metrics.jsonl", samples // args.batch_size, args.batch_size)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"rates": rates, "faults": usage.ru_minflt, "peak_mb": usage.ru_maxrss / 1024}
 

@@ -18,6 +18,7 @@ it is; elsewhere than glibc (macOS, musl) nothing changes.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -26,18 +27,10 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int): free top-of-heap memory stays
 
-_tuned: bool | None = None
 
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc as the module docstring says, once per process; True when it is tuned."""
-    global _tuned
-    if _tuned is None:
-        _tuned = _tune()
-    return _tuned
-
-
-def _tune() -> bool:
     if not sys.platform.startswith("linux") or os.environ.get("HYBRIDFT_MALLOC", "").lower() == "system":
         return False
     try:
