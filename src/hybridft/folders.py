@@ -3,14 +3,19 @@
 Every folder hybridft writes carries a marker file. ``--overwrite`` deletes a folder only when it
 carries the marker of the kind being replaced, and only once the new content is ready: a model is
 written to a temporary sibling first and renamed into place, so the folder is either the old one or
-the new one, never half of each. Nothing without a marker is ever deleted.
+the new one, never half of each. Nothing without a marker is ever deleted, and in a marked folder only
+the entries hybridft writes (their names are known): what a user added stays. Temporary names are
+unique to the process that makes them, so no one else's entry is ever taken for one.
 """
 
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import os
+import secrets
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +31,19 @@ MODEL_MARKER = ".hybridft-model"
 COMPARE_MARKER = ".hybridft-compare"
 WHAT = {RUN_MARKER: "run", MODEL_MARKER: "model", COMPARE_MARKER: "comparison"}
 LOCK_NAME = ".hybridft-lock"  # a run folder's lock (RunLock); a folder holding only it is empty
+TEMP_TAG = "-hybridft"  # in the names of temporary entries: .<name>.<random>-hybridft.tmp (or .old)
+
+
+# What hybridft writes into each kind of folder: ``--overwrite`` deletes these entries and nothing else
+# (patterns as in fnmatch; a model folder's marker also lists the files that folder was written with)
+RUN_ENTRIES = (RUN_MARKER, "recipe.yaml", "metrics.jsonl", "report.json", "report.md", "report.html", "model",
+               "checkpoints", "peft_adapter", "tensorboard")
+MODEL_ENTRIES = (MODEL_MARKER, "config.json", "generation_config.json", "hybridft.json", "adapters.safetensors",
+                 "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", "encoder",
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                 "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece*.model",
+                 "*.spm", "chat_template.jinja", "chat_template.json")
+ENTRIES = {RUN_MARKER: RUN_ENTRIES, MODEL_MARKER: MODEL_ENTRIES}
 
 
 def is_empty(path: Path) -> bool:
@@ -46,18 +64,87 @@ def check_output(path: Path, marker: str, overwrite: bool, flag: str = "--overwr
         raise HybridftError(f"{path} already holds a hybridft {what}; pass {flag} to replace it")
 
 
-def mark(path: Path, marker: str) -> None:
-    (path / marker).write_text(f"hybridft {WHAT[marker]} folder\n", encoding="utf-8")
+def mark(path: Path, marker: str, wrote: list[str] | None = None) -> None:
+    """The marker; ``wrote``: the entries hybridft put in the folder, which a later ``--overwrite``
+    may delete (beside the known names)."""
+    listing = "".join(f"{name}\n" for name in wrote or [])
+    (path / marker).write_text(f"hybridft {WHAT[marker]} folder\n{listing}", encoding="utf-8")
+
+
+def written_entries(folder: Path, marker: str) -> set[str]:
+    """The entries the folder's marker lists (none in a marker written before markers listed them)."""
+    try:
+        return set((folder / marker).read_text(encoding="utf-8").splitlines()[1:])
+    except (OSError, UnicodeDecodeError):
+        return set()
+
+
+def kind_of(entry: Path) -> str | None:
+    """The marker of the hybridft folder ``entry`` is (a run's model/, a multi-task model's task folder)."""
+    if entry.is_dir() and not entry.is_symlink():
+        return next((m for m in ENTRIES if (entry / m).is_file()), None)
+    return None
+
+
+def is_ours(entry: Path, marker: str, listed: set[str]) -> bool:
+    """Whether hybridft wrote ``entry`` into a folder of kind ``marker`` (its temporary names included)."""
+    name = entry.name
+    if name in listed or any(fnmatch.fnmatchcase(name, pattern) for pattern in ENTRIES[marker]):
+        return True
+    if marker == MODEL_MARKER and kind_of(entry) == MODEL_MARKER:
+        return True  # a multi-task model's task folder
+    return any(fnmatch.fnmatchcase(name, f".{known}.*{TEMP_TAG}.{end}") for known in ENTRIES[marker]
+               for end in ("tmp", "old"))
+
+
+def remove(entry: Path) -> None:
+    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def remove_ours(folder: Path, marker: str) -> list[str]:
+    """Delete what hybridft wrote into ``folder`` but its marker and lock; returns the entries it
+    kept (``a/b`` inside a nested hybridft folder, which then keeps its marker)."""
+    listed, kept = written_entries(folder, marker), []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in (marker, LOCK_NAME):
+            continue
+        if not is_ours(entry, marker, listed):
+            kept.append(entry.name + ("/" if entry.is_dir() else ""))
+            continue
+        inner = kind_of(entry)
+        left = remove_ours(entry, inner) if inner else []
+        kept += [f"{entry.name}/{k}" for k in left]
+        if not left:
+            remove(entry)
+    return kept
+
+
+def say_kept(folder: Path, kept: list[str]) -> None:
+    if kept:
+        print(f"note: kept {', '.join(kept)} in {folder}: hybridft did not write them", file=sys.stderr, flush=True)
+
+
+def fresh_name(path: Path, end: str, make) -> Path:
+    """A new entry ``.<name>.<random>-hybridft.<end>`` beside ``path``, made by ``make`` (which must
+    fail on an existing name): unique to this process, so no one else's entry is ever taken for it."""
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_TAG}.{end}")
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise HybridftError(f"cannot find a free temporary name beside {path}")
 
 
 def temporary_sibling(path: Path) -> Path:
     """An empty folder next to ``path`` to write the new content into (``path`` itself may be ``.``)."""
     path = path.resolve()
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by an interrupted write of ours: the name is hybridft's
-    tmp.mkdir(parents=True)
-    return tmp
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HybridftError(f"cannot create the folder {path.parent}: {e.strerror or e}") from None
+    return fresh_name(path, "tmp", lambda p: p.mkdir(0o777))  # mode 0777: the umask applies
 
 
 @contextmanager
@@ -67,7 +154,7 @@ def new_folder(path: Path, marker: str):
     tmp = temporary_sibling(path)
     try:
         yield tmp
-        mark(tmp, marker)
+        mark(tmp, marker, wrote=sorted(p.name for p in tmp.iterdir()))
         follow_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
@@ -76,25 +163,54 @@ def new_folder(path: Path, marker: str):
 
 
 def replace_folder(tmp: Path, path: Path, marker: str) -> None:
-    """Move the finished ``tmp`` to ``path``. An existing ``path`` is deleted only when it carries
-    ``marker`` (or is empty); it is first moved aside, so a failure leaves the old folder in place."""
+    """Move the finished ``tmp`` to ``path``. An existing ``path`` is replaced only when it carries
+    ``marker`` (or is empty); it is first moved aside, so a failure leaves the old folder in place.
+    What hybridft did not write in the old folder moves into the new one."""
     path = path.resolve()
     if path.exists() and not is_empty(path) and not (path / marker).is_file():
         shutil.rmtree(tmp, ignore_errors=True)
         raise HybridftError(f"{path} holds no hybridft {WHAT[marker]}; it was left as it was")
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = fresh_name(path, "old", lambda p: p.mkdir(0o700))
+    os.replace(path, old)  # onto the empty folder just made: its name is this process's alone
     os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    say_kept(path, carry_over(old, path, marker))
+    if remove_ours(old, marker):  # names the new folder holds too: the old ones stay, and we say where
+        print(f"note: the replaced {WHAT[marker]}'s entries that hybridft did not write are in {old}",
+              file=sys.stderr, flush=True)
+    else:
+        shutil.rmtree(old)
+
+
+def carry_over(old: Path, new: Path, marker: str) -> list[str]:
+    """Move the entries of ``old`` that hybridft did not write (and its lock) into ``new``, where the
+    name is free; returns what moved."""
+    listed, moved = written_entries(old, marker), []
+    for entry in sorted(old.iterdir()):
+        target = new / entry.name
+        if entry.name != LOCK_NAME and is_ours(entry, marker, listed):
+            inner = kind_of(entry)
+            if inner and kind_of(target) == inner:
+                moved += [f"{entry.name}/{k}" for k in carry_over(entry, target, inner)]
+        elif not (target.exists() or target.is_symlink()):
+            os.replace(entry, target)
+            moved += [] if entry.name == LOCK_NAME else [entry.name + ("/" if target.is_dir() else "")]
+    return moved
 
 
 def write_atomic(path: Path, text: str) -> None:
     """The file holds the old text or the new, never a part of either (a kill or a full disk)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    fd = None
+
+    def create(candidate: Path) -> None:
+        nonlocal fd
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+
+    tmp = fresh_name(path, "tmp", create)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -145,10 +261,9 @@ class RunLock:
 
 
 def clear_folder(folder: Path) -> None:
-    """Delete what a folder holds, but its lock (``--overwrite`` of a run, under that lock)."""
-    for path in folder.iterdir():
-        if path.name != LOCK_NAME:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    """Delete what hybridft wrote into a run folder, but its lock (``--overwrite`` of a run, under that
+    lock); what someone else put there stays, and the user is told."""
+    say_kept(folder, remove_ours(folder, RUN_MARKER))
 
 
 def follow_umask(folder: Path) -> None:
