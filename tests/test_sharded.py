@@ -151,9 +151,14 @@ def test_what_cannot_train_sharded_is_refused(tiny_model, sentiment_csv, conll_f
                         {"name": "b", "task": "token_classification", "data": {"train": str(conll_file)}}],
               "stages": [{"max_steps": 1, "batch_size": 4}]}
     done = run(write_recipe(tmp_path / "r.yaml", recipe), tmp_path / "run", 2, expect=1)  # torchrun's 1 for our 2
-    assert "multi-task recipes train with ddp for now" in done.stderr
-    ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(ours) == 2 and "hybridft/" not in done.stderr  # one line per process, no traceback of ours
+    refusal = "error: distributed.strategy fsdp: multi-task recipes train with ddp for now"
+    ours = [line for line in done.stderr.splitlines() if "error: " in line]
+    # Each process refuses in one whole line. Once one has failed, torchrun stops the other with
+    # SIGTERM: on a loaded machine it may not have got as far, and then says nothing (not the main
+    # process) or that it was terminated (the main one). Lines written in pieces would interleave.
+    assert refusal in ours and len(ours) <= 2, done.stderr[-3000:]
+    assert all(line == refusal or line.startswith("error: terminated; continue from") for line in ours)
+    assert "hybridft/" not in done.stderr  # no traceback of ours
     assert not (tmp_path / "run").exists()
 
 

@@ -125,10 +125,11 @@ def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, re
         return complete_run(run_dir, validated, folder)
     try:
         report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         how = f"hybridft run {recipe} {' '.join(changes)} --out {run_dir} --resume".replace("  ", " ") \
             if isinstance(recipe, (str, Path)) else f"hybridft.run(..., out={str(run_dir)!r}, resume=True)"
-        raise KeyboardInterrupt(f"continue from the last checkpoint with: {how}") from None
+        # the same kind (the command line's Terminated for SIGTERM), now saying how to go on
+        raise type(stop)(f"continue from the last checkpoint with: {how}") from None
     return RunResult(run_dir, report)
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
@@ -254,16 +257,51 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return COMMANDS[args.command](args)
+        with terminate_as_interrupt():
+            return COMMANDS[args.command](args)
     except HybridftError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return 2
     except KeyboardInterrupt as e:
-        print(f"error: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
-        return 130
+        # Ctrl-C and a scheduler's SIGTERM reach every process of a torchrun job: the main one speaks
+        if os.environ.get("RANK", "0") == "0":
+            say(f"error: {'terminated' if isinstance(e, Terminated) else 'interrupted'}{f'; {e}' if str(e) else ''}")
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def say(line: str) -> None:
+    """``line`` on stderr in one write, newline included: the processes of a torchrun job share one
+    stderr, and a line written in pieces (print writes the text, then the newline) interleaves with
+    theirs; one write of under PIPE_BUF bytes never does."""
+    sys.stderr.flush()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit): stops a run the way Ctrl-C does, so that it says
+    how to resume instead of vanishing."""
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises ``Terminated`` while a command runs; the previous handler comes back after it
+    (``main`` may be called in-process). Signal handlers can only be set from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
