@@ -29,6 +29,15 @@ PROPORTIONS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "entit
 IGNORE_INDEX = -100  # labels of padding, of non-first word pieces and of prompt tokens
 
 
+def loss_targets(example: dict, causal: bool) -> int:
+    """How many targets an example adds to its loss's mean: its labeled tokens for token-level labels
+    (a causal LM's first token predicts nothing), one for a sequence label or unlabeled text."""
+    labels = example.get("labels")
+    if not isinstance(labels, list):
+        return 1
+    return sum(1 for t in (labels[1:] if causal else labels) if t != IGNORE_INDEX)
+
+
 def metrics_of(task: str) -> tuple[str, ...]:
     return TASK_METRICS.get(task, CLASSIFICATION_METRICS)
 

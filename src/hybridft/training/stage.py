@@ -17,7 +17,7 @@ from ..multitask.sampling import multitask_batches
 from ..objectives.base import StepContext, model_inputs
 from ..progress import Progress
 from ..registry import OBJECTIVES
-from ..tasks import GENERATIVE_TASKS, MULTI_TASK, lower_is_better
+from ..tasks import GENERATIVE_TASKS, MULTI_TASK, loss_targets, lower_is_better
 from .best import BestWeights
 from .checkpoint import (
     SHARDED,
@@ -170,8 +170,7 @@ class Stage:
         group_start = micro - micro % accum
         group = batches[group_start:min(group_start + accum, len(batches))]  # the last may be short
         is_update = micro == group_start + len(group) - 1
-        # each micro-batch counts by its examples, so accumulation equals one batch of the group
-        share = len(batches[micro]) / sum(len(b) for b in group)
+        share = self.loss_share(batches[micro], group)
         ctx = StepContext(run, stage_seed(run, self.index), st.draw, batches[micro], self.labeled,
                           self.spec.batch_size, run.processes.rank, run.processes.world, self.model)
         ctx.batch_ids = ctx.shard(batches[micro])  # this process's part of the global batch
@@ -190,6 +189,22 @@ class Stage:
         st.micro += 1
         st.draw += 1
         return is_update
+
+    def loss_share(self, micro_batch: list[int], group: list[list[int]]) -> float:
+        """This process's weight for its part of a micro-batch: its targets over the optimizer step's,
+        across micro-batches and processes (times the processes, whose gradients are averaged). Losses
+        are means over their targets, so k accumulated micro-batches, or W processes, equal one batch:
+        token-level losses count tokens, sequence-level ones examples. A process whose share of a
+        small batch is empty repeats an example (every process must step): it weighs nothing."""
+        run = self.run
+        causal = run.data.task == "causal_lm"
+        by_tokens = self.labeled and run.data.task != MULTI_TASK  # a multi-task group mixes kinds of target
+
+        def targets(ids: list[int]) -> int:
+            return sum(loss_targets(self.examples[i], causal) for i in ids) if by_tokens else len(ids)
+
+        mine = micro_batch[run.processes.rank::run.processes.world]
+        return targets(mine) / max(1, sum(targets(b) for b in group)) * run.processes.world
 
     def shared_forward(self, batch: dict, ctx: StepContext):
         """The one forward pass of the batch that objectives share (None when none reads it)."""
