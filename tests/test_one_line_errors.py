@@ -3,12 +3,17 @@ never with something written where it was refused (issue 37)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from hybridft.cli import main
+from hybridft.folders import RunLock
 
 from .conftest import base_recipe, write_recipe
 
@@ -67,3 +72,88 @@ def test_only_the_main_process_reports_an_interruption(tiny_model, sentiment_csv
     path = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1))
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err == ""
+
+
+# --- output folders: decided before anything is written, one line when they cannot be written --------------
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tiny_model, tmp_path_factory) -> Path:
+    """A plain transformers classification folder (what interpolate and predict accept)."""
+    from transformers import AutoTokenizer
+
+    from .helpers import tiny_classifier
+
+    folder = tmp_path_factory.mktemp("classifier")
+    tiny_classifier(tiny_model).save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch) -> Path:
+    """A folder on a read-only mount (root writes through chmod, so the mount is imitated): creating
+    or opening for writing anything under it fails with EROFS."""
+    mount = tmp_path / "ro"
+    (mount / "empty").mkdir(parents=True)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refused(path) -> bool:
+        return str(Path(path).absolute()).startswith(str(mount))
+
+    def fail(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def fake_open(path, flags, *args, **kwargs):
+        if refused(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            fail(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        fail(path) if refused(path) else real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+    return mount
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    return errors[0]
+
+
+@pytest.mark.parametrize("folder", ["new", "empty"])
+def test_a_read_only_output_folder_is_one_line(tiny_model, sentiment_csv, classifier_dir, read_only, tmp_path,
+                                               capsys, folder):
+    recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1))
+    out = read_only / folder
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 2
+    assert "Read-only file system; choose another output folder" in one_line_error(capsys)
+    assert main(["interpolate", str(tiny_model), str(classifier_dir), "--alpha", ".5", "-o", str(out)]) == 2
+    assert "Read-only file system; choose another output folder" in one_line_error(capsys)
+
+
+def test_a_refused_output_folder_gets_no_lock_written_into_it(tiny_model, sentiment_csv, classifier_dir, tmp_path,
+                                                              capsys):
+    """The recipe's own folder, a home folder, any non-empty folder hybridft did not write."""
+    recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["run", str(recipe), "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "holds no hybridft run" in one_line_error(capsys)
+    assert main(["run", str(recipe), "--out", str(tmp_path), "--resume", "--no-progress"]) == 2
+    assert "nothing to resume" in one_line_error(capsys)
+    assert main(["interpolate", str(tiny_model), str(classifier_dir), "--alpha", ".5", "-o", str(tmp_path)]) == 2
+    assert "holds no hybridft model" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no .hybridft-lock
+
+
+def test_two_interpolations_into_one_folder_give_one_error(tiny_model, classifier_dir, tmp_path, capsys):
+    out = tmp_path / "mixed"
+    with RunLock(out):  # another interpolate is writing it
+        assert main(["interpolate", str(tiny_model), str(classifier_dir), "--alpha", ".5", "-o", str(out)]) == 2
+        assert f"in use by another hybridft run (PID {os.getpid()})" in one_line_error(capsys)
+    assert not out.exists()
+    assert main(["interpolate", str(tiny_model), str(classifier_dir), "--alpha", ".5", "-o", str(out)]) == 0
+    assert (out / "model.safetensors").is_file()

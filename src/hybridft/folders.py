@@ -225,11 +225,13 @@ class RunLock:
 
     It is a ``flock`` on ``<folder>/.hybridft-lock``: the kernel releases it when the process ends,
     however it ends, so a killed run never blocks ``--resume``. The file holds the holder's PID, for
-    the message a second run gets. A folder the lock had to create is removed again if the run
-    stops before writing anything into it (bad input leaves no folder behind)."""
+    the message a second run gets. ``check`` decides whether the folder may be written at all: it
+    runs once a lock file that is already there is held, and before one is created, so that a
+    refused folder gets nothing written into it. A folder the lock had to create is removed again if
+    the run stops before writing anything into it (bad input leaves no folder behind)."""
 
-    def __init__(self, folder: Path):
-        self.folder, self.fd, self.created = folder.resolve(), None, False
+    def __init__(self, folder: Path, check=None):
+        self.folder, self.fd, self.created, self.check = folder.resolve(), None, False, check
 
     @property
     def path(self) -> Path:
@@ -238,9 +240,42 @@ class RunLock:
     def __enter__(self) -> RunLock:
         if self.folder.exists() and not self.folder.is_dir():
             raise HybridftError(f"{self.folder} is a file, not a folder; choose another output folder")
-        self.created = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        if self.path.is_file():  # a live run's lock is the first thing to say
+            self.fd = self._locked(self._open(os.O_RDWR))
+        try:
+            if self.check is not None:
+                self.check()
+            if self.fd is None:
+                self.created = not self.folder.exists()
+                self._open_new()
+        except BaseException:
+            self._release()
+            raise
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def _open(self, flags: int) -> int:
+        try:
+            return os.open(self.path, flags, 0o666)
+        except OSError as e:  # a read-only mount, no permission, a full disk: the run's first write
+            raise HybridftError(f"cannot write into {self.folder}: {e.strerror or e}; choose another output "
+                                "folder") from None
+
+    def _open_new(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HybridftError(f"cannot create {self.folder}: {e.strerror or e}; choose another output "
+                                "folder") from None
+        try:
+            self.fd = self._locked(self._open(os.O_RDWR | os.O_CREAT))
+        except HybridftError:
+            if self.created and not any(self.folder.iterdir()):
+                self.folder.rmdir()
+            raise
+
+    def _locked(self, fd: int) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -248,16 +283,18 @@ class RunLock:
             os.close(fd)
             raise HybridftError(f"{self.folder} is in use by another hybridft run (PID {holder}); wait for it to "
                                 "end or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return self
+        return fd
+
+    def _release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
     def __exit__(self, *exc) -> None:
         if self.created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
             shutil.rmtree(self.folder)  # ours, and nothing but the lock was written into it
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        self._release()
 
 
 def clear_folder(folder: Path) -> None:
