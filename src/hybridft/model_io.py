@@ -17,7 +17,7 @@ from .errors import HybridftError
 from .folders import MODEL_MARKER, mark, new_folder
 from .generative.data import ensure_pad_token
 from .generative.generate import generation_kwargs
-from .models import HEAD_CLASSES, check_model_dir, load_tokenizer, quiet_transformers
+from .models import HEAD_CLASSES, check_model_dir, load_tokenizer, quiet_transformers, torch_dtype
 from .selectors.adapter import adapter_layout, wrap_with_adapter
 from .selectors.lora import lora_layers, merge_lora
 from .tasks import GENERATIVE_TASKS
@@ -40,6 +40,17 @@ def split_adapter_state(model) -> tuple[dict, dict]:
     return plain, adapters
 
 
+def check_finite(state: dict, what: str, hint: str = "") -> None:
+    """Refuse weights holding NaN or infinite values: such a model predicts NaN for every input, so it
+    is never written (every writer of a model folder goes through here, merges checked before too)."""
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+            raise HybridftError(f"{what} has {bad} values (tensor {name}){'; ' + hint if hint else ''}")
+
+
 def save_folder(model, tokenizer, meta: dict, path: Path) -> None:
     """Write to a temporary folder and rename, so the folder is either complete or absent."""
     with new_folder(path, MODEL_MARKER) as tmp:
@@ -52,13 +63,20 @@ def write_model(model, tokenizer, meta: dict, tmp: Path) -> None:
     if lora_layers(model):  # unmerged LoRA (merge: false) is saved merged, so the folder loads anywhere
         model = merge_lora(copy.deepcopy(model))
     plain, adapters = split_adapter_state(model)
+    check_finite({**plain, **adapters}, "the model", "it was not saved (did training diverge? a lower learning "
+                 "rate may help)")
+    if len({t.dtype for t in plain.values() if t.is_floating_point()}) > 1:
+        # bf16 frozen weights beside fp32 trained ones: one dtype in the folder, and in its config.dtype,
+        # which transformers loads it in; fp32 holds both exactly
+        model, plain = model.float(), {k: v.float() if v.is_floating_point() else v for k, v in plain.items()}
     model.save_pretrained(tmp, state_dict=plain, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if adapters:
         save_file(adapters, str(tmp / ADAPTERS_FILE))
         meta = {**meta, "adapters": adapter_layout(model)}
     (tmp / "hybridft.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    mark(tmp, MODEL_MARKER)  # each task's folder of a multi-task model is a model folder too
+    # each task's folder of a multi-task model is a model folder too, listing what it holds
+    mark(tmp, MODEL_MARKER, wrote=sorted(p.name for p in tmp.iterdir()))
 
 
 def save_model_folder(run, path: Path) -> None:
@@ -85,6 +103,7 @@ def save_model_folder(run, path: Path) -> None:
         if model.shared:  # after task-specific stages each task folder has its own encoder
             encoder = merge_lora(copy.deepcopy(model.encoder)) if lora_layers(model.encoder) else model.encoder
             plain, _ = split_adapter_state(encoder)
+            check_finite(plain, "the shared encoder", "it was not saved (did training diverge?)")
             encoder.save_pretrained(tmp / "encoder", state_dict=plain, safe_serialization=True)
             run.tokenizer.save_pretrained(tmp / "encoder")
 
@@ -132,7 +151,9 @@ def load_saved(model_dir: str | Path):
     if "task" not in meta:
         meta["task"] = task_of(config, path)
     quiet_transformers()
-    model = getattr(transformers, HEAD_CLASSES[meta["task"]]).from_pretrained(path, use_safetensors=True)
+    # float32 whatever the folder holds (transformers 5 would keep a bf16 folder in bf16): hybridft's numbers
+    model = getattr(transformers, HEAD_CLASSES[meta["task"]]).from_pretrained(path, use_safetensors=True,
+                                                                              dtype=torch_dtype("float32"))
     restore_adapters(model, path, meta.get("adapters", []))
     tokenizer = load_tokenizer(str(path))
     if meta["task"] in GENERATIVE_TASKS:

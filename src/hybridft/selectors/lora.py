@@ -148,15 +148,29 @@ def merge_tuner_layers(model, layers: list):
     return model
 
 
-def adapter_state(model, adapter_name: str = "default") -> dict:
-    """The tuner's weights (and head) keyed as a PEFT adapter folder stores them."""
+def adapter_state(model, adapter_name: str = "default", with_head: bool = True) -> dict:
+    """The tuner's weights (and the head, when it trained) keyed as a PEFT adapter folder stores them."""
     from peft import get_peft_model_state_dict
 
     state = {f"base_model.model.{k}": v.detach().contiguous()
              for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
-    for name in architecture.head_param_names(model):
+    for name in architecture.head_param_names(model) if with_head else ():
         state[f"base_model.model.{name}"] = model.get_parameter(name).detach().contiguous()
     return state
+
+
+def peft_task_type(model) -> str:
+    """The PEFT task type of the model's head: ``AutoPeftModelFor...`` refuses an adapter of another,
+    and ``AutoPeftModel`` builds the model class it names."""
+    name = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False):
+        return "SEQ_2_SEQ_LM"
+    if "TokenClassification" in name:
+        return "TOKEN_CLS"
+    if "SequenceClassification" in name:
+        return "SEQ_CLS"
+    can_generate = getattr(model, "can_generate", None)
+    return "CAUSAL_LM" if callable(can_generate) and can_generate() else "SEQ_CLS"
 
 
 @SELECTORS.register(LoraSpec)
@@ -208,15 +222,23 @@ class Lora(Selector):
         return merge_lora(model) if self.config.merge else model
 
     def save_adapter(self, model, folder) -> None:
-        save_peft_folder(model, peft_config(self.config, model), folder)
+        save_peft_folder(model, peft_config(self.config, model), folder, with_head=self.config.head)
 
 
-def save_peft_folder(model, config, folder, adapter_name: str = "default") -> None:
-    """A PEFT adapter folder of the injected tuner (and the head) on the original base model."""
+def save_peft_folder(model, config, folder, adapter_name: str = "default", with_head: bool | None = None) -> None:
+    """A PEFT adapter folder of the injected tuner on the original base model, for the model's task.
+    A trained head goes in as a module to save: peft adds a classifier's on its own, a language
+    model's LM head is listed. ``with_head``: whether the head trained (default: when it is new)."""
     from safetensors.torch import save_file
 
+    task_type = peft_task_type(model)
+    new_head = task_type in ("SEQ_CLS", "TOKEN_CLS")  # not in the base model: always in the adapter
+    with_head = new_head or architecture.trains_head(with_head, model)
     folder.mkdir(parents=True, exist_ok=True)
     config.base_model_name_or_path = getattr(model.config, "_name_or_path", None)
-    config.task_type = "TOKEN_CLS" if "TokenClassification" in type(model).__name__ else "SEQ_CLS"
+    config.task_type = task_type
+    head_modules = sorted({n.rpartition(".")[0] for n in architecture.head_param_names(model)})
+    if not new_head:  # a language model's LM head is in the base: in the adapter only when it trained
+        config.modules_to_save = (head_modules or None) if with_head else None
     config.save_pretrained(folder)
-    save_file(adapter_state(model, adapter_name), folder / "adapter_model.safetensors")
+    save_file(adapter_state(model, adapter_name, with_head), folder / "adapter_model.safetensors")

@@ -12,6 +12,7 @@ are refused with the reason.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -24,7 +25,8 @@ from .base import Selector, SelectorSpec
 # each tested in tests/test_peft_tuners.py: trains alone and beside `layers`, merges, reloads
 MERGED_TUNERS = ("loha", "lokr", "ia3", "oft", "fourierft", "hra")
 WHY_NOT = {
-    "lora": "use the lora selector (it takes use_dora, use_rslora, init and loraplus_lr_ratio)",
+    "lora": "has a selector of its own: use the lora selector (it takes use_dora, use_rslora, init and "
+            "loraplus_lr_ratio)",
     "adalora": "reallocates its rank budget in a hook that peft's own training loop calls every step",
     "poly": "routes by task ids given with every batch",
     "xlora": "mixes several trained LoRA adapters at inference; it trains none",
@@ -56,6 +58,17 @@ def tuner_config(tuner: str, keys: dict):
         raise ValueError(f"peft.type {tuner}: {e}") from None
 
 
+def all_finite(value) -> bool:
+    """No nan or inf in a config value (numbers, lists and mappings of them)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(all_finite(v) for v in value)
+    return True
+
+
 class PeftSpec(SelectorSpec):
     model_config = ConfigDict(extra="allow", validate_default=True)
 
@@ -72,6 +85,10 @@ class PeftSpec(SelectorSpec):
 
     @model_validator(mode="after")
     def _a_config_peft_accepts(self):
+        # the tuner's own keys are not typed here, so the schema's finite-floats rule is applied by hand
+        odd = next((k for k, v in self.tuner_keys().items() if not all_finite(v)), None)
+        if odd is not None:
+            raise ValueError(f"{odd}: Input should be a finite number")
         tuner_config(self.type, self.tuner_keys())
         return self
 
@@ -123,4 +140,5 @@ class PeftTuner(Selector):
         """The tuner alone (and the head) as a PEFT adapter folder, for ``PeftModel.from_pretrained``."""
         from .lora import save_peft_folder
 
-        save_peft_folder(model, self.config_for(model), run_dir / "peft_adapter", self.config.type)
+        save_peft_folder(model, self.config_for(model), run_dir / "peft_adapter", self.config.type,
+                         with_head=self.config.head)

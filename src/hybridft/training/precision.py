@@ -30,6 +30,29 @@ class Precision:
         held = f", frozen weights in {str(self.frozen).removeprefix('torch.')}" if self.frozen else ""
         return ("bf16 autocast" if self.bf16 else "fp32") + held
 
+    @staticmethod
+    def train_in_fp32(parameters) -> None:
+        """Trained weights are float32 whatever they were loaded or injected in (LoRA layers take their
+        base layer's dtype): their gradients and the optimizer state follow them. Before the optimizer
+        is built, and in place, so that every reference to a parameter stays valid."""
+        for p in parameters:
+            if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
+
+    def describe(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """The dtypes a stage trained with, read off the tensors: the frozen weights (as the stage held
+        them), the trained weights, and the optimizer state."""
+        def names(tensors) -> str:
+            found = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()})
+            return ", ".join(found) or "none"
+
+        frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+        held = str(self.frozen).removeprefix("torch.") if self.frozen is not None and frozen else names(frozen)
+        trained = [p for group in optimizer.param_groups for p in group["params"]]
+        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+        return {"frozen_weights": held, "trained_weights": names(trained), "optimizer_state": names(state),
+                "forward": "bf16 autocast" if self.bf16 else "fp32"}
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 

@@ -17,7 +17,7 @@ from ..generative.data import ensure_pad_token, load_generative_data
 from ..models import load_model, load_tokenizer, resolve_model
 from ..multitask.data import MultiTaskCollator, load_multitask_data
 from ..multitask.model import MultiTaskModel
-from ..preflight import check_paths, check_selection
+from ..preflight import check_inputs_outside, check_paths, check_selection
 from ..recipe import resolved_recipe_text
 from ..tasks import GENERATIVE_TASKS, MULTI_TASK
 from .checkpoint import guarded_write
@@ -45,9 +45,11 @@ def check_shardable(recipe, processes) -> None:
         raise HybridftError("distributed.cpu_offload and distributed.mixed_precision are for GPU runs")
 
 
-def check_model_fits(recipe, base_dir: Path) -> None:
-    """Every stage's selection and the max length, on a weightless skeleton: before anything is written."""
-    problems = check_paths(recipe, base_dir) + check_selection(recipe, base_dir)
+def check_model_fits(recipe, base_dir: Path, labels) -> None:
+    """Every stage's selection and the max length, on a weightless skeleton, and the models a mix
+    stage merges (their architecture and ``labels``, the run's): before anything is written."""
+    labels = labels if isinstance(labels, list) and recipe.task not in GENERATIVE_TASKS else None
+    problems = check_paths(recipe, base_dir) + check_selection(recipe, base_dir, labels)
     if problems:
         raise HybridftError("; ".join(problems))
 
@@ -56,7 +58,8 @@ def load_inputs(recipe, base_dir: Path, source: str, tokenizer):
     """(data, model, collator) of a recipe."""
     if recipe.task == MULTI_TASK:  # each task's data and head; the heads share the first task model's encoder
         data = load_multitask_data(recipe, base_dir, tokenizer)
-        models = {t.name: load_model(source, t.task, labels, recipe.model.trust_remote_code)
+        models = {t.name: load_model(source, t.task, labels, recipe.model.trust_remote_code,
+                                       recipe.model.dtype)
                   for t, labels in zip(recipe.tasks, data.label_names.values(), strict=True)}
         collator = MultiTaskCollator([collator_for(t.task, tokenizer) for t in recipe.tasks])
         return data, MultiTaskModel(models), collator
@@ -79,13 +82,15 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     """Several processes (accelerate launch, torchrun): all check and load, then only the main one writes."""
     processes = processes or launch(run_dir, recipe.distributed)
     check_run_dir(run_dir, resume, overwrite)
+    if overwrite and not resume and run_dir.exists():
+        check_inputs_outside(recipe, base_dir, run_dir)
     if processes.sharded:
         check_shardable(recipe, processes)
     set_seed(recipe.seed)
     source = resolve_model(recipe.model.name, base_dir)
     tokenizer = load_tokenizer(source, recipe.model.trust_remote_code)
     data, model, collator = load_inputs(recipe, base_dir, source, tokenizer)
-    check_model_fits(recipe, base_dir)
+    check_model_fits(recipe, base_dir, data.label_names)
 
     recipe_text = resolved_recipe_text(recipe, base_dir, source)
     if resume and (run_dir / "recipe.yaml").read_text(encoding="utf-8") != recipe_text:

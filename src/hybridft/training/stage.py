@@ -75,6 +75,7 @@ class Stage:
     entry_masks: EntryMasks | None = None
     compiled_model: torch.nn.Module | None = None  # the stage's evaluations run it (model.compile)
     running: dict = field(default_factory=dict)  # losses of the optimizer step in progress
+    dtypes: dict = field(default_factory=dict)  # what the stage trained in (precision.describe), once it closes
     tic: float = 0.0
 
     @property
@@ -92,6 +93,7 @@ class Stage:
     @classmethod
     def open(cls, run, index: int, spec, selection: Selection, resume_from=None) -> Stage:
         name = stage_name(spec, index)
+        run.precision.train_in_fp32(selection.model.parameters())  # before the wrappers and the optimizer
         run.model = selection.model  # objectives see the stage's model (with its LoRA layers or adapters)
         objectives = [OBJECTIVES.build(c) for c in spec.objectives if c.weight > 0]
         if resume_from is not None:
@@ -114,6 +116,7 @@ class Stage:
         lr_overrides = {k: v for s in selection.selectors
                         for k, v in s.lr_overrides(selection.model, spec.optimizer.lr).items()}
         extra = tuple(p for o in objectives for p in o.trainable_parameters())
+        run.precision.train_in_fp32(extra)
         optimizer = build_optimizer(spec.optimizer, selection.model, lr_overrides, extra)
         scheduler = build_scheduler(spec.scheduler, optimizer, total)
         best = BestWeights(run, index, resume_from)
@@ -327,6 +330,7 @@ class Stage:
         selectors and objectives finish; the stage's report."""
         run = self.run
         run.processes.barrier()  # the best weights are written by the main process
+        self.dtypes = run.precision.describe(self.model, self.optimizer)
         self.optimizer.state.clear()  # done with: its memory is free before the weights are gathered
         model = run.processes.full_model(self.model)
         if self.spec.keep_best:
@@ -384,6 +388,7 @@ def stage_report(stage: Stage) -> dict:
         "select": [c.model_dump() for c in spec.select],
         "objectives": [c.model_dump() for c in spec.objectives],
         "trainable_params": selection.n_trainable,
+        "dtypes": stage.dtypes,
         "trainable_by_module": selection.where,
         "selectors": [s.summary() for s in selection.selectors],
         "objective_details": {o.name: o.summary() for o in stage.objectives if o.summary()},

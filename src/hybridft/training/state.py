@@ -127,9 +127,9 @@ def load_recipe_model(recipe, source: str, base_dir: Path, tokenizer, label_name
     knows the pad token; ``notes`` gets a line for the report about what was changed."""
     if recipe.task in GENERATIVE_TASKS:
         model = load_generative_model(source, recipe.task, tokenizer, decoder_source(recipe.model.decoder, base_dir),
-                                      recipe.model.trust_remote_code)
+                                      recipe.model.trust_remote_code, recipe.model.dtype)
     else:
-        model = load_model(source, recipe.task, label_names, recipe.model.trust_remote_code)
+        model = load_model(source, recipe.task, label_names, recipe.model.trust_remote_code, recipe.model.dtype)
         if getattr(model.config, "pad_token_id", None) is None:  # last-token pooling skips the padding by it
             model.config.pad_token_id = tokenizer.pad_token_id
     grown = fit_vocabulary(model, tokenizer)
