@@ -106,10 +106,11 @@ def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: i
     return [{"input": line, "generated": text} for line, text in zip(lines, texts, strict=True)]
 
 
-def split_pairs(lines: list[str]) -> tuple[list[str], list[str]]:
-    """The two texts of each line of a pair model (``first<TAB>second``)."""
+def split_pairs(lines: list[str], numbers: list[int] | None = None) -> tuple[list[str], list[str]]:
+    """The two texts of each line of a pair model (``first<TAB>second``); ``numbers``: each line's
+    number in the input (empty lines are left out before, so they are not 1, 2, 3...)."""
     firsts, seconds = [], []
-    for number, line in enumerate(lines, 1):
+    for number, line in zip(numbers or range(1, len(lines) + 1), lines, strict=True):
         first, tab, second = line.partition("\t")
         if not tab:
             raise HybridftError(f"line {number} has no tab: this model classifies pairs; give every line as "
@@ -142,8 +143,8 @@ def tag_lines(model, tokenizer, lines: list[str], labels: list[str], max_length:
 
 
 def label_lines(model, tokenizer, lines: list[str], labels: list[str], max_length: int, pairs: bool,
-                batch_size: int | None, device, progress: bool) -> list[dict]:
-    texts, second = split_pairs(lines) if pairs else (lines, None)
+                batch_size: int | None, device, progress: bool, numbers: list[int] | None = None) -> list[dict]:
+    texts, second = split_pairs(lines, numbers) if pairs else (lines, None)
     enc = tokenizer(texts, second, truncation=True, max_length=max_length)
     logits, _ = predict(model, encoded_rows(enc), DataCollatorWithPadding(tokenizer), batch_size, device, "predict",
                         progress)
@@ -173,9 +174,10 @@ def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[st
     else:
         pairs = meta["task"] == "pair_classification" if pairs is None else pairs
         predicted = label_lines(model, tokenizer, texts, labels, meta.get("max_length", 128), pairs, batch_size,
-                                device_for(model), progress)
+                                device_for(model), progress, [i for i, x in enumerate(lines, 1) if x.strip()])
     answers = iter(predicted)
-    return [next(answers) if line.strip() else {"text": line, "error": "empty text"} for line in lines]
+    key = "input" if meta["task"] in ("causal_lm", "seq2seq") else "text"  # as the task's other records
+    return [next(answers) if line.strip() else {key: line, "error": "empty text"} for line in lines]
 
 
 def predict_lines(model_dir: str, lines: list[str], batch_size: int | None, generation: dict | None = None,

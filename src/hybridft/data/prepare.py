@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HybridftError
-from ..tasks import IGNORE_INDEX
-from .clean import clean_rows
+from ..tasks import GENERATIVE_TASKS, IGNORE_INDEX
+from .clean import clean_rows, looks_like_integer
 from .readers import read_table
 
 
@@ -101,7 +101,7 @@ def infer_labels(rows: list[dict], task: str, cols) -> list[str]:
         tags |= {f"{p}-{t[2:]}" for t in tags if t[:2] in ("B-", "I-") for p in "BI"}
         return sorted(tags, key=_tag_order)
     names = {r[cols.label] for r in rows}
-    if all(n.lstrip("-").isdecimal() for n in names):
+    if all(looks_like_integer(n) for n in names):
         return sorted(names, key=int)  # "2" before "10"
     return sorted(names)
 
@@ -149,6 +149,23 @@ def load_rows(recipe, base_dir: Path) -> tuple[dict[str, list[dict]], list[str],
         check_labels(rows, task, data.columns, labels, name)
     stats["rows_used"] = {k: len(v) for k, v in splits.items()}
     return splits, labels, stats
+
+
+def label_summary(recipe, base_dir: Path, shown: int = 20) -> list[str]:
+    """What ``hybridft validate`` says of the labels: each classification task's label set, read
+    from its data as a run reads it (so bad labels are refused here, before anything trains)."""
+    views = [(None, recipe)] if recipe.tasks is None else \
+        [(t.name, recipe.model_copy(update={"task": t.task, "data": t.data, "tasks": None})) for t in recipe.tasks]
+    lines = []
+    for name, view in views:
+        if view.task in GENERATIVE_TASKS:
+            continue
+        splits, labels, _ = load_rows(view, base_dir)
+        what = "tags" if view.task == "token_classification" else "labels"
+        more = f", ... ({len(labels)} in all)" if len(labels) > shown else ""
+        lines.append(f"{what}{f' of {name}' if name else ''} ({len(splits['train']):,} training rows): "
+                     f"{', '.join(labels[:shown])}{more}")
+    return lines
 
 
 def encode(rows: list[dict], tokenizer, task: str, cols, label2id: dict | None, max_length: int) -> tuple[list[dict], int]:
@@ -206,7 +223,7 @@ def load_unlabeled_rows(recipe, base_dir: Path, splits: dict[str, list[dict]]) -
     text_cols, list_cols = input_columns(task, cols)
     has_gold = task != "token_classification" and cols.label in frame.columns
     rows, counts = clean_rows(frame, text_cols, list_cols, cols.label if has_gold else None, recipe.data.clean.strip,
-                              True, True, where=f"unlabeled data {path.name}")
+                              True, True, where=f"unlabeled data {path.name}", label_required=False)
     if spec.drop_overlap:
         taken = {input_key(r, task, cols) for split in splits.values() for r in split}
         kept = [r for r in rows if input_key(r, task, cols) not in taken]

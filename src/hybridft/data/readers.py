@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
+import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import HybridftError
@@ -57,7 +60,7 @@ def read_table(path: Path, fmt: str, task: str, split: str, bad_rows: str = "err
         if fmt == "disk":
             return _read_disk(path, split)
         if fmt == "conll":
-            return read_conll(path)
+            return read_conll(path, _text_of(path))
         if fmt in ("csv", "tsv"):
             return _read_csv(path, fmt, bad_rows)
         if fmt in ("json", "jsonl"):
@@ -84,10 +87,30 @@ def parallel_files(path: Path, languages) -> tuple[Path, Path]:
     return tuple(Path(str(path).replace(LANG, lang)) for lang in (languages.source, languages.target))
 
 
-def _text_of(path: Path) -> str:
+# the first bytes of compressed files: gzip is read, the others are named in an error
+COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
+              b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def _bytes_of(path: Path) -> bytes:
+    """The file's bytes, decompressed if it is gzip-compressed (told by its first bytes, not its name:
+    a ``.jsonl.gz`` and a gzip file named ``.jsonl`` read alike)."""
+    if not path.is_file():
+        raise HybridftError(f"{path} is not a regular file")
     raw = path.read_bytes()
-    if path.suffix.lower() == ".gz":
-        raw = gzip.decompress(raw)
+    kind = next((name for magic, name in COMPRESSED.items() if raw.startswith(magic)), None)
+    if kind is None:
+        return raw
+    if kind != "gzip":
+        raise HybridftError(f"{path} is {kind}-compressed; decompress it first (gzip files are read as they are)")
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+        raise HybridftError(f"{path} is gzip-compressed but cannot be decompressed ({e}); is it truncated?") from None
+
+
+def _text_of(path: Path) -> str:
+    raw = _bytes_of(path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -108,47 +131,105 @@ def _read_csv(path: Path, fmt: str, bad_rows: str) -> pd.DataFrame:
     """dtype=str keeps labels like "01" and texts like "NA" exactly as written. The python engine
     reports every malformed line (a wrong field count or broken quoting) as a warning with its line
     number, where the C engine silently accepts some broken quoting; it is fast enough (67k SST-2
-    rows in 0.1 s). Fields may be of any length (the csv module stops at 128 KiB by default): long
-    texts are truncated to model.max_length when they are tokenized."""
+    rows in 0.1 s). Fields may be of any length (the csv module stops at 128 KiB by default; the
+    limit is raised for this read only): long texts are truncated to model.max_length when they are
+    tokenized. ``attrs["line_numbers"]`` holds the file line each row starts on, for errors."""
     sep = "\t" if fmt == "tsv" else ","
-    check_header_width(path, sep)
-    csv.field_size_limit(2**31 - 1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", pd.errors.ParserWarning)
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
-                            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL, encoding="utf-8-sig",
-                            on_bad_lines="warn", engine="python")
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    text = _text_of(path)
+    header = header_line(text)
+    check_header_width(path, header, sep)
+    check_separator(path, header, fmt)
+    previous_limit = csv.field_size_limit(2**31 - 1)
+    try:
+        check_unique_columns(path, header, sep, quoting)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text, newline=""), sep=sep, dtype=str, keep_default_na=False,
+                                quoting=quoting, on_bad_lines="warn", engine="python")
+        lines = row_start_lines(text, sep, quoting, len(frame))
+    finally:
+        csv.field_size_limit(previous_limit)
     bad = [line for w in caught if issubclass(w.category, pd.errors.ParserWarning)
            for line in str(w.message).splitlines() if line.startswith("Skipping line")]
     if bad and bad_rows == "error":
         raise HybridftError(f"{path} is malformed: {bad[0].removeprefix('Skipping ')} "
                             f"({len(bad)} such line(s)); set data.bad_rows: skip to drop them")
     frame.attrs["malformed_rows_skipped"] = len(bad)
+    if lines is not None:
+        frame.attrs["line_numbers"] = lines
     return frame
 
 
 MAX_COLUMNS = 10_000
 
 
-def check_header_width(path: Path, sep: str) -> None:
+def header_line(text: str) -> str:
+    """The first non-blank line (pandas skips blank lines before the header too)."""
+    start = re.match(r"[\r\n]*", text).end()
+    end = text.find("\n", start)
+    return text[start:end if end >= 0 else len(text)].rstrip("\r")
+
+
+def check_header_width(path: Path, header: str, sep: str) -> None:
     """Refuse a header of absurd width before pandas reads it (its python engine is quadratic in the
     number of columns: a 1 MB header line took more than 11 minutes)."""
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        header = f.readline(64 * MAX_COLUMNS)
     if header.count(sep) >= MAX_COLUMNS:
         raise HybridftError(f"{path} has more than {MAX_COLUMNS:,} columns in its header line; is it a "
                             f"{'TSV' if sep == chr(9) else 'CSV'} file with one example per row?")
 
 
+def check_separator(path: Path, header: str, fmt: str) -> None:
+    """A CSV file read as TSV (or the reverse) reads as one column named like the whole header line,
+    and the error would be a puzzling "no column 'sentence'; columns are sentence,label"."""
+    other = {"csv": "tsv", "tsv": "csv"}[fmt]
+    sep, other_sep = ("\t", ",") if fmt == "tsv" else (",", "\t")
+    if sep not in header and other_sep in header:
+        raise HybridftError(f"{path} is read as {fmt.upper()} (from its name or data.format), but its header line "
+                            f"{header[:60]!r} is separated by {'tabs' if other == 'tsv' else 'commas'}: set "
+                            f"data.format: {other} or rename the file")
+
+
+def check_unique_columns(path: Path, header: str, sep: str, quoting: int) -> None:
+    """pandas renames a repeated column name (sentence, sentence.1), so the data would be read from the
+    first one silently."""
+    names = next(csv.reader([header], delimiter=sep, quoting=quoting), [])
+    seen: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if name in seen and name.strip():
+            raise HybridftError(f"{path}: the header line names column {name!r} twice (columns {seen[name]} and "
+                                f"{number}); rename one of them")
+        seen.setdefault(name, number)
+
+
+def row_start_lines(text: str, sep: str, quoting: int, rows: int) -> np.ndarray | None:
+    """The file line each data row starts on, found by replaying pandas' python engine (which reads
+    with the csv module): blank lines are skipped, and lines with more fields than the header are
+    dropped as malformed. None where the replay does not find as many rows as pandas did."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quoting=quoting)
+    starts, width, end = [], None, 0
+    try:
+        for fields in reader:
+            start, end = end + 1, reader.line_num
+            if not (len(fields) > 1 or (fields and fields[0].strip())):
+                continue
+            if width is None:
+                width = len(fields)
+            elif len(fields) <= width:
+                starts.append(start)
+    except csv.Error:
+        return None
+    return np.asarray(starts, dtype=np.int64) if len(starts) == rows else None
+
+
 def _read_json(path: Path, lines: bool, bad_rows: str = "error") -> pd.DataFrame:
-    text = path.read_bytes().decode("utf-8-sig")
+    """JSON lines keep the file line of each record in ``attrs["line_numbers"]``, for errors."""
+    text = _text_of(path)
     if not lines and not text.lstrip().startswith("["):
         lines = True  # a .json file holding one object per line
     if not lines:
-        from io import StringIO
-
-        return pd.read_json(StringIO(text), dtype=False)
-    records, skipped = [], 0
+        return pd.read_json(io.StringIO(text), dtype=False)
+    records, numbers, skipped = [], [], 0
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -160,12 +241,14 @@ def _read_json(path: Path, lines: bool, bad_rows: str = "error") -> pd.DataFrame
             why = None if isinstance(record, dict) else f"line {number} is not a JSON object"
         if why is None:
             records.append(record)
+            numbers.append(number)
         elif bad_rows == "skip":
             skipped += 1
         else:
             raise HybridftError(f"{path} is malformed: {why}; set data.bad_rows: skip to drop such lines")
     frame = pd.DataFrame.from_records(records)
     frame.attrs["malformed_rows_skipped"] = skipped
+    frame.attrs["line_numbers"] = np.asarray(numbers, dtype=np.int64)
     return frame
 
 

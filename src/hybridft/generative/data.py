@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.clean import clean_rows
+from ..data.clean import clean_rows, row_name
 from ..data.prepare import TaskData, resolve_path, seeded_subset, split_train
 from ..data.readers import read_table
 from ..errors import HybridftError
@@ -53,23 +53,67 @@ def roles(task: str, cols) -> dict[str, str]:
     return {"text": cols.text}
 
 
+TURN_KEYS = ("role", "content")  # all of a turn that is rendered and trained on
+
+
+def refuse_untrained_keys(value, where: str) -> None:
+    """Tool calls, a per-turn ``weight`` or a ``name`` would be dropped from the rendering without a
+    word, and the model trained on a conversation other than the one in the file (an empty or null
+    value is as if absent: exports often write ``"tool_calls": null`` on every turn)."""
+    if not isinstance(value, list):
+        return
+    for number, turn in enumerate(value, 1):
+        extra = [k for k, v in turn.items() if k not in TURN_KEYS and _given(v)] if isinstance(turn, dict) else []
+        if extra:
+            what = "tool calls, which hybridft does not train on" if extra[0] == "tool_calls" else \
+                f"{extra[0]!r}, which hybridft would not render (a turn is {' and '.join(TURN_KEYS)} only)"
+            raise HybridftError(f"{where}: turn {number} ({turn.get('role')}) has {what}; remove it or the row")
+
+
+def _given(value) -> bool:
+    return value is not None and not (isinstance(value, (str, list, tuple, dict)) and len(value) == 0)
+
+
+def has_empty_answer(messages: list[dict]) -> bool:
+    return any(m["role"] == "assistant" and not m["content"].strip() for m in messages)
+
+
 def read_conversations(frame, column: str, where: str) -> tuple[list[dict], dict]:
+    """The conversations of ``column``; one with an empty assistant turn (an export glitch, which
+    would teach the model to end its turn at once) is skipped and counted, as an empty response is."""
     if column not in frame.columns:
         raise HybridftError(f"{where}: no column {column!r}; columns are {', '.join(map(str, frame.columns))}")
-    rows = [{column: check_messages(value, where)} for value in frame[column].tolist()]
-    return rows, {"rows_read": len(rows), "rows_kept": len(rows)}
+    rows, empty = [], 0
+    for i, value in enumerate(frame[column].tolist()):
+        here = f"{where}: {row_name(frame, i)}"
+        refuse_untrained_keys(value, here)
+        messages = check_messages(value, here)
+        if has_empty_answer(messages):
+            empty += 1
+        else:
+            rows.append({column: messages})
+    return rows, {"rows_read": len(frame), "skipped_empty_assistant": empty, "rows_kept": len(rows)}
 
 
 def read_generative_rows(data, task: str, base_dir: Path, split: str, deduplicate: bool) -> tuple[list[dict], dict]:
     path = resolve_path(getattr(data, split), base_dir)
     frame = read_table(path, data.format, task, split, data.bad_rows, data.languages, data.columns)
     if data.columns.messages:
-        return read_conversations(frame, data.columns.messages, f"{split} data {path.name}")
-    columns = roles(task, data.columns)
-    rows, counts = clean_rows(frame, list(columns.values()), [], None, data.clean.strip, False,
-                              data.clean.drop_duplicates and deduplicate, where=f"{split} data {path.name}")
+        rows, counts = read_conversations(frame, data.columns.messages, f"{split} data {path.name}")
+    else:
+        rows, counts = clean_rows(frame, list(roles(task, data.columns).values()), [], None, data.clean.strip,
+                                  False, data.clean.drop_duplicates and deduplicate, where=f"{split} data {path.name}")
+        rows = drop_empty_roles(rows, counts, task, data.columns)
     if frame.attrs.get("malformed_rows_skipped"):
         counts["skipped_malformed"] = frame.attrs["malformed_rows_skipped"]
+    if not rows:
+        raise HybridftError(f"{split} data {path.name} has no usable rows ({counts})")
+    return rows, counts
+
+
+def drop_empty_roles(rows: list[dict], counts: dict, task: str, cols) -> list[dict]:
+    """The rows whose every role but the prompt has text; the others are counted in ``counts``."""
+    columns = roles(task, cols)
     kept = []
     for row in rows:  # an empty prompt is fine (plain continuation); nothing else may be empty
         empty = next((role for role, c in columns.items() if role != "prompt" and not row[c]), None)
@@ -78,9 +122,7 @@ def read_generative_rows(data, task: str, base_dir: Path, split: str, deduplicat
         else:
             counts[f"skipped_empty_{empty}"] = counts.get(f"skipped_empty_{empty}", 0) + 1
     counts["rows_kept"] = len(kept)
-    if not kept:
-        raise HybridftError(f"{split} data {path.name} has no usable rows ({counts})")
-    return kept, counts
+    return kept
 
 
 def encode_causal(rows: list[dict], tokenizer, cols, max_length: int, packing: bool) -> tuple[list[dict], dict]:
@@ -170,7 +212,9 @@ def load_generative_data(recipe, base_dir: Path, tokenizer) -> TaskData:
                                     f"({recipe.model.max_length} tokens)")
         for key, value in counts.items():
             stats.setdefault(key, {})[name] = value
-    stats["rows_used"] = {k: len(v) for k, v in splits.items()}
+        # the rows that made an example: not those the encoder skipped (no answer, prompt too long)
+        stats.setdefault("rows_used", {})[name] = len(rows) - sum(v for k, v in counts.items()
+                                                                   if k.startswith("skipped_"))
     if data.packing:
         stats["packed_blocks"] = {k: len(v) for k, v in encoded.items()}
     return TaskData(task, [], encoded["train"], encoded["validation"], encoded.get("test"), stats, texts=texts)

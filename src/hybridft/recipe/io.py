@@ -63,6 +63,8 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         raise HybridftError(f"recipe {path} is a folder; give the YAML file")
+    if path.exists() and not path.is_file():  # /dev/null, a pipe: "not found" would be wrong
+        raise HybridftError(f"recipe {path} is not a regular file; give the YAML file")
     if not path.is_file():
         raise HybridftError(f"recipe not found: {path}")
     try:
@@ -73,6 +75,8 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise HybridftError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        raise HybridftError(f"recipe {path} is empty; it must be a mapping of keys to values")
     if not isinstance(data, dict):
         raise HybridftError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
     return data
