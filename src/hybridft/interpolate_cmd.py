@@ -4,14 +4,16 @@ fine-tuned models, any merge method of a mix stage, at one point of its paramete
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 from . import architecture
 from .errors import HybridftError
 from .folders import MODEL_MARKER, check_output
-from .merging import MergePoint, build_method, merge_states
+from .merging import MergePoint, build_method, merge_states, weights_problem
 from .mixing import PART_ORDER, interpolate, per_part_alpha
-from .model_io import load_saved, read_state_dict, save_folder
+from .model_io import check_finite, load_saved, read_state_dict, save_folder
 from .models import resolve_model
 
 
@@ -54,6 +56,8 @@ def merge_point(method, alpha: float | None, scale: float | None, density: float
     missing = [flags[k] for k in method.searches if given[k] is None]
     if missing:
         raise HybridftError(f"--method {method.name} needs {missing[0]}")
+    if given["scale"] is not None and not (math.isfinite(given["scale"]) and given["scale"] > 0):
+        raise HybridftError(f"--scale must be a finite number above 0, got {given['scale']}")
     if given["alpha"] is not None and not 0 <= given["alpha"] <= 1:
         raise HybridftError(f"--alpha must be in [0, 1], got {given['alpha']}")
     if given["density"] is not None and not 0 < given["density"] <= 1:
@@ -61,8 +65,49 @@ def merge_point(method, alpha: float | None, scale: float | None, density: float
     return MergePoint(**{k: given[k] for k in method.searches})
 
 
+HEADS = ("ForSequenceClassification", "ForTokenClassification")
+
+
+def check_pretrained_side(pre: str, model, labels: list[str] | None) -> None:
+    """A folder given as M_pre has M_fine's architecture, and if it has a task head (a fine-tuned
+    model used as the pretrained side), M_fine's head and labels: else heads of different label sets
+    would be averaged, entry by entry, into a model that predicts neither."""
+    config_file = Path(pre) / "config.json"
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("model_type") and config["model_type"] != model.config.model_type:
+        raise HybridftError(f"{pre} is a {config['model_type']} model, the fine-tuned one a "
+                            f"{model.config.model_type} model: they cannot be merged")
+    architectures = config.get("architectures") or []
+    if not (Path(pre) / "hybridft.json").is_file() and not any(a.endswith(HEADS) for a in architectures):
+        return  # a bare pretrained model: its config's id2label is a default, not labels
+    if architectures != (model.config.architectures or []):
+        raise HybridftError(f"{pre} is a {', '.join(architectures) or '?'}, the fine-tuned model a "
+                            f"{', '.join(model.config.architectures or ['?'])}: they cannot be merged")
+    id2label = config.get("id2label") or {}
+    pre_labels = [id2label.get(str(i)) for i in range(len(id2label))]
+    if (labels or []) and pre_labels != labels:
+        raise HybridftError(f"{pre} predicts labels {pre_labels[:8]}, the fine-tuned model {labels[:8]}: models "
+                            "with different label sets cannot be merged")
+
+
+def check_merge_args(merger, more: list[str], weights: list[float] | None, seed: int) -> None:
+    """The models and numbers a recipe's mix stage would refuse, refused here too."""
+    if more and not merger.several_models:
+        raise HybridftError(f"--method {merger.name} merges M_pre with one fine-tuned model; --model is for the "
+                            "others")
+    if weights is not None and len(weights) != 1 + len(more):
+        raise HybridftError(f"--weights needs one weight per fine-tuned model ({1 + len(more)}), got {len(weights)}")
+    problem = weights_problem(weights)
+    if problem:
+        raise HybridftError(f"--weights: {problem}")
+    if not 0 <= seed < 2**32:
+        raise HybridftError(f"--seed must be a whole number from 0 to 2**32 - 1, got {seed}")
+
+
 def fine_tuned_states(fine: str, more: list[str]):
-    """(model, tokenizer, meta, states): the first fine-tuned folder loaded, every one's tensors;
+    """(model, tokenizer, meta, labels, states): the first fine-tuned folder loaded, every one's tensors;
     all with the first one's labels and no adapters."""
     loaded = [load_saved(folder) for folder in [fine, *more]]
     model, tokenizer, meta, labels = loaded[0]
@@ -72,7 +117,7 @@ def fine_tuned_states(fine: str, more: list[str]):
         if other_labels != labels:
             raise HybridftError(f"{folder} predicts labels {(other_labels or [])[:8]}, {fine} predicts "
                                 f"{(labels or [])[:8]}: models with different label sets cannot be merged")
-    return model, tokenizer, meta, [m.state_dict() for m, _, _, _ in loaded]
+    return model, tokenizer, meta, labels, [m.state_dict() for m, _, _, _ in loaded]
 
 
 def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_layer: str | None,
@@ -85,16 +130,19 @@ def run_interpolate(pre: str, fine: str, out: str, alpha: float | None, per_laye
     if per_layer is not None and (method != "linear" or more or alpha is not None):
         raise HybridftError("--per-layer mixes two models linearly: without --alpha, --method or --model")
     point = merge_point(merger, alpha, scale, density) if per_layer is None else None
-    if more and not merger.several_models:
-        raise HybridftError(f"--method {method} merges M_pre with one fine-tuned model; --model is for the others")
-    if weights is not None and len(weights) != 1 + len(more):
-        raise HybridftError(f"--weights needs one weight per fine-tuned model ({1 + len(more)}), got {len(weights)}")
-    model, tokenizer, meta, states = fine_tuned_states(fine, more)
-    pre_state = pretrained_tensors(resolve_model(None if pre == "embedded" else pre, Path.cwd()))
+    check_merge_args(merger, more, weights, seed)
+    model, tokenizer, meta, labels, states = fine_tuned_states(fine, more)
+    source = resolve_model(None if pre == "embedded" else pre, Path.cwd())
+    check_pretrained_side(source, model, labels)
+    pre_state = pretrained_tensors(source)
+    for name, state in zip([pre, fine, *more], [pre_state, *states], strict=True):
+        check_finite(state, name)
     if per_layer is not None:
         mixed = interpolate(pre_state, states[0], per_part_alpha(parse_parts(per_layer), architecture.num_layers(model)))
     else:
         mixed = merge_states(pre_state, states, merger, point, weights, seed, [fine, *more])
+    check_finite(mixed, f"the merge ({method}{', ' + point.label if point else ''})",
+                 "it was not written: the weights or --scale are too large for these models")
     model.load_state_dict(mixed)
     record = {"pretrained": pre, "fine_tuned": str(fine), "method": method, "models": more, "weights": weights,
               "point": point.as_dict() if point else None, "alpha": alpha, "per_layer": per_layer}

@@ -7,59 +7,174 @@ name missing layers or modules, or select nothing.
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 from pathlib import Path
 
 import torch
 import transformers
 
+from .data.prepare import load_rows
 from .data.readers import LANG, parallel_files
 from .errors import HybridftError
 from .generative.models import decoder_source, generative_skeleton
+from .model_io import task_of
 from .models import HEAD_CLASSES, check_model_dir, remote_code_hint, resolve_model
 from .pooling import supports_mean_pooling
 from .registry import SELECTORS
 from .spec import STAGE_REF, teacher_is_folder
+from .tasks import GENERATIVE_TASKS, MULTI_TASK
 
 
-def check_paths(recipe, base_dir: Path) -> list[str]:
-    """Data files, the unlabeled pool and teacher model folders exist (a missing teacher would
-    otherwise only be found when its stage starts, after the earlier stages have trained)."""
-    def resolve(value: str) -> Path:
-        return Path(value) if Path(value).is_absolute() else base_dir / value
+def resolve(value: str, base_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
 
-    problems = []
+
+def data_paths(recipe) -> dict[str, str]:
+    """The recipe's data files by key, as written (``{lang}`` paths name two files)."""
     sections = {"data": recipe.data} if recipe.data is not None else \
         {f"tasks.{i}.data": t.data for i, t in enumerate(recipe.tasks)}
     named = {f"{where}.{split}": getattr(data, split) for where, data in sections.items()
              for split in ("train", "validation", "test")}
     if recipe.data is not None and recipe.data.unlabeled is not None:
         named["data.unlabeled.path"] = recipe.data.unlabeled.path
+    return {key: value for key, value in named.items() if value}
+
+
+def model_folders(recipe) -> dict[str, str]:
+    """The model folders the stages read, by key: teachers named by folder, mix.models."""
+    named = {}
+    for i, stage in enumerate(recipe.stages):
+        for j, objective in enumerate(getattr(stage, "objectives", [])):
+            for teacher in objective.teachers():
+                if teacher_is_folder(teacher):
+                    named[f"stages.{i}.objectives.{j}.teacher"] = teacher
+        for j, model in enumerate(stage.mix.models if stage.kind == "mix" else []):
+            if not model.startswith(STAGE_REF):
+                named[f"stages.{i}.mix.models.{j}"] = model
+    return named
+
+
+def check_paths(recipe, base_dir: Path) -> list[str]:
+    """Data files, the unlabeled pool and teacher model folders exist (a missing teacher would
+    otherwise only be found when its stage starts, after the earlier stages have trained)."""
+    problems = []
     languages = recipe.data.languages if recipe.data is not None else None
-    for key, value in named.items():
-        if not value:
-            continue
+    for key, value in data_paths(recipe).items():
         try:  # parallel text names two files, one per language
-            files = parallel_files(resolve(value), languages) if LANG in value else (resolve(value),)
+            files = parallel_files(resolve(value, base_dir), languages) if LANG in value else (resolve(value, base_dir),)
         except HybridftError as e:
             problems.append(f"{key}: {e}")
             continue
         problems += [f"{key}: not found: {f if LANG in value else value}" for f in files if not f.exists()]
-    for i, stage in enumerate(recipe.stages):
-        for j, objective in enumerate(getattr(stage, "objectives", [])):
-            for teacher in objective.teachers():
-                if not teacher_is_folder(teacher):
-                    continue
-                try:
-                    check_model_dir(resolve(teacher))
-                except HybridftError as e:
-                    problems.append(f"stages.{i}.objectives.{j}.teacher: {e}")
-        for j, model in enumerate(stage.mix.models if stage.kind == "mix" else []):
-            if not model.startswith(STAGE_REF):
-                try:
-                    check_model_dir(resolve(model))
-                except HybridftError as e:
-                    problems.append(f"stages.{i}.mix.models.{j}: {e}")
+    for key, folder in model_folders(recipe).items():
+        try:
+            check_model_dir(resolve(folder, base_dir))
+        except HybridftError as e:
+            problems.append(f"{key}: {e}")
     return problems
+
+
+def input_paths(recipe, base_dir: Path) -> dict[str, Path]:
+    """Every file or folder on this machine that the recipe reads, by key."""
+    named = {**data_paths(recipe), **model_folders(recipe)}
+    for key in ("name", "decoder", "chat_template"):
+        value = getattr(recipe.model, key, None)
+        if value and value != "embedded" and "{" not in value:  # a Jinja template is text, not a path
+            named[f"model.{key}"] = value
+    languages = recipe.data.languages if recipe.data is not None else None
+    paths = {}
+    for key, value in named.items():
+        if LANG in value and languages is not None:
+            paths.update(zip((f"{key} ({languages.source})", f"{key} ({languages.target})"),
+                             parallel_files(resolve(value, base_dir), languages), strict=True))
+        else:
+            paths[key] = resolve(value, base_dir)
+    return paths
+
+
+def check_inputs_outside(recipe, base_dir: Path, folder: Path) -> None:
+    """``--overwrite`` clears ``folder``: refuse before that if the recipe reads anything inside it
+    (``mix.models: [runs/old/model]`` would be gone by the time the mix stage loads it)."""
+    inside = []
+    for key, path in input_paths(recipe, base_dir).items():
+        if path.exists() or path.is_symlink():
+            as_named, target = Path(os.path.abspath(path)), path.resolve()
+            if any(p == root or root in p.parents for p in (as_named, target)
+                   for root in (Path(os.path.abspath(folder)), folder.resolve())):
+                inside.append(f"{key} ({path})")
+    if inside:
+        raise HybridftError(f"{', '.join(inside)} lies inside {folder}, which --overwrite would clear first; "
+                            "copy it elsewhere or choose another --out")
+
+
+def run_labels(recipe, base_dir: Path) -> list[str] | None:
+    """The labels a run of the recipe will have (None where it has none, or its data cannot be read:
+    the run reports that)."""
+    if recipe.task in GENERATIVE_TASKS or recipe.task == MULTI_TASK:
+        return None
+    if recipe.data.labels:
+        return list(recipe.data.labels)
+    try:
+        return load_rows(recipe, base_dir)[1]
+    except HybridftError:
+        return None
+
+
+def mix_model_problems(recipe, base_dir: Path, labels: list[str] | None = None) -> list[str]:
+    """Each saved model a mix stage merges has this run's architecture and labels: found now, not
+    after the stages before the mix have trained. ``labels``: the run's (else read from its data)."""
+    folders = {key: resolve(value, base_dir) for key, value in model_folders(recipe).items() if ".mix.models." in key}
+    folders = {key: f for key, f in folders.items() if (f / "config.json").is_file()}  # else check_paths says so
+    if not folders or recipe.task == MULTI_TASK:  # a multi-task merge takes no further models
+        return []
+    try:
+        source = resolve_model(recipe.model.name, base_dir)
+        ours = transformers.AutoConfig.from_pretrained(source, trust_remote_code=recipe.model.trust_remote_code)
+    except (HybridftError, OSError, ValueError):
+        return []  # check_selection reports the model
+    labels = labels if labels is not None else run_labels(recipe, base_dir)
+    problems = [(key, mix_model_problem(folder, ours, recipe, labels)) for key, folder in folders.items()]
+    return [f"{key}: {why}" for key, why in problems if why]
+
+
+def mix_model_problem(folder: Path, ours, recipe, labels: list[str] | None) -> str | None:
+    """Why the saved model ``folder`` cannot be merged with a run of ``recipe`` (config ``ours``)."""
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder)
+        meta_file = folder / "hybridft.json"
+        task = json.loads(meta_file.read_text(encoding="utf-8")).get("task") if meta_file.is_file() else None
+        task = task or task_of(config, folder)
+    except HybridftError as e:
+        return str(e)
+    except (OSError, ValueError) as e:
+        return f"cannot read the model config of {folder}: {str(e).splitlines()[0]}"
+    if config.model_type != ours.model_type:
+        return f"{folder} is a {config.model_type} model, this run's is a {ours.model_type} model"
+    if HEAD_CLASSES.get(task) != HEAD_CLASSES[recipe.task]:
+        return f"{folder} is a {task} model, this run is {recipe.task}"
+    if recipe.model.decoder is None:  # a two-model encoder-decoder has no one config to compare with
+        ours = copy.deepcopy(ours)
+        ours.num_labels = config.num_labels
+        theirs, mine = skeleton_shapes(config, task), skeleton_shapes(ours, task)
+        odd = next((n for n in sorted(theirs.keys() | mine.keys()) if theirs.get(n) != mine.get(n)), None)
+        if odd is not None:
+            return (f"{folder} is not this run's architecture: tensor {odd} is {theirs.get(odd, 'missing')} there, "
+                    f"{mine.get(odd, 'missing')} in this run's model")
+    theirs = [config.id2label[i] for i in range(len(config.id2label))]
+    if labels is not None and task not in GENERATIVE_TASKS and theirs != labels:
+        return (f"{folder} predicts labels {theirs[:8]}, this run's are {labels[:8]}: models with different "
+                "label sets cannot be merged")
+    return None
+
+
+def skeleton_shapes(config, task: str) -> dict[str, tuple]:
+    """Tensor names and shapes of the model ``config`` describes, built weightless."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # building draws no weights to keep
+        model = getattr(transformers, HEAD_CLASSES[task]).from_config(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
 def model_skeleton(source: str, task: str, num_labels: int = 2, trust_remote_code: bool = False):
@@ -68,7 +183,13 @@ def model_skeleton(source: str, task: str, num_labels: int = 2, trust_remote_cod
         return getattr(transformers, HEAD_CLASSES[task]).from_config(config, trust_remote_code=trust_remote_code)
 
 
-def check_selection(recipe, base_dir: Path) -> list[str]:
+def check_selection(recipe, base_dir: Path, labels: list[str] | None = None) -> list[str]:
+    """Every stage's selection fits the model, and the models a mix stage merges fit the run
+    (``labels``: the run's, where they are known already)."""
+    return selection_fits(recipe, base_dir) + mix_model_problems(recipe, base_dir, labels)
+
+
+def selection_fits(recipe, base_dir: Path) -> list[str]:
     source = recipe.model.name or ""
     try:
         source = resolve_model(recipe.model.name, base_dir)

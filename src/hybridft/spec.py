@@ -25,7 +25,9 @@ def teacher_is_folder(teacher: str) -> bool:
 
 
 class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan: a nan or inf anywhere in a recipe (lr: .inf, scales: [.nan]) only ever trains or
+    # saves a NaN model; every float of every section refuses them, subclasses included
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

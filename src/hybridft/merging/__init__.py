@@ -10,6 +10,7 @@ merge is the same whatever else was drawn before it and in whatever order the te
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import torch
@@ -30,6 +31,22 @@ METHODS: dict[str, type[MergeMethod]] = {m.name: m for m in (Linear, Slerp, Task
 def build_method(name: str, majority_sign: str = "total") -> MergeMethod:
     cls = METHODS[name]
     return cls(majority_sign) if cls in (Ties, DareTies) else cls()
+
+
+def weights_problem(weights: list[float] | None) -> str | None:
+    """Why these merge weights cannot work (None when they can): the task heads are the weighted mean,
+    divided by the weights' sum, so the sum must be a finite number other than 0."""
+    if weights is None:
+        return None
+    odd = next((w for w in weights if not math.isfinite(w)), None)
+    if odd is not None:
+        return f"each weight must be a finite number, got {odd}"
+    total = sum(weights)
+    if total == 0:
+        return f"the weights {weights} add up to 0; the task heads are their mean weighted by them"
+    if not math.isfinite(total):
+        return f"the weights {weights} add up to {total}: use smaller weights"
+    return None
 
 
 def check_same_model(first: dict, other: dict, label: str) -> None:

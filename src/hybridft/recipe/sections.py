@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..merging import METHODS
+from ..merging import METHODS, weights_problem
 from ..spec import Spec
 
 
@@ -186,6 +186,9 @@ class MixSpec(Spec):
             raise ValueError(f"a density must be in (0, 1], got {next(d for d in self.densities if not 0 < d <= 1)}")
         if any(s <= 0 for s in self.scales):
             raise ValueError("a scale must be above 0")
+        problem = weights_problem(self.weights)
+        if problem:
+            raise ValueError(f"mix.weights: {problem}")
         return self
 
     @property

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import HybridftError
 from ..evaluate import evaluate_data, scalar_metrics
 from ..merging import MergePoint, build_method, merge_states
-from ..model_io import load_saved
+from ..model_io import check_finite, load_saved
 from ..multitask.model import MultiTaskModel
 from ..spec import STAGE_REF
 from ..tasks import lower_is_better
@@ -62,15 +62,25 @@ class MergeSearch:
         self.fines = [self.fine, *further_models(run, spec.models)]
         self.pre = run.artifacts.pretrained_state
         self.labels = ["this run's model", *spec.models]
+        self.check_inputs()
         self.metric = run.recipe.selection_metric
         self.sign = -1.0 if lower_is_better(self.metric) else 1.0
         self.done: dict[tuple, dict] = {}  # (method, point, split) -> metrics: the chosen point's test is a best's
 
+    def check_inputs(self) -> None:
+        """A model with NaN or infinite weights would only give NaN merges and metrics to choose from."""
+        check_finite(self.pre, "the pretrained model")
+        for label, state in zip(self.labels, self.fines, strict=True):
+            check_finite(state, label, "training diverged? a lower learning rate may help")
+
     def state(self, method, point: MergePoint | None) -> dict:
-        """M_fine for no point, else ``method``'s merge at ``point``."""
+        """M_fine for no point, else ``method``'s merge at ``point`` (finite, or an error)."""
         if point is None:
             return self.fine
-        return merge_states(self.pre, self.fines, method, point, self.spec.weights, self.run.recipe.seed, self.labels)
+        merged = merge_states(self.pre, self.fines, method, point, self.spec.weights, self.run.recipe.seed, self.labels)
+        check_finite(merged, f"the merge {method.name} {point.label}", "mix.weights or mix.scales are too large "
+                     "for these models")
+        return merged
 
     def model_at(self, method, point: MergePoint | None):
         """The model holding M_fine (no point) or the merge."""
@@ -109,6 +119,7 @@ class TaskMergeSearch(MergeSearch):
         self.fines = [{k: v.detach().clone() for k, v in model.task_model(t).base_model.state_dict().items()}
                       for t in model.task_names]
         self.labels = [f"task {t}'s model" for t in model.task_names]
+        self.check_inputs()
         self.shared = MultiTaskModel({t: copy.deepcopy(model.task_model(t)) for t in model.task_names}, share=True)
 
     def state(self, method, point: MergePoint | None) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 from ..architecture import num_layers
 from ..evaluate import evaluate_data, metrics_from_scores, predict, scalar_metrics
 from ..mixing import PART_ORDER, interpolate, per_part_alpha
+from ..model_io import check_finite
 from ..recipe import StageSpec
 from ..tasks import MULTI_TASK, lower_is_better
 from .learned_mix import learn_mixing, mix_groups
@@ -153,6 +154,9 @@ def run_mix_step(run, spec, train_spec) -> dict:
     fine = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run.artifacts.fine_tuned_state = fine
     pre = run.artifacts.pretrained_state
+    # mixes of finite weights with alphas in [0, 1] are finite: checking the two ends covers every mix
+    check_finite(pre, "the pretrained model")
+    check_finite(fine, "this run's model", "training diverged? a lower learning rate may help")
     search = MixSearch(run, model, pre, fine, train_spec.eval_batch)
     for alpha in spec.alphas:
         search.score(alpha)
