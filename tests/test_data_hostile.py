@@ -217,3 +217,15 @@ def test_rows_used_counts_only_the_rows_that_made_an_example(tiny_model, tmp_pat
     stats = load_generative_data(recipe, tmp_path, load_tokenizer(str(tiny_model))).stats
     assert stats["skipped_prompt_too_long"]["validation"] == 2
     assert stats["rows_used"]["validation"] == 6
+
+
+def test_every_unknown_key_is_reported_at_once_with_the_problems_it_hid():
+    recipe = {"task": "classification", "foo": 1, "bar": 2, "data": {"train": "x.csv", "baz": 3},
+              "stages": [{"qux": 1, "optimizer": {"lrr": 1}, "epochs": -1}]}
+    with pytest.raises(HybridftError) as e:
+        validate_recipe(recipe)
+    message = str(e.value)
+    assert "6 problem(s)" in message and "stages.0.epochs" in message
+    for key in ("foo", "bar", "baz", "qux", "lrr"):
+        assert f"unknown key '{key}'" in message
+    assert recipe["foo"] == 1 and recipe["stages"][0]["qux"] == 1  # the caller's recipe is left as it was

@@ -13,8 +13,10 @@ included) replace the base's. A key with dots patches one place inside the base,
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -186,8 +188,51 @@ def validate_recipe(data: dict, path: str | Path = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        problems = format_validation_error(e)
+        problems = every_problem(data, e)
         raise HybridftError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems)) from None
+
+
+UNKNOWN_KEY = re.compile(r"unknown key (.+?)(?: \(did you mean .*\?\))?; valid keys: ")
+
+
+def every_problem(data: dict, error: ValidationError) -> list[str]:
+    """Every problem at once. An unknown key stops the checks of its section and of the sections
+    inside it, so each one found is noted, set aside (in a copy), and the recipe checked again."""
+    data, noted = copy.deepcopy(data), []
+    for _ in range(100):  # at most one pass per unknown key; a bound all the same
+        details, lines = error.errors(), format_validation_error(error)
+        unknown = [i for i, e in enumerate(details) if _drop_unknown_key(data, e)]
+        if not unknown:
+            return noted + lines
+        noted += [lines[i] for i in unknown]
+        try:
+            Recipe.model_validate(data)
+            return noted
+        except ValidationError as e:
+            error = e
+    return noted + format_validation_error(error)
+
+
+def _drop_unknown_key(data: dict, detail: dict) -> bool:
+    """Remove the key an "unknown key" error names from the mapping at its location; False for any
+    other error, or where the key cannot be found again."""
+    match = UNKNOWN_KEY.match(str(detail.get("msg", "")).removeprefix("Value error, "))
+    if match is None:
+        return False
+    try:
+        key = ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError):
+        return False
+    node = data
+    for part in detail["loc"]:  # a part that is no key is a union's tag pydantic inserts (stages.0.train)
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+    if not isinstance(node, dict) or key not in node:
+        return False
+    del node[key]
+    return True
 
 
 PATH_KEYS = ("data.train", "data.validation", "data.test", "model.name", "model.decoder", "model.chat_template")
