@@ -4,7 +4,10 @@ never with something written where it was refused (issue 37)."""
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -157,3 +160,85 @@ def test_two_interpolations_into_one_folder_give_one_error(tiny_model, classifie
     assert not out.exists()
     assert main(["interpolate", str(tiny_model), str(classifier_dir), "--alpha", ".5", "-o", str(out)]) == 0
     assert (out / "model.safetensors").is_file()
+
+
+# --- resuming: the data, the latest pointer and the files of a checkpoint ---------------------------------
+
+
+def train_with_checkpoints(tiny_model, folder: Path) -> tuple[Path, Path]:
+    """(recipe, run folder) of a finished 4-step run that kept its checkpoints step-2 and step-4."""
+    from .conftest import sentiment_rows
+
+    data = folder / "data.csv"
+    data.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in sentiment_rows(40)))
+    recipe = base_recipe(tiny_model, data, max_steps=4, eval_every=2)
+    recipe["output"] = {"keep_checkpoints": 10, "keep_checkpoints_after_run": True}
+    recipe = write_recipe(folder / "r.yaml", recipe)
+    assert main(["run", str(recipe), "--out", str(folder / "run"), "--no-progress"]) == 0
+    return recipe, folder / "run"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
+    return train_with_checkpoints(tiny_model, tmp_path_factory.mktemp("finished"))
+
+
+def rewound(finished, tmp_path, checkpoint: str = "step-2") -> Path:
+    from .helpers import rewind_to
+
+    out = tmp_path / "run"
+    shutil.copytree(finished[1], out)
+    rewind_to(out, checkpoint)
+    return out
+
+
+def test_resume_on_changed_data_is_refused_unless_allowed(tiny_model, tmp_path, capsys):
+    recipe, out = train_with_checkpoints(tiny_model, tmp_path)
+    from .helpers import rewind_to
+
+    rewind_to(out, "step-2")
+    data = tmp_path / "data.csv"
+    flipped = {"positive": "negative", "negative": "positive"}
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([lines[0]] + [f"{t},{flipped[label]}" for t, label in
+                                            (line.rsplit(",", 1) for line in lines[1:])]) + "\n")
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--out", str(out), "--resume", "--no-progress"]) == 2
+    message = one_line_error(capsys)
+    assert f"the data changed since step-2 was written: data.train ({data})" in message
+    assert "--allow-changed-data" in message and not (out / "model").exists()
+    assert main(["run", str(recipe), "--out", str(out), "--allow-changed-data", "--no-progress"]) == 2
+    assert "is for resuming a run" in one_line_error(capsys)
+    assert main(["run", str(recipe), "--out", str(out), "--resume", "--allow-changed-data", "--no-progress"]) == 0
+    assert "resuming from step-2" in capsys.readouterr().err
+    assert json.loads((out / "checkpoints" / "stage-0-done" / "inputs.json").read_text())["data.train"] == \
+        hashlib.sha256(data.read_bytes()).hexdigest()  # later checkpoints hold the data they trained on
+
+
+@pytest.mark.parametrize("pointer", [b"\xff\xfe\x00garbage", b"step-99", b"../step-2", b""])
+def test_a_corrupt_latest_pointer_names_the_newest_complete_checkpoint(finished, tmp_path, capsys, pointer):
+    out = rewound(finished, tmp_path)
+    (out / "checkpoints" / "latest").write_bytes(pointer)
+    capsys.readouterr()
+    assert main(["run", str(finished[0]), "--out", str(out), "--resume", "--no-progress"]) == 2
+    message = one_line_error(capsys)
+    assert message.startswith(f"error: {out / 'checkpoints' / 'latest'} is corrupt")
+    assert "the newest complete checkpoint is step-2" in message
+    assert not (out / "model").exists()  # it did not start over
+
+
+class Pickled:
+    def __reduce__(self):
+        return print, ("code from a pickle ran",)
+
+
+def test_a_pickled_rng_state_in_a_checkpoint_is_one_line(finished, tmp_path, capsys):
+    import torch
+
+    out = rewound(finished, tmp_path)
+    torch.save({"torch": Pickled()}, out / "checkpoints" / "step-2" / "rng.pt")
+    capsys.readouterr()
+    assert main(["run", str(finished[0]), "--out", str(out), "--resume", "--no-progress"]) == 2
+    message = one_line_error(capsys)
+    assert "rng.pt holds pickled Python objects, which hybridft does not load" in message
+    assert "code from a pickle ran" not in capsys.readouterr().out

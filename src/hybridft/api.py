@@ -63,15 +63,16 @@ class RunResult:
 
 
 def run_recipe(recipe: Recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
-               progress: bool = True) -> dict:
+               progress: bool = True, allow_changed_data: bool = False) -> dict:
     """Train a validated recipe into ``run_dir`` and write its model and report; returns the report.
-    The main process holds the run folder's lock throughout (one run at a time in a folder)."""
+    The main process holds the run folder's lock throughout (one run at a time in a folder).
+    ``allow_changed_data``: resume even if the data files differ from those the run started on."""
     processes = launch(run_dir, recipe.distributed)
     # a refused folder gets nothing written into it, not even the lock
     lock = RunLock(run_dir, check=lambda: check_run_dir(run_dir, resume, overwrite))
     with lock if processes.is_main else nullcontext():
         started = time.perf_counter()
-        run, final = train(recipe, base_dir, run_dir, resume, overwrite, progress, processes)
+        run, final = train(recipe, base_dir, run_dir, resume, overwrite, progress, processes, allow_changed_data)
         return finish_run(run, final, started)
 
 
@@ -109,13 +110,14 @@ def validate(recipe: str | Path | dict | Recipe, *, base_dir: str | Path | None 
 
 def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, resume: bool = False,
         overwrite: bool = False, progress: bool = True, base_dir: str | Path | None = None,
-        overrides: dict | list[str] | None = None, **keyword_overrides) -> RunResult:
+        overrides: dict | list[str] | None = None, allow_changed_data: bool = False, **keyword_overrides) -> RunResult:
     """Train from a recipe (a YAML path, a dict or a ``Recipe``) into ``out`` (default
     ``runs/<name>-<time>``). Overrides: ``seed=3``, nested keys with double underscores
     (``stages__0__optimizer__lr=1e-4``), ``overrides={"stages.0.optimizer.lr": 1e-4}`` or the command
     line's ``["stages.0.optimizer.lr=1e-4"]``. Relative paths in a recipe file start from its folder;
     in a dict or ``Recipe``, from ``base_dir`` (default: here). ``progress``: bars on a terminal,
-    else a status line every 30 s."""
+    else a status line every 30 s. ``resume`` refuses data files other than those the run started
+    on, unless ``allow_changed_data``."""
     changes = overrides_of(overrides, keyword_overrides)
     validated, folder = resolve_recipe(recipe, changes, base_dir)
     if out is None and (resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):  # set by accelerate / torchrun
@@ -123,11 +125,14 @@ def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, re
                             "write to the same one")
     if resume and overwrite:
         raise HybridftError("resume continues the run in the folder, overwrite replaces it: give one of them")
+    if allow_changed_data and not resume:
+        raise HybridftError("allow_changed_data (--allow-changed-data) is for resuming a run: give resume too")
     run_dir = Path(out) if out is not None else Path("runs") / f"{validated.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume and (run_dir / "report.json").is_file():  # written last: the run is complete
         return complete_run(run_dir, validated, folder)
     try:
-        report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress)
+        report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress,
+                            allow_changed_data=allow_changed_data)
     except KeyboardInterrupt as stop:
         how = f"hybridft run {recipe} {' '.join(changes)} --out {run_dir} --resume".replace("  ", " ") \
             if isinstance(recipe, (str, Path)) else f"hybridft.run(..., out={str(run_dir)!r}, resume=True)"

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    run.add_argument("--allow-changed-data", action="store_true",
+                     help="with --resume: continue although the data files differ from those the run started on")
     _progress_flags(run)
 
     val = sub.add_parser("validate", help="check a recipe without loading weights")
@@ -135,7 +137,8 @@ def cmd_run(args) -> int:
     from .api import run
 
     result = run(args.recipe, args.out, resume=args.resume, overwrite=args.overwrite,
-                 progress=_show_progress(args.progress), overrides=args.overrides)
+                 progress=_show_progress(args.progress), overrides=args.overrides,
+                 allow_changed_data=args.allow_changed_data)
     if os.environ.get("RANK", "0") != "0":
         return 0  # the main process reports
     if result.already_complete:

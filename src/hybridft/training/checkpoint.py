@@ -8,8 +8,10 @@ so no pickled code is ever executed on load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 from contextlib import contextmanager
@@ -17,14 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from ..data.readers import LANG, parallel_files
 from ..errors import HybridftError
 from ..folders import WRITE_ERRORS, write_atomic
 
 LATEST = "latest"
 SHARDED = "sharded"  # in a checkpoint of a sharded (fsdp) stage: its torch.distributed.checkpoint files
 SELECTOR_STATE = "selectors.safetensors"
+INPUTS = "inputs.json"  # the sha256 of every data file the run reads: in the checkpoints folder, and in each checkpoint
 
 
 def selector_state(selectors) -> dict:
@@ -168,7 +173,7 @@ def _write_checkpoint(root, tmp, name, model, optimizer, scheduler, state, keep,
     if not staged:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    for extra in extra_files:
+    for extra in (*extra_files, root / INPUTS):
         if extra.is_file():
             shutil.copy2(extra, tmp / extra.name)
     if model is not None:
@@ -200,24 +205,120 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint ``latest`` names, if it names a complete one (never raises: also used to word
+    the error of a failed write)."""
+    name = pointed_name(root)
+    path = root / name if name else None
+    return path if path is not None and (path / "state.json").is_file() else None
+
+
+def pointed_name(root: Path) -> str | None:
+    """What ``latest`` holds, if it is a checkpoint's name (a folder directly in ``root``)."""
+    try:
+        name = (root / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if name and Path(name).name == name and name not in (".", "..") else None
+
+
+def checkpoint_to_resume(root: Path) -> Path | None:
+    """The checkpoint ``--resume`` continues from; None when the run wrote none yet. A ``latest`` that
+    names no complete checkpoint (damaged, edited) is an error naming the newest complete one: a
+    silent start from scratch would throw the run's training away."""
     pointer = root / LATEST
-    if pointer.is_file():
-        path = root / pointer.read_text(encoding="utf-8").strip()
-        if (path / "state.json").is_file():
-            return path
-    return None
+    if not pointer.exists():
+        return None
+    found = latest_checkpoint(root)
+    if found is not None:
+        return found
+    complete = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                       and (p / "state.json").is_file()), key=lambda p: (p / "state.json").stat().st_mtime_ns)
+    held = pointed_name(root)
+    what = f"it names {held!r}, which is no complete checkpoint" if held else "it holds no checkpoint's name"
+    fix = f"the newest complete checkpoint is {complete[-1].name}: write that name into {pointer} to resume from " \
+          "it" if complete else "no complete checkpoint is left: start the run again with --overwrite"
+    raise HybridftError(f"{pointer} is corrupt ({what}); {fix}")
+
+
+def load_plain(path: Path):
+    """A file of tensors and plain containers (optimizer, scheduler, RNG state). A pickle of other
+    objects is refused by ``weights_only`` and never run; either way it is one line."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise HybridftError(f"{path} holds pickled Python objects, which hybridft does not load; hybridft "
+                            "did not write it: restore the checkpoint or resume from another one") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise HybridftError(f"{path} cannot be read ({reason}): the checkpoint is damaged; resume from another "
+                            "one") from None
 
 
 def load_checkpoint(path: Path, model, optimizer=None, scheduler=None, process_index: int = 0) -> dict:
     """Weights (model None: a sharded checkpoint, loaded by the strategy), optimizer, scheduler, this
     process's RNG state; returns state.json's content."""
     if model is not None:
-        load_model(model, str(path / "model.safetensors"))
+        try:
+            load_model(model, str(path / "model.safetensors"))
+        except (SafetensorError, OSError) as e:
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise HybridftError(f"{path / 'model.safetensors'} cannot be read ({reason}): the checkpoint is "
+                                "damaged; resume from another one") from None
     if optimizer is not None and (path / "optimizer.pt").is_file():
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        optimizer.load_state_dict(load_plain(path / "optimizer.pt"))
     if scheduler is not None and (path / "scheduler.pt").is_file():
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        scheduler.load_state_dict(load_plain(path / "scheduler.pt"))
     # a checkpoint from a run with fewer processes has no state for this one: the main one's, then
     mine = path / rng_file(process_index)
-    set_rng_state(torch.load(mine if mine.is_file() else path / "rng.pt", weights_only=True))
+    set_rng_state(load_plain(mine if mine.is_file() else path / "rng.pt"))
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+
+def input_files(recipe, base_dir: Path) -> dict[str, list[Path]]:
+    """Every data file a recipe reads, by its recipe key (a saved dataset's folder: all its files)."""
+    sections = {"data": recipe.data} if recipe.data is not None else \
+        {f"tasks.{i}.data": t.data for i, t in enumerate(recipe.tasks)}
+    named = {f"{where}.{split}": getattr(data, split) for where, data in sections.items()
+             for split in ("train", "validation", "test") if getattr(data, split)}
+    if recipe.data is not None and recipe.data.unlabeled is not None:
+        named["data.unlabeled.path"] = recipe.data.unlabeled.path
+    languages, files = recipe.data.languages if recipe.data is not None else None, {}
+    for key, value in named.items():
+        path = Path(value) if Path(value).is_absolute() else base_dir / value
+        paths = parallel_files(path, languages) if LANG in str(value) else (path,)
+        files[key] = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    return files
+
+
+def fingerprint(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def input_fingerprints(recipe, base_dir: Path) -> dict[str, str]:
+    """{recipe key: sha256 of its data}: a resumed run must read the data it started on."""
+    return {key: fingerprint(files) for key, files in input_files(recipe, base_dir).items()}
+
+
+def check_same_inputs(checkpoint: Path, now: dict[str, str], recipe, flag: str) -> None:
+    """Refuse to resume on data other than the checkpoint's: the run would continue silently on
+    other examples (or flipped labels). A checkpoint from before fingerprints were kept passes."""
+    stored = checkpoint / INPUTS
+    if not stored.is_file():
+        return
+    then = json.loads(stored.read_text(encoding="utf-8"))
+    changed = [key for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key)]
+    if changed:
+        names = ", ".join(f"{key} ({getattr_path(recipe, key) or 'none'})" for key in changed)
+        raise HybridftError(f"the data changed since {checkpoint.name} was written: {names}; resume on the data the "
+                            f"run started with, or pass {flag} to continue on the new data")
+
+
+def getattr_path(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
+    return obj

@@ -10,11 +10,16 @@ import torch
 
 from ..errors import HybridftError
 from ..evaluate import evaluate_data
+from ..folders import write_atomic
 from ..multitask.model import unshared
 from ..objectives.teachers import keep_stage_weights
 from ..selectors import since_restart, stage_structure
 from .checkpoint import (
-    latest_checkpoint,
+    INPUTS,
+    check_same_inputs,
+    checkpoint_to_resume,
+    guarded_write,
+    input_fingerprints,
     load_checkpoint,
     process_rng_states,
     restore_artifacts,
@@ -37,9 +42,12 @@ def restore_structure(run: Run, stages) -> None:
         run.model = stage_structure(run.model, spec)
 
 
-def resume_point(run: Run) -> tuple[int, Path | None]:
-    """(first stage to run, checkpoint to resume that stage from, or None to start it fresh)."""
-    checkpoint = latest_checkpoint(run.checkpoint_dir)
+def resume_point(run: Run, inputs: dict[str, str], allow_changed_data: bool = False) -> tuple[int, Path | None]:
+    """(first stage to run, checkpoint to resume that stage from, or None to start it fresh).
+    ``inputs``: the data's fingerprints now, which must be the checkpoint's unless ``allow_changed_data``."""
+    checkpoint = checkpoint_to_resume(run.checkpoint_dir)
+    if checkpoint is not None and not allow_changed_data:
+        check_same_inputs(checkpoint, inputs, run.recipe, "--allow-changed-data")
     if checkpoint is None:
         run.log.truncate(0)
         notice(run, f"resuming {run.run_dir}: no checkpoint yet, starting from the beginning")
@@ -122,10 +130,22 @@ def final_evaluation(run: Run) -> dict:
     return final
 
 
+def keep_inputs(run: Run, inputs: dict[str, str]) -> None:
+    """The data's fingerprints, which every later checkpoint copies (``check_same_inputs``)."""
+    if run.processes.is_main:
+        with guarded_write("the data's fingerprints", run.checkpoint_dir):
+            run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run.checkpoint_dir / INPUTS, json.dumps(inputs, indent=1))
+    run.processes.barrier()
+
+
 def train(recipe, base_dir: Path, run_dir: Path, resume: bool, overwrite: bool, progress: bool,
-          processes) -> tuple[Run, dict]:
-    """Start (or resume) the run, train every stage; the run and its final metrics per split."""
+          processes, allow_changed_data: bool = False) -> tuple[Run, dict]:
+    """Start (or resume) the run, train every stage; the run and its final metrics per split.
+    ``allow_changed_data``: resume even if the data files differ from those the run started on."""
     run = start_run(recipe, base_dir, run_dir, resume, overwrite, progress, processes)
-    first, resume_from = resume_point(run) if resume else (0, None)
+    inputs = input_fingerprints(recipe, base_dir)
+    first, resume_from = resume_point(run, inputs, allow_changed_data) if resume else (0, None)
+    keep_inputs(run, inputs)
     run_stages(run, first, resume_from)
     return run, final_evaluation(run)
