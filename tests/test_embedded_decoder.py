@@ -211,6 +211,16 @@ def test_a_file_that_is_no_gguf_is_one_line_and_leaves_no_folder(cache, tmp_path
     assert not [p for p in cache.iterdir() if p.name.startswith(("broken", ".broken")) and not p.name.endswith(".lock")]
 
 
+def test_without_the_gguf_package_a_gguf_is_one_line_that_says_what_to_install(cache, tmp_path, monkeypatch):
+    found = embedded.importlib.util.find_spec
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None if name == "gguf" else found(name))
+    monkeypatch.setattr(embedded, "convert_into", lambda *a: pytest.fail("no conversion without gguf"))
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF")
+    with pytest.raises(HybridftError, match=r"^reading other.gguf needs the gguf package: pip install 'gguf>=0.10'$"):
+        resolve_model(str(other), Path.cwd())
+
+
 def test_a_missing_gguf_file_is_one_line(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", causal_recipe("nowhere.gguf", tmp_path))
     assert main(["validate", str(recipe)]) == 2
