@@ -23,7 +23,7 @@ TASK_METRICS = {TAGGING: TAGGING_METRICS, "causal_lm": CAUSAL_LM_METRICS, "seq2s
 DEFAULT_METRIC = {TAGGING: "entity_f1", "causal_lm": "perplexity", "seq2seq": "bleu"}
 LOWER_IS_BETTER = ("loss", "perplexity")
 # metrics that are a proportion of examples, which a binomial standard error describes
-PROPORTIONS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "entity_f1", "entity_precision",
+PROPORTIONS = ("accuracy", "exact_match", "f1_macro", "precision_macro", "recall_macro", "entity_f1", "entity_precision",
                "entity_recall", "token_accuracy", "score")
 
 IGNORE_INDEX = -100  # labels of padding, of non-first word pieces and of prompt tokens

@@ -94,3 +94,31 @@ def prompt_ids(tokenizer, lines: list[str], max_length: int) -> list[list[int]]:
     """Each line as the user's turn, rendered with the generation prompt: what the model answers."""
     texts = [render(tokenizer, [{"role": "user", "content": line}], prompt=True) for line in lines]
     return [ids[-max_length:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def last_answer(messages: list[dict]) -> tuple[list[dict], str] | None:
+    """(the turns before the conversation's last assistant turn, that turn's text): what the model is
+    asked and what it should answer, for generation-based metrics. None without an assistant turn."""
+    last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    return None if last is None else (messages[:last], messages[last]["content"])
+
+
+def conversation_prompt_ids(tokenizer, conversations: list[list[dict]], max_length: int) -> list[list[int]]:
+    """Each conversation rendered with the generation prompt (the last ``max_length`` tokens)."""
+    texts = [render(tokenizer, messages, prompt=True) for messages in conversations]
+    return [ids[-max_length:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token the template closes an assistant turn with (SmolLM2's ``<|im_end|>``), where
+    generation stops; None when the template closes turns with plain text."""
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    text = render(tokenizer, probe)
+    answer_end = text.rindex("ok") + 2
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_encoder.values())
+    for token, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+        if start >= answer_end and text[start:end].strip():
+            return token if token in special else None
+    return None
+

@@ -19,7 +19,7 @@ from ..data.prepare import TaskData, resolve_path, seeded_subset, split_train
 from ..data.readers import read_table
 from ..errors import HybridftError
 from ..tasks import IGNORE_INDEX
-from .chat import check_messages, encode_chat
+from .chat import check_messages, encode_chat, last_answer
 
 
 def eos_id(tokenizer) -> int | None:
@@ -202,6 +202,8 @@ def load_generative_data(recipe, base_dir: Path, tokenizer) -> TaskData:
         elif data.columns.messages:
             encoded[name], counts = encode_chat([r[data.columns.messages] for r in rows], tokenizer,
                                                 recipe.model.max_length)
+            if name != "train":  # what each conversation asks last, and its answer: generation metrics
+                texts[name] = [a for a in (last_answer(r[data.columns.messages]) for r in rows) if a]
             if not encoded[name]:
                 raise HybridftError(f"{name} data: no conversation has an assistant turn within "
                                     f"model.max_length ({recipe.model.max_length} tokens): {counts}")

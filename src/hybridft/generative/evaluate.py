@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..data.batching import length_sorted_batches, my_batches
 from ..progress import track
 from ..tasks import IGNORE_INDEX, token_positions
+from .chat import conversation_prompt_ids
 from .generate import generate_texts
 from .metrics import is_uncased, translation_metrics
 
@@ -57,14 +58,43 @@ def evaluate_generative(run, model, split: str, batch_size: int | None, desc: st
     metrics = teacher_forced_metrics(model, examples, run.collator, batch_size, run.device, data.task == "causal_lm",
                                      desc, progress, run.processes)
     spec = run.recipe.generation
-    if data.task == "seq2seq" and spec.evaluate:
+    if spec.evaluate and data.task == "seq2seq":
         sources = [ex["input_ids"] for ex in examples]
-        hypotheses = generate_texts(model, run.tokenizer, sources, spec, batch_size, run.device, run.recipe.seed,
-                                    f"{desc} generate", progress)
-        uncased = spec.uncased if spec.uncased is not None else is_uncased(run.tokenizer)
-        references = [target for _, target in data.texts[split]]
-        metrics.update(translation_metrics(hypotheses, references, uncased))
-        metrics["uncased"] = uncased
-        metrics["samples"] = [{"source": s, "reference": r, "generated": h}
-                              for (s, r), h in zip(data.texts[split][:SAMPLES], hypotheses[:SAMPLES], strict=True)]
+        metrics.update(translation_scores(run, model, sources, data.texts[split], batch_size, f"{desc} generate",
+                                          progress))
+    elif spec.evaluate and data.texts.get(split):
+        metrics.update(chat_scores(run, model, data.texts[split], batch_size, f"{desc} generate", progress))
+    return metrics
+
+
+def translation_scores(run, model, sources: list[list[int]], texts: list[tuple[str, str]], batch_size: int,
+                       desc: str, progress: bool) -> dict:
+    """BLEU and chrF of the generated translations, and a few samples."""
+    spec = run.recipe.generation
+    hypotheses = generate_texts(model, run.tokenizer, sources, spec, batch_size, run.device, run.recipe.seed, desc,
+                                progress)
+    uncased = spec.uncased if spec.uncased is not None else is_uncased(run.tokenizer)
+    metrics = {**translation_metrics(hypotheses, [target for _, target in texts], uncased), "uncased": uncased}
+    metrics["samples"] = [{"source": s, "reference": r, "generated": h}
+                          for (s, r), h in zip(texts[:SAMPLES], hypotheses[:SAMPLES], strict=True)]
+    return metrics
+
+
+def chat_scores(run, model, texts: list[tuple[list[dict], str]], batch_size: int, desc: str, progress: bool) -> dict:
+    """The model's answer to each conversation's last question against the conversation's own answer:
+    exact match (whitespace collapsed), and BLEU/chrF where the recipe asks (generation.chat_metrics)."""
+    spec = run.recipe.generation
+    prompts = conversation_prompt_ids(run.tokenizer, [turns for turns, _ in texts], run.recipe.model.max_length)
+    answers = generate_texts(model, run.tokenizer, prompts, spec, batch_size, run.device, run.recipe.seed, desc,
+                             progress)
+    references = [answer for _, answer in texts]
+    metrics = {}
+    if "exact_match" in spec.chat_metrics:
+        same = sum(" ".join(a.split()) == " ".join(r.split()) for a, r in zip(answers, references, strict=True))
+        metrics["exact_match"] = same / len(references)
+    if {"bleu", "chrf"} & set(spec.chat_metrics):
+        scores = translation_metrics(answers, references, uncased=False)
+        metrics.update({k: v for k, v in scores.items() if k in spec.chat_metrics})
+    metrics["samples"] = [{"source": turns[-1]["content"] if turns else "", "reference": r, "generated": a}
+                          for (turns, r), a in zip(texts[:SAMPLES], answers[:SAMPLES], strict=True)]
     return metrics

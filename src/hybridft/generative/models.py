@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import HybridftError
 from ..models import note_ignored_code, quiet_transformers, remote_code_hint, resolve_model, torch_dtype
+from .chat import end_of_turn_id
 from .data import bos_id, eos_id
 
 
@@ -51,6 +52,17 @@ def set_special_ids(model, tokenizer) -> None:
             setattr(model.generation_config, key, value)
     if getattr(config, "decoder", None) is not None:  # EncoderDecoderModel keeps a config per side
         config.decoder.pad_token_id = tokenizer.pad_token_id
+
+
+def stop_at_end_of_turn(model, tokenizer) -> None:
+    """A chat model stops generating where its template closes the assistant's turn (SmolLM2's
+    ``<|im_end|>``), beside its end-of-text token; saved in generation_config.json for every loader."""
+    end = end_of_turn_id(tokenizer)
+    if end is None or getattr(model, "generation_config", None) is None:
+        return
+    current = model.generation_config.eos_token_id
+    stops = [current] if isinstance(current, int) else list(current or [])
+    model.generation_config.eos_token_id = stops + [end] if end not in stops else stops
 
 
 def load_generative_model(source: str, task: str, tokenizer, decoder: str | None = None,

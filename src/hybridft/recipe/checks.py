@@ -76,6 +76,8 @@ def check_single_task(recipe) -> None:
     if recipe.model.chat_template and not recipe.data.columns.messages:
         raise ValueError("model.chat_template: for data.columns.messages (chat fine-tuning)")
     valid = metrics_of(recipe.task)
+    if recipe.data.columns.messages and recipe.generation.evaluate:  # chat: the generated answers' scores
+        valid += tuple(recipe.generation.chat_metrics)
     if recipe.metric is not None and recipe.metric not in valid:
         raise ValueError(f"metric {recipe.metric!r} is not reported for {recipe.task}; valid: {', '.join(valid)}")
     if recipe.task == "pair_classification" and not recipe.data.columns.text_pair:

@@ -230,7 +230,12 @@ class GenerationSpec(Spec):
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(50, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    evaluate: bool = Field(True, description="seq2seq: generate during evaluation (BLEU, chrF); off: loss only")
+    evaluate: bool = Field(True, description="seq2seq and chat: generate during evaluation (BLEU, chrF; chat: "
+                                             "the last assistant turn of each conversation); off: loss only")
+    chat_metrics: list[Literal["exact_match", "bleu", "chrf"]] = Field(
+        ["exact_match"], min_length=1, description="chat: how generated answers are scored against the "
+                                                   "conversation's last assistant turn (exact_match: the same "
+                                                   "text once whitespace is collapsed)")
     uncased: bool | None = Field(None, description="compare lower-cased, accent-stripped text (default: when the "
                                                    "tokenizer is uncased, which cannot produce case or accents)")
 

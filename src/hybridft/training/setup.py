@@ -14,6 +14,7 @@ from ..errors import HybridftError
 from ..folders import RUN_MARKER, check_output, clear_folder, mark, write_atomic
 from ..generative.chat import template_text, use_template
 from ..generative.data import ensure_pad_token, load_generative_data
+from ..generative.models import stop_at_end_of_turn
 from ..models import load_model, load_tokenizer, resolve_model
 from ..multitask.data import MultiTaskCollator, load_multitask_data
 from ..multitask.model import MultiTaskModel
@@ -74,6 +75,8 @@ def load_inputs(recipe, base_dir: Path, source: str, tokenizer):
         if padding:
             data.stats["pad_token"] = padding
     model = load_recipe_model(recipe, source, base_dir, tokenizer, data.label_names, notes=data.stats)
+    if recipe.task in GENERATIVE_TASKS and recipe.data.columns.messages:
+        stop_at_end_of_turn(model, tokenizer)
     return data, model, collator_for(recipe.task, tokenizer, model)
 
 

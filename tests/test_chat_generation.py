@@ -1,0 +1,100 @@
+"""Chat models generate as a chat user reads them: batched prompts padded on the left with a KV cache,
+stopping at the template's end-of-turn token, scored by exact match before and after training."""
+
+import json
+
+import pytest
+import torch
+
+from hybridft.cli import main
+from hybridft.generative.chat import conversation_prompt_ids, end_of_turn_id, use_template
+from hybridft.generative.generate import generate_texts
+from hybridft.recipe.sections import GenerationSpec
+
+from .conftest import write_recipe
+from .test_chat import TEMPLATE
+from .test_families import tiny_models
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return tiny_models.build("llama", tmp_path_factory.mktemp("gen-llama"))
+
+
+@pytest.fixture(scope="module")
+def loaded(llama):
+    from hybridft.generative.models import load_generative_model, stop_at_end_of_turn
+    from hybridft.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(llama))
+    use_template(tokenizer, TEMPLATE)
+    model = load_generative_model(str(llama), "causal_lm", tokenizer).eval()
+    stop_at_end_of_turn(model, tokenizer)
+    return model, tokenizer
+
+
+def test_the_end_of_turn_token_is_found_in_the_template_and_stops_generation(loaded):
+    model, tokenizer = loaded
+    end = end_of_turn_id(tokenizer)
+    assert end == tokenizer.convert_tokens_to_ids("[SEP]")
+    assert end in model.generation_config.eos_token_id
+
+
+def test_left_padded_batches_generate_what_each_prompt_generates_alone(loaded):
+    model, tokenizer = loaded
+    talks = [[{"role": "user", "content": text}] for text in
+             ("hello", "a much longer question about the film and the plot", "why so sad")]
+    prompts = conversation_prompt_ids(tokenizer, talks, 64)
+    assert len({len(p) for p in prompts}) == 3  # three lengths: one batch needs padding
+    spec = GenerationSpec(max_new_tokens=6)
+    together = generate_texts(model, tokenizer, prompts, spec, batch_size=3, device="cpu")
+    alone = [generate_texts(model, tokenizer, [p], spec, batch_size=1, device="cpu")[0] for p in prompts]
+    assert together == alone
+
+
+def chat_run(llama, tmp_path, rows, **generation) -> dict:
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    recipe = {"name": "chat", "task": "causal_lm", "model": {"name": str(llama), "max_length": 32,
+                                                             "chat_template": TEMPLATE},
+              "data": {"train": str(data), "validation": str(data), "columns": {"messages": "messages"}},
+              "stages": [{"max_steps": 1, "batch_size": 8, "optimizer": {"lr": 1e-12}}],
+              "generation": {"max_new_tokens": 4, **generation}}
+    out = tmp_path / "run"
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(out), "--no-progress"]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_exact_match_is_scored_before_and_after_training_against_the_last_answer(llama, loaded, tmp_path):
+    model, tokenizer = loaded
+    questions = [f"question {i}" for i in range(6)]
+    talks = [[{"role": "user", "content": q}] for q in questions]
+    said = generate_texts(model, tokenizer, conversation_prompt_ids(tokenizer, talks, 32), GenerationSpec(max_new_tokens=4),
+                          8, "cpu")
+    # the model's own greedy answers as references, half of them spoiled: exact match 1/2 (lr ~0: no change)
+    rows = [[*t, {"role": "assistant", "content": f"  {a} " if i % 2 else f"{a} spoiled"}]
+            for i, (t, a) in enumerate(zip(talks, said, strict=True))]
+    report = chat_run(llama, tmp_path, rows, chat_metrics=["exact_match", "chrf"])
+    assert report["stages"][0]["start_metrics"]["exact_match"] == pytest.approx(0.5)
+    assert report["metrics"]["exact_match"] == pytest.approx(0.5)
+    assert 0 < report["metrics"]["chrf"] <= 100 and "bleu" not in report["metrics"]
+    assert "exact_match 0.5000 -> 0.5000" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_chat_metrics_can_be_chosen_as_the_selection_metric():
+    from hybridft.errors import HybridftError
+    from hybridft.recipe import validate_recipe
+
+    chat = {"task": "causal_lm", "model": {"chat_template": TEMPLATE}, "data": {"train": "x.jsonl",
+            "columns": {"messages": "messages"}}, "stages": [{}], "metric": "exact_match"}
+    assert validate_recipe(chat).selection_metric == "exact_match"
+    with pytest.raises(HybridftError, match="not reported for causal_lm"):
+        validate_recipe({"task": "causal_lm", "data": {"train": "x.txt"}, "stages": [{}], "metric": "exact_match"})
+
+
+def test_generation_keeps_the_global_rng(loaded):
+    model, tokenizer = loaded
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    generate_texts(model, tokenizer, [[5, 6, 7]], GenerationSpec(max_new_tokens=2, do_sample=True), 1, "cpu", seed=3)
+    assert torch.equal(before, torch.get_rng_state())
