@@ -79,8 +79,8 @@ def test_interpolate_refuses_what_would_write_a_nan_model(runs, tiny_model, tmp_
     ("stages.1.mix.scales=[.nan]", "finite number"),
     ("stages.1.mix.weights=[0,0]", "add up to 0"),
     ("stages.1.mix.weights=[1e308,1e308]", "add up to inf"),
-    ("stages.0.select=[{name: peft, type: ia3, target_modules: [query], feedforward_modules: [], "
-     "init_ia3_weights: true, fan_in_fan_out: false, modules_to_save: null, foo: .nan}]", "finite number"),
+    ("stages.0.select=[{name: peft, type: loha, r: 2, alpha: .nan, target_modules: [query]}]", "alpha: Input should be "
+     "a finite number"),
 ])
 def test_validate_refuses_nan_inf_and_zero_weights_anywhere_in_a_recipe(tiny_model, sentiment_csv, tmp_path, capsys,
                                                                        override, expected):
