@@ -98,3 +98,46 @@ def test_generation_keeps_the_global_rng(loaded):
     before = torch.get_rng_state()
     generate_texts(model, tokenizer, [[5, 6, 7]], GenerationSpec(max_new_tokens=2, do_sample=True), 1, "cpu", seed=3)
     assert torch.equal(before, torch.get_rng_state())
+
+
+def conversation_recipe(llama, tmp_path, **conversation) -> dict:
+    data = tmp_path / "reviews.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"a {w} film \t{i % 2}\n" for i, w in
+                                                  enumerate(["good", "bad", "fine", "awful", "great", "sad"])))
+    fmt = {"system": "Answer positive or negative.", "user": "Review: {sentence}", "assistant": "{label}",
+           "values": {"label": {"0": "negative", "1": "positive"}}, **conversation}
+    return {"name": "rows-as-chat", "task": "causal_lm",
+            "model": {"name": str(llama), "max_length": 48, "chat_template": TEMPLATE},
+            "data": {"train": str(data), "validation": str(data), "format": "tsv", "columns": {"text": "sentence"},
+                     "conversation": fmt},
+            "stages": [{"max_steps": 1, "batch_size": 4}], "generation": {"max_new_tokens": 2}}
+
+
+def test_rows_of_a_table_become_conversations_with_words_for_their_values(llama, tmp_path):
+    from hybridft.generative.data import load_generative_data
+    from hybridft.models import load_tokenizer
+    from hybridft.recipe import validate_recipe
+    from hybridft.tasks import IGNORE_INDEX
+
+    recipe = validate_recipe(conversation_recipe(llama, tmp_path))
+    tokenizer = load_tokenizer(str(llama))
+    use_template(tokenizer, TEMPLATE)
+    data = load_generative_data(recipe, tmp_path, tokenizer)
+    first = data.validation[0]
+    answer = tokenizer.decode([t for t, y in zip(first["input_ids"], first["labels"], strict=True) if y != IGNORE_INDEX])
+    assert answer == "negative [SEP]"  # row 1: label 0, and the turn's end marker
+    turns, reference = data.texts["validation"][1]
+    assert reference == "positive" and [t["role"] for t in turns] == ["system", "user"]
+    assert turns[1]["content"] == "Review: a bad film"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"values": {"label": {"0": "negative"}}}, "row 2: label value '1' has no word"),
+    ({"user": "Review: {review}"}, "no column 'review'"),
+])
+def test_a_conversation_format_that_does_not_fit_the_rows_is_one_line(change, message, llama, tmp_path, capsys):
+    recipe = conversation_recipe(llama, tmp_path, **change)
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()

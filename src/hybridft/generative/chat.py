@@ -122,3 +122,25 @@ def end_of_turn_id(tokenizer) -> int | None:
             return token if token in special else None
     return None
 
+
+def conversations_from_rows(rows: list[dict], spec, where: str, strip: bool = True) -> list[list[dict]]:
+    """``data.conversation``: each row's system, user and assistant turns, ``{column}`` filled in
+    (with its value stripped of surrounding spaces, as ``data.clean.strip`` does for columns)."""
+    turns = [("system", spec.system), ("user", spec.user), ("assistant", spec.assistant)]
+    made = []
+    for number, row in enumerate(rows, 1):
+        text = {k: str(v).strip() if strip else str(v) for k, v in row.items()}
+        values = {k: spec.values[k].get(v) if k in spec.values else v for k, v in text.items()}
+        missing = next((k for k in spec.values if k in row and values[k] is None), None)
+        if missing:
+            raise HybridftError(f"{where}: row {number}: {missing} value {row[missing]!r} has no word in "
+                                f"data.conversation.values.{missing} ({', '.join(spec.values[missing])})")
+        try:
+            made.append([{"role": role, "content": text.format_map(values)} for role, text in turns if text])
+        except KeyError as e:
+            raise HybridftError(f"data.conversation: no column {e.args[0]!r} in {where}; columns are "
+                                f"{', '.join(map(str, row))}") from None
+        except (ValueError, IndexError) as e:
+            raise HybridftError(f"data.conversation: {e}; a turn names columns as {{column}}") from None
+    return made
+

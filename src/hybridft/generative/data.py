@@ -19,7 +19,7 @@ from ..data.prepare import TaskData, resolve_path, seeded_subset, split_train
 from ..data.readers import read_table
 from ..errors import HybridftError
 from ..tasks import IGNORE_INDEX
-from .chat import check_messages, encode_chat, last_answer
+from .chat import check_messages, conversations_from_rows, encode_chat, last_answer
 
 
 def eos_id(tokenizer) -> int | None:
@@ -98,6 +98,11 @@ def read_conversations(frame, column: str, where: str) -> tuple[list[dict], dict
 def read_generative_rows(data, task: str, base_dir: Path, split: str, deduplicate: bool) -> tuple[list[dict], dict]:
     path = resolve_path(getattr(data, split), base_dir)
     frame = read_table(path, data.format, task, split, data.bad_rows, data.languages, data.columns)
+    if data.conversation is not None:
+        frame = frame.fillna("")
+        made = conversations_from_rows(frame.to_dict("records"), data.conversation, f"{split} data {path.name}",
+                                       data.clean.strip)
+        frame = frame.assign(**{data.columns.messages: made})
     if data.columns.messages:
         rows, counts = read_conversations(frame, data.columns.messages, f"{split} data {path.name}")
     else:

@@ -3,7 +3,7 @@ the recipe itself are in ``schema``."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -75,6 +75,19 @@ class LanguagePair(Spec):
     target: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
 
 
+class ConversationFormat(Spec):
+    """Each row of a table (or pair of parallel lines) as a one-exchange conversation, for chat
+    fine-tuning on data that is not in messages form: SST-2 as questions and one-word answers,
+    Multi30k as translation requests. ``{column}`` in a turn is replaced by the row's value."""
+
+    system: str | None = Field(None, description="the system turn (none when absent)")
+    user: str = Field(description="the user's turn, e.g. 'Review: {sentence}'")
+    assistant: str = Field(description="the answer the model learns, e.g. '{label}'")
+    values: dict[str, dict[str, str]] = Field(default_factory=dict, description="words for a column's values, "
+                                              "e.g. {label: {'0': negative, '1': positive}}; a value not listed "
+                                              "is an error")
+
+
 class DataSpec(Spec):
     train: str = Field(description="file (csv/tsv/json/jsonl/parquet/CoNLL) or load_from_disk folder")
     validation: str | None = Field(None, description="if absent, a seeded split of train")
@@ -94,6 +107,8 @@ class DataSpec(Spec):
                                                               "e.g. train.{lang}.gz with source de, target en")
     packing: bool = Field(False, description="causal_lm: concatenate examples and cut them into blocks of "
                                              "model.max_length tokens (no padding)")
+    conversation: ConversationFormat | None = Field(None, description="causal_lm: make a conversation of each "
+                                                                      "row (chat fine-tuning on any table)")
 
     @model_validator(mode="after")
     def _labels_unique(self):
@@ -101,13 +116,23 @@ class DataSpec(Spec):
             raise ValueError("data.labels has duplicates")
         return self
 
+    @model_validator(mode="after")
+    def _conversations_are_messages(self):
+        """Rows made into conversations are read as a messages column of that name from then on."""
+        if self.conversation is not None and self.columns.messages is None:
+            self.columns.messages = "messages"
+        return self
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]  # Adam's decay rates: 1 or more never forgets, and diverges
+
 
 class OptimizerSpec(Spec):
     name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd and rmsprop only")
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
 
 
