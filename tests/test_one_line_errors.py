@@ -242,3 +242,19 @@ def test_a_pickled_rng_state_in_a_checkpoint_is_one_line(finished, tmp_path, cap
     message = one_line_error(capsys)
     assert "rng.pt holds pickled Python objects, which hybridft does not load" in message
     assert "code from a pickle ran" not in capsys.readouterr().out
+
+
+# --- recipes and overrides ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("name=[", "override name=[: not a valid value"),
+    ("seed={a: 1", "override seed={a: 1: not a valid value"),
+    ('name=!!python/object/apply:os.system ["echo pwned"]', "could not determine a constructor for the tag"),
+    ("stages.0.optimizer.betas=[1.5,0.9]", "stages.0.optimizer.betas.0: Input should be less than 1"),
+    ("stages.0.optimizer.betas=[0.9,1]", "stages.0.optimizer.betas.1: Input should be less than 1"),
+])
+def test_bad_override_values_are_one_line(tiny_model, sentiment_csv, tmp_path, capsys, override, expected):
+    recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1))
+    assert main(["validate", str(recipe), override]) == 2
+    assert expected in one_line_error(capsys)

@@ -174,8 +174,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise HybridftError(f"override {item!r} must look like key.path=value")
-        set_path(data, key, yaml.safe_load(raw) if raw else "", f"override {key}")
+        set_path(data, key, override_value(key, raw), f"override {key}")
     return data
+
+
+def override_value(key: str, raw: str):
+    """An override's value, read as YAML (1e-4, true, null, [a, b]); safe_load builds no object a
+    tag names (``!!python/...``), and refuses it as it refuses broken YAML: one line."""
+    if not raw:
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise HybridftError(f"override {key}={raw}: not a valid value ({problem}); quote text that is meant "
+                            "literally, e.g. 'name=\"[draft]\"'") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
