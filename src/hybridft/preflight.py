@@ -156,18 +156,32 @@ def mix_model_problem(folder: Path, ours, recipe, labels: list[str] | None) -> s
     if HEAD_CLASSES.get(task) != HEAD_CLASSES[recipe.task]:
         return f"{folder} is a {task} model, this run is {recipe.task}"
     if recipe.model.decoder is None:  # a two-model encoder-decoder has no one config to compare with
-        ours = copy.deepcopy(ours)
-        ours.num_labels = config.num_labels
-        theirs, mine = skeleton_shapes(config, task), skeleton_shapes(ours, task)
-        odd = next((n for n in sorted(theirs.keys() | mine.keys()) if theirs.get(n) != mine.get(n)), None)
-        if odd is not None:
-            return (f"{folder} is not this run's architecture: tensor {odd} is {theirs.get(odd, 'missing')} there, "
-                    f"{mine.get(odd, 'missing')} in this run's model")
+        why = shapes_problem(folder, config, ours, task)
+        if why:
+            return why
     theirs = [config.id2label[i] for i in range(len(config.id2label))]
     if labels is not None and task not in GENERATIVE_TASKS and theirs != labels:
         return (f"{folder} predicts labels {theirs[:8]}, this run's are {labels[:8]}: models with different "
                 "label sets cannot be merged")
     return None
+
+
+def shapes_problem(folder: Path, config, ours, task: str) -> str | None:
+    """The first tensor whose name or shape differs between the two configs' models (heads of the
+    same size), on weightless skeletons."""
+    ours = copy.deepcopy(ours)
+    ours.num_labels = config.num_labels
+    if getattr(config, "vocab_size", 0) > getattr(ours, "vocab_size", 0):
+        ours.vocab_size = config.vocab_size  # a run grows its embeddings to a larger tokenizer (fit_vocabulary)
+    try:
+        theirs, mine = skeleton_shapes(config, task), skeleton_shapes(ours, task)
+    except (OSError, ValueError):  # model code of its own: the merge compares the tensors themselves
+        return None
+    odd = next((n for n in sorted(theirs.keys() | mine.keys()) if theirs.get(n) != mine.get(n)), None)
+    if odd is None:
+        return None
+    return (f"{folder} is not this run's architecture: tensor {odd} is {theirs.get(odd, 'missing')} there, "
+            f"{mine.get(odd, 'missing')} in this run's model")
 
 
 def skeleton_shapes(config, task: str) -> dict[str, tuple]:
