@@ -258,3 +258,38 @@ def test_bad_override_values_are_one_line(tiny_model, sentiment_csv, tmp_path, c
     recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1))
     assert main(["validate", str(recipe), override]) == 2
     assert expected in one_line_error(capsys)
+
+
+# --- model folders that cannot be used ------------------------------------------------------------------
+
+
+def damage(folder: Path, how: str) -> str:
+    """Break a copy of a model folder; the message expected."""
+    weights = folder / "model.safetensors"
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        return "model.safetensors is damaged or incomplete (Error while deserializing header"
+    if how == "empty":
+        weights.write_bytes(b"")
+        return "model.safetensors is damaged or incomplete"
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="homemade", auto_map={"AutoConfig": "configuration_homemade.HomemadeConfig"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_homemade.py").write_text("raise SystemExit('the folder's code ran')\n")
+    return "needs model code of its own (config.json's auto_map, model type 'homemade')"
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "remote code"])
+def test_a_model_folder_that_cannot_be_loaded_is_one_line(classifier_dir, sentiment_csv, tiny_model, tmp_path, capsys,
+                                                          how):
+    folder = tmp_path / "model"
+    shutil.copytree(classifier_dir, folder)
+    expected = damage(folder, how)
+    commands = [["predict", str(folder), "--text", "a good film"], ["eval", str(folder), str(sentiment_csv)],
+                ["interpolate", str(tiny_model), str(folder), "--alpha", ".5", "-o", str(tmp_path / "a")]]
+    if how != "remote code":  # a pretrained side of another model type is refused as such first
+        commands.append(["interpolate", str(folder), str(classifier_dir), "--alpha", ".5", "-o", str(tmp_path / "b")])
+    for command in commands:
+        assert main(command) == 2, command
+        assert expected in one_line_error(capsys)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -134,6 +134,31 @@ def task_of(config, path: Path) -> str:
                         f"({', '.join(config.architectures or ['?'])}); give a fine-tuned model folder such as a run's model/")
 
 
+def check_loadable(path: Path) -> Path:
+    """A folder whose model transformers builds without code of the folder's own, and whose weights
+    files are whole (a truncated or empty file is named here, not in a traceback of the loader)."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise HybridftError(f"{path / 'config.json'} cannot be read: {e}") from None
+    if not isinstance(config, dict):
+        raise HybridftError(f"{path / 'config.json'} is not a model configuration (a JSON object)")
+    if "auto_map" in config and config.get("model_type") not in CONFIG_MAPPING:
+        raise HybridftError(f"{path} needs model code of its own (config.json's auto_map, model type "
+                            f"{config.get('model_type')!r}); hybridft does not run code from a model folder here")
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):  # reads and checks the header only
+                pass
+        except (SafetensorError, OSError) as e:
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise HybridftError(f"{weights} is damaged or incomplete ({reason}); copy the folder again") from None
+    return path
+
+
 def load_saved(model_dir: str | Path):
     """(model in eval mode, tokenizer, hybridft.json content, label names) of a saved folder; any
     transformers classification or tagging folder works, hybridft's own adds adapters back."""
@@ -144,7 +169,7 @@ def load_saved(model_dir: str | Path):
         raise HybridftError(f"model folder not found: {model_dir}")
     if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
         raise HybridftError(f"{path} is a run folder; its model is {path / 'model'}")
-    check_model_dir(path)
+    check_loadable(check_model_dir(path))
     meta_file = path / "hybridft.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     config = transformers.AutoConfig.from_pretrained(path)
@@ -188,7 +213,7 @@ def read_state_dict(folder: str | Path) -> dict:
     """All tensors of a model folder's safetensors file(s), without building the model."""
     from safetensors.torch import load_file
 
-    path = check_model_dir(Path(folder))
+    path = check_loadable(check_model_dir(Path(folder)))
     index = path / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
     state = {}
