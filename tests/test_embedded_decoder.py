@@ -328,8 +328,8 @@ def test_smollm2_converts_to_a_folder_that_gives_the_gguf_outputs(smollm2):
 
 @needs_smollm2
 @pytest.mark.slow
-def test_chat_sft_on_smollm2_validates_and_runs_a_few_steps(smollm2, tmp_path, monkeypatch, capsys):
-    cache, _ = smollm2
+def test_a_chat_sft_run_on_smollm2_trains_from_the_converted_folder(smollm2, tmp_path, monkeypatch):
+    cache, folder = smollm2
     monkeypatch.setenv("HYBRIDFT_CACHE", str(cache))
     monkeypatch.setattr(embedded, "convert_into", lambda *a: pytest.fail("converted again"))
     rows = [{"messages": [{"role": "user", "content": f"Review: {t}. Positive or negative?"},
@@ -337,11 +337,31 @@ def test_chat_sft_on_smollm2_validates_and_runs_a_few_steps(smollm2, tmp_path, m
             for i, t in enumerate(TEXTS[:12])]
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    shipped = Path(__file__).resolve().parents[1] / "recipes" / "chat-sft.yaml"
-    overrides = ["model.name=smollm2", f"data.train={data}", f"data.validation={data}"]
-    assert main(["validate", str(shipped), *overrides]) == 0
-    small = ["model.max_length=64", "model.gradient_checkpointing=false", "data.max_train_samples=8",
-             "data.max_eval_samples=4", "stages.0.batch_size=4", "stages.0.max_steps=2"]
-    assert main(["run", str(shipped), *overrides, *small, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    recipe = {"name": "chat", "task": "causal_lm", "model": {"name": "smollm2", "max_length": 64},
+              "data": {"train": str(data), "validation": str(data), "columns": {"messages": "messages"},
+                       "max_train_samples": 8, "max_eval_samples": 4},
+              "stages": [{"select": [{"name": "lora", "r": 4}], "max_steps": 2, "batch_size": 4}],
+              "generation": {"max_new_tokens": 2}}
+    path = write_recipe(tmp_path / "chat.yaml", recipe)
+    assert main(["validate", str(path)]) == 0
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["model"] == str(cache / "models" / "smollm2")  # the converted folder, converted once
+    assert report["model"] == str(folder)
+
+
+def shipped_recipe_data_exists(name: str) -> bool:
+    import yaml
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / name
+    data = yaml.safe_load(recipe.read_text())["data"]
+    return all((recipe.parent / data[split]).exists() for split in ("train", "validation"))
+
+
+@needs_smollm2
+@pytest.mark.parametrize("name", ["chat-sft.yaml", "decoder-classification.yaml"])
+def test_the_shipped_decoder_recipes_validate_on_smollm2(name, smollm2, monkeypatch):
+    if not shipped_recipe_data_exists(name):
+        pytest.skip(f"the data recipes/{name} names is absent")
+    monkeypatch.setenv("HYBRIDFT_CACHE", str(smollm2[0]))
+    shipped = Path(__file__).resolve().parents[1] / "recipes" / name
+    assert main(["validate", str(shipped), "model.name=smollm2"]) == 0
