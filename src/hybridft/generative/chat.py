@@ -70,6 +70,7 @@ def encode_chat(conversations: list[list[dict]], tokenizer, max_length: int) -> 
     """Token ids with labels on the assistant's tokens; rows without an assistant turn, or whose
     first assistant token lies beyond ``max_length``, are skipped and counted."""
     examples, counts = [], {"truncated": 0, "skipped_no_assistant": 0, "skipped_prompt_too_long": 0}
+    end_of_turn = end_of_turn_id(tokenizer)
     for messages in conversations:
         if not any(m["role"] == "assistant" for m in messages):
             counts["skipped_no_assistant"] += 1
@@ -80,6 +81,7 @@ def encode_chat(conversations: list[list[dict]], tokenizer, max_length: int) -> 
         ids = enc["input_ids"]
         labels = [t if any(a <= start and end <= b for a, b in spans) and end > start else IGNORE_INDEX
                   for t, (start, end) in zip(ids, enc["offset_mapping"], strict=True)]
+        labels = through_end_of_turn(labels, end_of_turn)
         if len(ids) > max_length:
             counts["truncated"] += 1
             ids, labels = ids[:max_length], labels[:max_length]
@@ -88,6 +90,19 @@ def encode_chat(conversations: list[list[dict]], tokenizer, max_length: int) -> 
             continue
         examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
     return examples, counts
+
+
+def through_end_of_turn(labels: list[int], end_of_turn: int | None) -> list[int]:
+    """An answer is learnt up to and including the token that ends its turn (where generation stops);
+    what the template writes after it (SmolLM2's newline) is markup, as the user's turns are."""
+    if end_of_turn is None:
+        return labels
+    kept, ended = [], False
+    for label in labels:
+        ended = ended and label != IGNORE_INDEX  # a new answer starts after masked tokens
+        kept.append(IGNORE_INDEX if ended else label)
+        ended = ended or label == end_of_turn
+    return kept
 
 
 def prompt_ids(tokenizer, lines: list[str], max_length: int) -> list[list[int]]:
