@@ -293,3 +293,32 @@ def test_a_model_folder_that_cannot_be_loaded_is_one_line(classifier_dir, sentim
         assert main(command) == 2, command
         assert expected in one_line_error(capsys)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# --- bounded work ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def endless_gpt2(tmp_path_factory) -> Path:
+    """A tiny GPT-2 (64 positions) with no end-of-text token: only the length stops its generation."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from .test_generative import word_tokenizer
+
+    folder = tmp_path_factory.mktemp("endless-gpt2")
+    tok = word_tokenizer(folder, {"unk_token": "<unk>", "pad_token": "<pad>"}, None)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=None,
+                        eos_token_id=None, pad_token_id=tok.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_generation_is_capped_at_the_model_context(endless_gpt2, capsys):
+    """100,000 new tokens from a 64-position model: what fits after the prompt, not a traceback
+    (positions run out) or hours of work."""
+    assert main(["predict", str(endless_gpt2), "--text", "der hund rennt", "--max-new-tokens", "100000",
+                 "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert 0 < len(record["generated"].split()) <= 64 - 3

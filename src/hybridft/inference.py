@@ -18,6 +18,7 @@ from .generative.data import bos_id, encode_causal, encode_seq2seq, read_generat
 from .generative.evaluate import GENERATIVE_EVAL_ROWS, teacher_forced_metrics
 from .generative.generate import generate_texts
 from .generative.metrics import is_uncased, translation_metrics
+from .generative.models import stop_at_end_of_turn
 from .model_io import load_saved
 from .recipe import Columns, DataSpec, GenerationSpec, LanguagePair, format_validation_error
 
@@ -66,9 +67,9 @@ def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: 
     metrics = teacher_forced_metrics(model, examples, collator_for(task, tokenizer, model), batch_size, device,
                                      task == "causal_lm", progress=progress)
     if task == "seq2seq":
-        spec = GenerationSpec(**meta.get("generation", {}))
-        hypotheses = generate_texts(model, tokenizer, [ex["input_ids"] for ex in examples], spec, batch_size, device,
-                                    progress=progress)
+        sources = [ex["input_ids"] for ex in examples]
+        spec = within_context(GenerationSpec(**meta.get("generation", {})), model.config, sources, seq2seq=True)
+        hypotheses = generate_texts(model, tokenizer, sources, spec, batch_size, device, progress=progress)
         uncased = spec.uncased if spec.uncased is not None else is_uncased(tokenizer)
         metrics.update(translation_metrics(hypotheses, [r[cols.target] for r in rows], uncased), uncased=uncased)
     return {**metrics, "examples": len(examples), "data": counts}
@@ -102,8 +103,31 @@ def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: i
         start = bos_id(tokenizer)
         inputs = [([start] if start is not None else []) + ids[-(max_length - 1):]
                   for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
+    if meta.get("chat"):  # a folder saved before generation_config kept it: stop where the answer ends
+        stop_at_end_of_turn(model, tokenizer)
+    spec = within_context(spec, model.config, inputs, meta["task"] == "seq2seq")
     texts = generate_texts(model, tokenizer, inputs, spec, batch_size or GENERATIVE_EVAL_ROWS, device_for(model), seed)
     return [{"input": line, "generated": text} for line, text in zip(lines, texts, strict=True)]
+
+
+def context_length(config) -> int | None:
+    """The most positions the model (an encoder-decoder's decoder) has, if its config says."""
+    for part in (getattr(config, "decoder", None), config):
+        value = getattr(part, "max_position_embeddings", None) if part is not None else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def within_context(spec, config, inputs: list[list[int]], seq2seq: bool):
+    """``max_new_tokens`` cut to what fits the model's context after the longest prompt (a seq2seq
+    target starts from one token): beyond it a model has no positions left, and asking for 100,000
+    tokens would run for hours to no end."""
+    context = context_length(config)
+    if context is None or not inputs:
+        return spec
+    room = max(1, context - (1 if seq2seq else max(len(ids) for ids in inputs)))
+    return spec if spec.max_new_tokens <= room else spec.model_copy(update={"max_new_tokens": room})
 
 
 def split_pairs(lines: list[str], numbers: list[int] | None = None) -> tuple[list[str], list[str]]:
