@@ -322,3 +322,16 @@ def test_generation_is_capped_at_the_model_context(endless_gpt2, capsys):
                  "--no-progress"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert 0 < len(record["generated"].split()) <= 64 - 3
+
+
+def test_model_compile_without_a_compiler_is_one_line_and_leaves_no_folder(tiny_model, sentiment_csv, tmp_path,
+                                                                           capsys, monkeypatch):
+    from torch._inductor import config
+
+    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-compiler++"))
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=1)
+    recipe["model"]["compile"] = True
+    out = tmp_path / "run"
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(out), "--no-progress"]) == 2
+    assert "model.compile needs a C++ compiler" in one_line_error(capsys)
+    assert not out.exists()

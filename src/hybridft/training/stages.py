@@ -139,10 +139,33 @@ def keep_inputs(run: Run, inputs: dict[str, str]) -> None:
     run.processes.barrier()
 
 
+def check_compiler(recipe, device: torch.device) -> None:
+    """``model.compile`` needs inductor's compiler, a C++ one on the CPU and Triton on a GPU: found
+    missing here, before anything is loaded or written, not at the first training step."""
+    if not recipe.model.compile:
+        return
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise HybridftError("model.compile on a GPU needs Triton, which is not installed; install it or set "
+                                "model.compile: false")
+        return
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        raise HybridftError("model.compile needs a C++ compiler on the CPU (g++, or the one $CXX names), and none "
+                            "works here; install one or set model.compile: false") from None
+
+
 def train(recipe, base_dir: Path, run_dir: Path, resume: bool, overwrite: bool, progress: bool,
           processes, allow_changed_data: bool = False) -> tuple[Run, dict]:
     """Start (or resume) the run, train every stage; the run and its final metrics per split.
     ``allow_changed_data``: resume even if the data files differ from those the run started on."""
+    check_compiler(recipe, processes.device)
     run = start_run(recipe, base_dir, run_dir, resume, overwrite, progress, processes)
     inputs = input_fingerprints(recipe, base_dir)
     first, resume_from = resume_point(run, inputs, allow_changed_data) if resume else (0, None)
