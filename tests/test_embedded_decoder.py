@@ -168,6 +168,16 @@ def test_a_gguf_converts_to_a_bfloat16_folder_holding_its_weights_dequantized(ti
     assert torch.equal(logits(folder, tokens, dtype=torch.bfloat16), direct)  # the folder is the GGUF, saved
 
 
+def test_a_model_loaded_with_its_gguf_quantizer_is_saved_without_it(tiny_gguf, tmp_path, monkeypatch):
+    import transformers
+
+    # no dequantize option (as before transformers 5): the loaded model keeps a GGUF quantizer
+    monkeypatch.setattr(transformers, "GgufConfig", lambda **options: None)
+    embedded.convert_gguf(tiny_gguf[0], tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and "quantization_config" not in config
+
+
 def test_the_converted_tokenizer_keeps_the_vocabulary_specials_and_chat_template(tiny_gguf, converted_tiny):
     from hybridft.models import load_tokenizer
 

@@ -199,7 +199,8 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     model = transformers.AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16, quantization_config=packing)
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # a GGUF-loaded model carries its quantizer, which refuses to save; the weights are plain tensors now
+    # loaded without GgufConfig(dequantize=True) (transformers before 5), the model carries a GGUF quantizer,
+    # which refuses to save, although its weights are plain tensors
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
