@@ -40,6 +40,9 @@ def epoch_rates(metrics: Path, steps_per_epoch: int, batch_size: int) -> list[fl
 
 
 def worker(samples: int, epochs: int) -> dict:
+    from hybridft.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the command line does for its own process (not with HYBRIDFT_MALLOC=system)
     args = bench_vs_trainer.parse_args(["--samples", str(samples), "--strategies", "full"])
     data = args.data_dir / "sst2"
     recipe = bench_vs_trainer.make_recipe(args, data / "train.tsv", data / "dev.tsv", "full")

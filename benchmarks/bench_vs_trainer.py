@@ -28,9 +28,10 @@ How
     samples over the time of the training steps only (collation, forward, backward, clip,
     optimizer and scheduler step, metric logging); model loading, tokenisation and evaluation are
     excluded. ``--compile`` adds a side with ``model.compile: true`` (compiling is in its steps' time).
-    On the CPU its process keeps freed memory for the next step (``hybridft.allocator``);
-    ``HYBRIDFT_MALLOC=system`` before the command leaves glibc's malloc as it is, and
-    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` gives every side the same settings.
+    Every side runs under the same allocator settings: glibc's malloc as it comes (the Python API
+    leaves it alone; only the ``hybridft`` command tunes its own process, ``hybridft.allocator``).
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` before the command gives every side the
+    command line's kept-freed-memory settings.
 
     Trainer: the same rows (the script re-does hybridft's cleaning and seeded subset, and checks
     the result against hybridft's own loader), tokenised once with truncation and no padding,

@@ -120,14 +120,14 @@ def test_compiled_training_matches_eager(no_dropout_model, sentiment_csv, tmp_pa
     assert counters["stats"]["unique_graphs"] >= 2  # training and evaluation forwards ran compiled
 
 
-# A child process starts a training run's processes (``launch``, as every run does), then mallocs,
-# writes and frees 64 MiB twice and counts the page faults of the second time: glibc maps a block
-# that large afresh each time (and unmaps it when freed) unless hybridft tuned it.
+# A child process sets itself up as the command line does for its computing commands (run, predict,
+# eval...), then mallocs, writes and frees 64 MiB twice and counts the page faults of the second
+# time: glibc maps a block that large afresh each time (and unmaps it when freed) unless hybridft tuned it.
 REUSE_PROBE = """
-import ctypes, resource, sys, tempfile
+import ctypes, resource, sys
 from hybridft.allocator import keep_freed_memory
-from hybridft.training.parallel import launch
-launch(tempfile.mkdtemp())
+from hybridft.cli import own_process
+own_process()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 def use_and_free():

@@ -11,14 +11,14 @@ project's CPU machine, 39% fewer page faults and about 4% more samples/s over fo
 same peak memory (``benchmarks/bench_malloc.py``; docs/results/throughput.md).
 
 The cost: the process keeps its peak memory resident until it exits (a training or inference
-process comes back to it every step anyway). ``HYBRIDFT_MALLOC=system`` leaves malloc as
-it is; elsewhere than glibc (macOS, musl) nothing changes.
+process comes back to it every step anyway). So only the command line's own process is tuned (on
+the CPU), never a process that imports hybridft or calls its Python API. ``HYBRIDFT_MALLOC=system``
+leaves malloc as it is; elsewhere than glibc (macOS, musl) nothing changes.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import sys
 
@@ -28,9 +28,9 @@ M_MMAP_MAX = -4
 NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int): free top-of-heap memory stays
 
 
-@functools.cache
 def keep_freed_memory() -> bool:
-    """Tune glibc's malloc as the module docstring says, once per process; True when it is tuned."""
+    """Tune glibc's malloc as the module docstring says; True when it is tuned. Only the command line
+    calls it, for its own process: a notebook or a server that calls the Python API keeps its malloc."""
     if not sys.platform.startswith("linux") or os.environ.get("HYBRIDFT_MALLOC", "").lower() == "system":
         return False
     try:

@@ -13,7 +13,8 @@ import copy
 import json
 import os
 import time
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,14 +132,39 @@ def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, re
     if resume and (run_dir / "report.json").is_file():  # written last: the run is complete
         return complete_run(run_dir, validated, folder)
     try:
-        report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress,
-                            allow_changed_data=allow_changed_data)
+        with callers_state_kept():
+            report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress,
+                                allow_changed_data=allow_changed_data)
     except KeyboardInterrupt as stop:
         how = f"hybridft run {recipe} {' '.join(changes)} --out {run_dir} --resume".replace("  ", " ") \
             if isinstance(recipe, (str, Path)) else f"hybridft.run(..., out={str(run_dir)!r}, resume=True)"
         # the same kind (the command line's Terminated for SIGTERM), now saying how to go on
         raise type(stop)(f"continue from the last checkpoint with: {how}") from None
     return RunResult(run_dir, report)
+
+
+@contextmanager
+def callers_state_kept():
+    """A run seeds the global random generators (Python's, NumPy's, torch's) with the recipe's seed and
+    may set warning filters; the caller gets its own back afterwards, so that a notebook's later draws
+    do not depend on whether it trained something in between."""
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        torch.set_num_threads(threads)
 
 
 def complete_run(run_dir: Path, recipe: Recipe, base_dir: Path) -> RunResult:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .errors import HybridftError
 
 
@@ -274,6 +275,7 @@ def cmd_download(args) -> int:
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "validate": cmd_validate, "eval": cmd_eval,
             "predict": cmd_predict, "interpolate": cmd_interpolate, "list": cmd_list, "schema": cmd_schema,
             "download": cmd_download}
+COMPUTING = ("run", "compare", "eval", "predict", "interpolate")  # own_process() is set up for these
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command in COMPUTING:
+        own_process()
     try:
         with terminate_as_interrupt():
             return COMMANDS[args.command](args)
@@ -299,6 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def own_process() -> None:
+    """What the command line sets for its own process, which the Python API never does: transformers'
+    load reports and bars off (hybridft's progress says what matters) and, on the CPU, freed memory
+    kept for the next step (allocator.py)."""
+    import torch
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    if not torch.cuda.is_available():
+        keep_freed_memory()
 
 
 def say(line: str) -> None:

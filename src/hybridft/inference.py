@@ -8,7 +8,6 @@ import torch
 from pydantic import ValidationError
 from transformers import DataCollatorWithPadding
 
-from .allocator import keep_freed_memory
 from .data.collate import collator_for
 from .data.prepare import check_labels, encode, read_rows
 from .errors import HybridftError
@@ -82,8 +81,6 @@ def device_for(model) -> torch.device:
     if current.type == "cpu" and torch.cuda.is_available():
         model.to("cuda")
         return torch.device("cuda")
-    if current.type == "cpu":
-        keep_freed_memory()
     return current
 
 

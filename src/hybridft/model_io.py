@@ -175,10 +175,10 @@ def load_saved(model_dir: str | Path):
     config = transformers.AutoConfig.from_pretrained(path)
     if "task" not in meta:
         meta["task"] = task_of(config, path)
-    quiet_transformers()
     # float32 whatever the folder holds (transformers 5 would keep a bf16 folder in bf16): hybridft's numbers
-    model = getattr(transformers, HEAD_CLASSES[meta["task"]]).from_pretrained(path, use_safetensors=True,
-                                                                              dtype=torch_dtype("float32"))
+    with quiet_transformers():
+        model = getattr(transformers, HEAD_CLASSES[meta["task"]]).from_pretrained(path, use_safetensors=True,
+                                                                                  dtype=torch_dtype("float32"))
     restore_adapters(model, path, meta.get("adapters", []))
     tokenizer = load_tokenizer(str(path))
     if meta["task"] in GENERATIVE_TASKS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .architecture import head_param_names
@@ -57,12 +58,21 @@ def check_model_dir(path: Path) -> Path:
     return path
 
 
-def quiet_transformers() -> None:
-    """Keep the terminal for our own progress: transformers' load reports and bars are noise here."""
-    import transformers
+@contextmanager
+def quiet_transformers():
+    """transformers' load reports and progress bars kept off the terminal for the span of a load (ours
+    says what matters), then as the caller had them: a library leaves the process's logging alone."""
+    from transformers.utils import logging
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def ships_code(source: str) -> bool:
@@ -105,9 +115,9 @@ def tokenizer_class(source: str):
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
-    quiet_transformers()  # e.g. "sequence longer than the maximum": hybridft truncates, packs and counts itself
     try:
-        tokenizer = tokenizer_class(source).from_pretrained(source, trust_remote_code=trust_remote_code)
+        with quiet_transformers():
+            tokenizer = tokenizer_class(source).from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise HybridftError(f"cannot load a tokenizer from {source}: {str(e).splitlines()[0]}"
                             f"{remote_code_hint(source, trust_remote_code)}") from None
@@ -141,20 +151,20 @@ def load_model(source: str, task: str, label_names: list[str], trust_remote_code
     label count is re-initialised; any other tensor whose shape differs from the config is an error."""
     import transformers
 
-    quiet_transformers()
     auto = getattr(transformers, HEAD_CLASSES[task])
     try:
-        model, info = auto.from_pretrained(
-            source,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)},
-            use_safetensors=True,
-            dtype=torch_dtype(dtype),
-            trust_remote_code=trust_remote_code,
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
-        )
+        with quiet_transformers():
+            model, info = auto.from_pretrained(
+                source,
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id={n: i for i, n in enumerate(label_names)},
+                use_safetensors=True,
+                dtype=torch_dtype(dtype),
+                trust_remote_code=trust_remote_code,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )
     except (OSError, ValueError, KeyError) as e:
         raise HybridftError(f"cannot load model {source}: {str(e).splitlines()[0]}"
                             f"{remote_code_hint(source, trust_remote_code)}") from None

@@ -70,17 +70,17 @@ def load_generative_model(source: str, task: str, tokenizer, decoder: str | None
     """The language model, its weights in ``dtype`` whatever the checkpoint was saved in."""
     import transformers
 
-    quiet_transformers()
     try:
         config, two_models = _configs(source, task, decoder, trust_remote_code)
-        if two_models:
-            model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(
-                source, decoder, encoder_use_safetensors=True, decoder_use_safetensors=True,
-                encoder_dtype=torch_dtype(dtype), decoder_dtype=torch_dtype(dtype))
-        else:
-            auto = transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModelForSeq2SeqLM
-            model = auto.from_pretrained(source, config=config, use_safetensors=True, dtype=torch_dtype(dtype),
-                                         trust_remote_code=trust_remote_code)
+        with quiet_transformers():
+            if two_models:
+                model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(
+                    source, decoder, encoder_use_safetensors=True, decoder_use_safetensors=True,
+                    encoder_dtype=torch_dtype(dtype), decoder_dtype=torch_dtype(dtype))
+            else:
+                auto = transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModelForSeq2SeqLM
+                model = auto.from_pretrained(source, config=config, use_safetensors=True, dtype=torch_dtype(dtype),
+                                             trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise HybridftError(f"cannot load {task} model {source}: {str(e).splitlines()[0]}"
                             f"{remote_code_hint(source, trust_remote_code)}") from None

@@ -38,7 +38,6 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .. import architecture
-from ..allocator import keep_freed_memory
 from ..errors import HybridftError
 
 
@@ -266,8 +265,6 @@ def launch(run_dir, spec=None) -> SingleProcess:
     if accelerator.mixed_precision == "fp16":  # its gradient scaler would step on scaled gradients
         raise HybridftError("accelerate launched with --mixed_precision fp16, which hybridft does not support; set "
                             "model.precision: bf16 in the recipe (or distributed.mixed_precision for fsdp)")
-    if accelerator.device.type == "cpu":
-        keep_freed_memory()
     if accelerator.num_processes == 1:
         return SingleProcess(accelerator)
     if spec is not None and spec.strategy == "fsdp":
