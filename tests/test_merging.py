@@ -59,6 +59,17 @@ def test_dare_drops_at_random_and_rescales_the_kept_entries_by_one_over_density(
     assert torch.equal(torch.rand(1), before)  # the global random state is untouched
 
 
+def test_dare_never_reseeds_the_gpus_generators(monkeypatch):
+    """torch.manual_seed reseeds every GPU too, which fork_rng(devices=[]) does not restore."""
+    def reseeds_gpus(seed):
+        raise AssertionError("a merge on the CPU reseeded the GPUs' generators")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeds_gpus)
+    pre, fine = {"w": torch.zeros(64)}, {"w": torch.ones(64)}
+    merged = merge_states(pre, [fine], build_method("dare_linear"), MergePoint(scale=1.0, density=0.5), seed=3)
+    assert 0 < int((merged["w"] != 0).sum()) < 64
+
+
 def test_dare_ties_keeps_only_entries_of_the_elected_sign():
     out = merged("dare_ties", MergePoint(scale=1.0, density=1.0))  # nothing dropped: TIES without trimming
     # signs of [1, -4, 3, -3]: +, -, +, -; agreeing: [3], [-1, -3], [2, 1], [-4] -> means [3, -2, 1.5, -4]

@@ -91,6 +91,10 @@ def merge_tensor(method: MergeMethod, pre, versions, weights, point: MergePoint,
         return pre.clone()
     if not method.random:
         return method.merged(pre, versions, weights, point)
-    with torch.random.fork_rng(devices=[]):  # DARE's drops: seeded per tensor, the global RNG untouched
-        torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    # DARE's drops: seeded per tensor, every global generator untouched (torch.manual_seed would reseed
+    # each GPU's too, which fork_rng restores only for the devices it is given)
+    with torch.random.fork_rng(devices=[pre.device] if pre.is_cuda else []):
+        tensor_seed = seed * 1_000_003 + zlib.crc32(name.encode())
+        (torch.cuda.default_generators[pre.device.index or 0] if pre.is_cuda
+         else torch.random.default_generator).manual_seed(tensor_seed)
         return method.merged(pre, versions, weights, point)
