@@ -72,6 +72,22 @@ def test_sampling_strategies():
     assert multitask_batches(rows, 4, 3, "temperature", 2.0) == multitask_batches(rows, 4, 3, "temperature", 2.0)
 
 
+def test_group_by_length_applies_to_each_tasks_batches():
+    import random
+
+    rows = [list(range(0, 200)), list(range(200, 240))]
+    lengths = [random.Random(i).randint(3, 60) for i in range(240)]
+
+    def padding(batches):  # padded positions that carry no token
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    plain = multitask_batches(rows, 8, seed=0, strategy="proportional", temperature=2.0)
+    grouped = multitask_batches(rows, 8, seed=0, strategy="proportional", temperature=2.0, lengths=lengths)
+    assert sorted(i for b in grouped for i in b) == list(range(240))  # every example once
+    assert all(len({i >= 200 for i in b}) == 1 for b in grouped)  # one task per batch
+    assert padding(grouped) < padding(plain) / 4
+
+
 @pytest.mark.parametrize("change, expected", [
     (lambda r: r["tasks"][1].update(name="sentiment"), "used by two tasks"),
     (lambda r: r["tasks"][1].pop("task"), "tasks.1.task: Field required"),

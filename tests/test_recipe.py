@@ -53,6 +53,14 @@ def test_cross_field_checks():
         validate_recipe({"data": {"train": "x.csv"}, "stages": []})
 
 
+def test_float16_is_refused_wherever_weights_would_compute_in_it():
+    """Without loss scaling, float16 gradients underflow: neither model.dtype nor FSDP's gather takes it."""
+    with pytest.raises(HybridftError, match="distributed.mixed_precision.param_dtype"):
+        validate_recipe(minimal(distributed={"strategy": "fsdp", "mixed_precision": {"param_dtype": "float16"}}))
+    with pytest.raises(HybridftError, match="model.dtype"):
+        validate_recipe(minimal(model={"dtype": "float16"}))
+
+
 def test_overrides_parse_yaml_scalars_and_list_indices():
     data = apply_overrides(minimal(), ["stages.0.optimizer.lr=1e-4", "seed=7", "data.validation=null"])
     r = validate_recipe(data)

@@ -12,8 +12,11 @@ import torch
 
 
 def multitask_batches(task_rows: list[list[int]], batch_size: int, seed: int, strategy: str,
-                      temperature: float) -> list[list[int]]:
-    """``task_rows[t]``: the indices (into the flat training list) of task t's examples."""
+                      temperature: float, lengths: list[int] | None = None) -> list[list[int]]:
+    """``task_rows[t]``: the indices (into the flat training list) of task t's examples. With
+    ``lengths`` (of every example), each task's batches hold examples of similar length, as
+    ``group_by_length`` does for one task: sorted within shuffled windows of 50 batches, the
+    batches then shuffled."""
     g = torch.Generator().manual_seed(seed)
     passes = [0] * len(task_rows)
 
@@ -22,7 +25,12 @@ def multitask_batches(task_rows: list[list[int]], batch_size: int, seed: int, st
         gt = torch.Generator().manual_seed(seed * 7919 + t * 104729 + passes[t])
         perm = [rows[i] for i in torch.randperm(len(rows), generator=gt).tolist()]
         passes[t] += 1
-        return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+        if lengths is None:
+            return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+        window = 50 * batch_size
+        grouped = [i for w in range(0, len(perm), window) for i in sorted(perm[w:w + window], key=lambda i: -lengths[i])]
+        batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=gt).tolist()]
 
     queues = [shuffled(t) for t in range(len(task_rows))]
     total = sum(len(q) for q in queues)

@@ -268,8 +268,9 @@ class GenerationSpec(Spec):
 class ShardedMixedPrecision(Spec):
     """FSDP's mixed precision on GPUs: the sharded weights stay fp32 (the optimizer's master copy)."""
 
-    param_dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="the dtype weights are gathered in for the forward and backward passes")
+    param_dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="the dtype weights are gathered in for the forward and backward passes (float16 "
+                                "is not offered: without loss scaling its gradients underflow)")
     reduce_dtype: Literal["bfloat16", "float32"] = Field("float32", description="the dtype gradients are averaged in")
 
 

@@ -155,8 +155,9 @@ class Stage:
         run, st, spec = self.run, self.state, self.spec
         seed = stage_seed(run, self.index) + st.epoch
         if run.data.task == MULTI_TASK:
+            lengths = [len(ex["input_ids"]) for ex in self.examples] if spec.group_by_length else None
             batches = multitask_batches(run.data.task_rows(), spec.batch_size, seed, run.recipe.sampling.strategy,
-                                        run.recipe.sampling.temperature)
+                                        run.recipe.sampling.temperature, lengths)
         else:
             batches = epoch_batches([len(ex["input_ids"]) for ex in self.examples], spec.batch_size, seed,
                                     spec.group_by_length, spec.grad_accum_steps)
