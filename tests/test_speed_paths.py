@@ -45,16 +45,24 @@ def test_predict_without_a_batch_size_gives_the_same_logits(tiny_model, sentimen
 
 
 class RunsOutOfMemory(torch.nn.Module):
-    """A model that, like a full GPU, fails on batches of more than ``fits`` padded tokens."""
+    """A model that, like a full GPU, fails on batches of more than ``fits`` padded tokens, after
+    allocating activations for them (8 MiB a token), which the failure's traceback holds on to."""
 
     def __init__(self, inner, fits: int):
         super().__init__()
         self.inner, self.fits, self.sizes = inner, fits, []
+        self.failed_activations: list = []  # weak references: alive only while something holds them
+        self.alive_at_retry: list[int] = []
 
     def forward(self, **batch):
+        import weakref
+
         tokens = batch["input_ids"].numel()
         self.sizes.append(tokens)
+        self.alive_at_retry.append(sum(ref() is not None for ref in self.failed_activations))
         if tokens > self.fits:
+            activations = torch.ones(tokens, 2**21)  # a local of this frame: the traceback keeps it
+            self.failed_activations.append(weakref.ref(activations))
             raise torch.OutOfMemoryError("out of memory")
         return self.inner(**batch)
 
@@ -71,6 +79,7 @@ def test_a_batch_that_does_not_fit_is_halved_and_later_batches_are_cut(tiny_mode
         np.testing.assert_allclose(np.stack(out[0]), np.stack(whole[0]), atol=1e-5)
         assert (out[2], out[1]) == (whole[2], pytest.approx(whole[1], rel=1e-5))
         assert forward.max_tokens < np.inf
+        assert small.failed_activations and not any(small.alive_at_retry)  # freed before any retry ran
         failures = sum(size > small.fits for size in small.sizes)
         forward(rows)  # cut to the size that fitted before: no second failure
         assert sum(size > small.fits for size in small.sizes) == failures

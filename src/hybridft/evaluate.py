@@ -87,9 +87,12 @@ class FittingForward:
         except torch.OutOfMemoryError:
             if not self.may_split or len(rows) == 1:
                 raise
-            self.max_tokens = tokens // 2
+        # out of the handler: its traceback, which holds the failed batch's activations, is gone, so
+        # the cache can give their memory back before the halves run
+        self.max_tokens = tokens // 2
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
-            return self.halves(rows)
+        return self.halves(rows)
 
     def halves(self, rows: list[dict]) -> tuple[list, float, int]:
         first, second = self(rows[: len(rows) // 2]), self(rows[len(rows) // 2:])
