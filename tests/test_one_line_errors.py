@@ -335,3 +335,30 @@ def test_model_compile_without_a_compiler_is_one_line_and_leaves_no_folder(tiny_
     assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(out), "--no-progress"]) == 2
     assert "model.compile needs a C++ compiler" in one_line_error(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("select, module", [
+    ([{"name": "lora", "r": 8, "target_modules": ["query"]}, {"name": "lora", "r": 4, "target_modules": ["query"]}],
+     "bert.encoder.layer.0.attention.self.query (and 1 more)"),
+    ([{"name": "lora", "r": 8}, {"name": "lora", "r": 4, "target_modules": ["value"], "layers": [1]}],
+     "bert.encoder.layer.1.attention.self.value"),
+    ([{"name": "peft", "type": "loha", "r": 2, "target_modules": ["key"]},
+      {"name": "peft", "type": "loha", "r": 4, "target_modules": ["key"], "layers_to_transform": [0]}],
+     "bert.encoder.layer.0.attention.self.key"),
+])
+def test_two_entries_of_one_type_on_one_module_are_refused(tiny_model, sentiment_csv, tmp_path, capsys, select,
+                                                           module):
+    """The second entry's modules would replace the first's, which would silently not train there."""
+    recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1, select=select))
+    for command in (["validate", str(recipe)], ["run", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]):
+        assert main(command) == 2
+        message = one_line_error(capsys)
+        assert f"select entries 0 and 1 are both {select[0]['name']} on {module}" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_entries_of_one_type_on_other_modules_are_a_union(tiny_model, sentiment_csv, tmp_path, capsys):
+    select = [{"name": "lora", "r": 8, "layers": [0]}, {"name": "lora", "r": 4, "layers": [1]},
+              {"name": "adapter", "layers": [1]}]
+    recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1, select=select))
+    assert main(["validate", str(recipe)]) == 0

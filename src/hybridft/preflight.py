@@ -23,6 +23,7 @@ from .model_io import task_of
 from .models import HEAD_CLASSES, check_model_dir, remote_code_hint, resolve_model
 from .pooling import supports_mean_pooling
 from .registry import SELECTORS
+from .selectors import check_one_entry_per_module
 from .spec import STAGE_REF, teacher_is_folder
 from .tasks import GENERATIVE_TASKS, MULTI_TASK
 
@@ -237,6 +238,7 @@ def selection_problems(recipe, model) -> list[str]:
                             f"DistilBERT...); {model.config.model_type} models are not known to")
         try:
             selectors = [SELECTORS.build(c) for c in stage.select]
+            check_one_entry_per_module(selectors, model)
             for s in selectors:
                 model = s.prepare(model, None)
             names = set().union(*(s.trainable(model) for s in selectors))

@@ -26,6 +26,13 @@ from torch import nn
 from ..spec import MethodSpec
 
 
+def peft_targets(config, model: nn.Module) -> set[str]:
+    """The modules a peft config (LoRA, LoHa...) wraps in ``model``, by peft's own matching rule."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    return {name for name, _ in model.named_modules() if name and check_target_module_exists(config, name)}
+
+
 class SelectorSpec(MethodSpec):
     """A selector's recipe entry and what it declares."""
 
@@ -60,6 +67,11 @@ class Selector:
     def lr_overrides(self, model: nn.Module, lr: float) -> dict[str, float]:
         """Learning rates for some parameters, instead of ``lr`` (the stage's, or its group's)."""
         return {}
+
+    def adapts(self, model: nn.Module) -> set[str]:
+        """The modules this entry will insert its own modules into (LoRA's projections), before
+        ``prepare``: a second entry of its type on one of them would replace what this one inserted."""
+        return set()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from .. import architecture
 from ..errors import HybridftError
 from ..registry import SELECTORS
-from .base import Selector, SelectorSpec
+from .base import Selector, SelectorSpec, peft_targets
 
 
 class LoraSpec(SelectorSpec):
@@ -199,6 +199,9 @@ class Lora(Selector):
             for name, components in eva.items():
                 model.get_submodule(name).lora_A["default"].weight.copy_(components)
         return model
+
+    def adapts(self, model):
+        return peft_targets(peft_config(self.config, model), model)
 
     def lr_overrides(self, model, lr: float) -> dict[str, float]:
         """LoRA+: B's learning rate is a multiple of A's."""

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field, model_validator
 from .. import architecture
 from ..errors import HybridftError
 from ..registry import SELECTORS
-from .base import Selector, SelectorSpec
+from .base import Selector, SelectorSpec, peft_targets
 
 # each tested in tests/test_peft_tuners.py: trains alone and beside `layers`, merges, reloads
 MERGED_TUNERS = ("loha", "lokr", "ia3", "oft", "fourierft", "hra")
@@ -107,6 +107,9 @@ class PeftTuner(Selector):
         if head and hasattr(config, "exclude_modules"):
             config.exclude_modules = head
         return config
+
+    def adapts(self, model):
+        return peft_targets(self.config_for(model), model)
 
     @property
     def prefix(self) -> str:

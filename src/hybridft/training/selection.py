@@ -10,6 +10,7 @@ from ..architecture import trainable_by_module
 from ..errors import HybridftError
 from ..pooling import pooled_as
 from ..registry import SELECTORS
+from ..selectors import check_one_entry_per_module
 from .checkpoint import restore_selector_state
 from .masking import EntryMasks, union_selection
 from .search import choose_value
@@ -40,6 +41,7 @@ def select(run, spec, name: str, resume_from, train_stage) -> Selection:
     (the stage runner) trains the trials of a selector that chooses a value on held-out data."""
     selectors = [SELECTORS.build(c) for c in spec.select]
     model = pooled_as(run.model, spec)
+    check_one_entry_per_module(selectors, model)
     for s in selectors:
         model = s.prepare(model, run)
     if resume_from is not None:
