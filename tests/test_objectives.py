@@ -241,20 +241,43 @@ def test_an_unreadable_checkpoint_is_an_error_for_the_mlm_head_not_a_silent_iden
 
     monkeypatch.setattr(mlm, "read_state_dict", broken)
     with pytest.raises(OSError, match="disk read error"):
-        mlm.pretrained_mlm_head(str(tmp_path))
-    assert mlm.pretrained_mlm_head("some-org/some-hub-model") == {}  # no local folder: the identity start
+        mlm.pretrained_mlm_head(str(tmp_path), 16, 40)
+    head, start = mlm.pretrained_mlm_head("some-org/some-hub-model", 16, 40)
+    assert head == {} and "hub checkpoint" in start  # no local folder: the identity start, and the report says why
 
 
-def test_the_mlm_head_starts_from_the_checkpoints_own_head(tmp_path):
-    from transformers import BertConfig, BertForMaskedLM
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta-v2", "electra"])
+def test_the_mlm_head_starts_from_the_checkpoints_own_head(family, tmp_path):
+    import transformers
 
     from hybridft.objectives.mlm import pretrained_mlm_head
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32)
-    model = BertForMaskedLM(config)
+    keys = {"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32}
+    if family == "electra":
+        keys["embedding_size"] = 16
+    config = transformers.AutoConfig.for_model(family, **keys)
+    model = transformers.AutoModelForMaskedLM.from_config(config)
     model.save_pretrained(tmp_path)
-    head = pretrained_mlm_head(str(tmp_path))
-    assert torch.equal(head["dense.weight"], model.cls.predictions.transform.dense.weight)
-    assert torch.equal(head["norm.bias"], model.cls.predictions.transform.LayerNorm.bias)
+    head, start = pretrained_mlm_head(str(tmp_path), 16, 40)
+    assert set(head) == {"dense.weight", "dense.bias", "norm.weight", "norm.bias", "bias"}
+    state = model.state_dict()
+    dense = next(v for k, v in state.items() if k.endswith("dense.weight") and v.shape == (16, 16)
+                 and ("predictions" in k or "lm_head" in k))
+    assert torch.equal(head["dense.weight"], dense) and "MLM head" in start
+
+
+def test_a_partial_mlm_head_is_not_half_loaded(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from hybridft.model_io import read_state_dict
+    from hybridft.objectives.mlm import pretrained_mlm_head
+
+    model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32))
+    state = {k: v for k, v in model.state_dict().items() if "transform.LayerNorm" not in k}
+    model.save_pretrained(tmp_path, state_dict=state)
+    assert "transform.LayerNorm.weight" not in " ".join(read_state_dict(str(tmp_path)))
+    head, start = pretrained_mlm_head(str(tmp_path), 16, 40)
+    assert head == {} and "incomplete" in start

@@ -5,7 +5,8 @@ Masking follows BERT: 15% of the non-special tokens are chosen; of those 80% bec
 random token and 10% stay (``DataCollatorForLanguageModeling.torch_mask_tokens``). Classification
 checkpoints (like the embedded MiniLM) have no MLM head, so the objective owns one: a transform
 (dense, GELU, LayerNorm) and a decoder tied to the model's word embeddings. The transform starts
-from the checkpoint's MLM head when it has one, else from the identity, so that the first
+from the checkpoint's MLM head when it has a whole one (BERT, RoBERTa, DeBERTa or ELECTRA names;
+the report says which), else from the identity, so that the first
 predictions already come from the embedding geometry rather than from noise. The head trains with
 the stage and is kept in checkpoints, but is not part of the saved model.
 """
@@ -49,16 +50,34 @@ class MaskedLMHead(torch.nn.Module):
         return F.linear(self.norm(F.gelu(self.dense(hidden))), word_embeddings, self.bias)
 
 
-def pretrained_mlm_head(source: str) -> dict[str, torch.Tensor]:
-    """The transform and bias of a BERT-style MLM head in the checkpoint folder, renamed for
-    MaskedLMHead; none for a hub name (its files are not read here: the head starts from the identity)."""
+# (transform dense, its LayerNorm, the decoder's bias) as each family's masked-LM checkpoint names them
+MLM_HEAD_LAYOUTS = {
+    "BERT": ("predictions.transform.dense", "predictions.transform.LayerNorm", "predictions.bias"),
+    "RoBERTa": ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
+    "DeBERTa": ("lm_predictions.lm_head.dense", "lm_predictions.lm_head.LayerNorm", "lm_predictions.lm_head.bias"),
+    "ELECTRA": ("generator_predictions.dense", "generator_predictions.LayerNorm", "generator_lm_head.bias"),
+}
+
+
+def pretrained_mlm_head(source: str, hidden: int, vocab: int) -> tuple[dict[str, torch.Tensor], str]:
+    """(the checkpoint's MLM head renamed for MaskedLMHead, or nothing; what the head starts from, for
+    the report). All of a head or none: a partial match would mix a trained part with a fresh one."""
     if not Path(source).is_dir():
-        return {}
+        return {}, "identity transform (a hub checkpoint's files are not read here)"
     state = read_state_dict(source)
-    names = {"predictions.transform.dense.weight": "dense.weight", "predictions.transform.dense.bias": "dense.bias",
-             "predictions.transform.LayerNorm.weight": "norm.weight", "predictions.transform.LayerNorm.bias": "norm.bias",
-             "predictions.bias": "bias"}
-    return {ours: t for key, t in state.items() for theirs, ours in names.items() if key.endswith(theirs)}
+    shapes = {"dense.weight": (hidden, hidden), "dense.bias": (hidden,), "norm.weight": (hidden,),
+              "norm.bias": (hidden,), "bias": (vocab,)}
+    for family, (dense, norm, bias) in MLM_HEAD_LAYOUTS.items():
+        theirs = {"dense.weight": f"{dense}.weight", "dense.bias": f"{dense}.bias", "norm.weight": f"{norm}.weight",
+                  "norm.bias": f"{norm}.bias", "bias": bias}
+        found = {ours: t for ours, key in theirs.items() for name, t in state.items()
+                 if name == key or name.endswith("." + key)}
+        if not found:
+            continue
+        if len(found) < len(theirs) or any(tuple(found[k].shape) != shapes[k] for k in found):
+            return {}, f"identity transform (the checkpoint's {family}-style MLM head is incomplete or of other shapes)"
+        return found, f"the checkpoint's MLM head ({family} layout)"
+    return {}, "identity transform (the checkpoint has no MLM head)"
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -85,8 +104,9 @@ class MaskedLM(Objective):
             self.from_checkpoint = bool(restored.pop("from_checkpoint", False))
             self.head.load_state_dict(restored)
         else:
-            found = pretrained_mlm_head(run.model_source)
-            self.head.load_state_dict(found, strict=False)  # what the checkpoint lacks starts as described above
+            found, self.head_start = pretrained_mlm_head(run.model_source, config.hidden_size, config.vocab_size)
+            if found:
+                self.head.load_state_dict(found)
             self.from_checkpoint = bool(found)
         self.head.to(run.device)
         self.embeddings = model.get_input_embeddings()
@@ -103,8 +123,8 @@ class MaskedLM(Objective):
         return sum(terms) / len(terms)
 
     def summary(self) -> dict:
-        return {"head_start": "the checkpoint's MLM head" if self.from_checkpoint else
-                "identity transform (the checkpoint has no MLM head)"}
+        return {"head_start": getattr(self, "head_start", None) or ("the checkpoint's MLM head" if self.from_checkpoint
+                                                                    else "identity transform")}
 
     def trainable_parameters(self):
         return list(self.head.parameters())
