@@ -12,7 +12,9 @@ from ..spec import Spec
 
 
 class ModelSpec(Spec):
-    name: str | None = Field(None, description="local HF folder or hub name; empty = embedded MiniLM")
+    name: str | None = Field(None, description="an embedded model (smollm2: the decoder LLM, `hybridft download "
+                                               "smollm2`), a .gguf file, a local HF folder or a hub name; empty = "
+                                               "the embedded MiniLM")
     max_length: int = Field(128, gt=1, le=8192, description="tokens per example (longer inputs truncated)")
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model (off by default)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
