@@ -24,6 +24,12 @@ STRATEGIES = [  # (label, recipe)
 ]
 
 
+def recipe_path(name: str) -> Path:
+    """A shipped recipe (recipes/) or this benchmark's research variant (benchmarks/recipes/)."""
+    shipped = ROOT / "recipes" / f"{name}.yaml"
+    return shipped if shipped.is_file() else ROOT / "benchmarks" / "recipes" / f"{name}.yaml"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs-dir", default="runs/multi30k")
@@ -39,7 +45,7 @@ def main() -> int:
         out = Path(args.runs_dir) / recipe
         if not args.table_only and not (out / "report.json").is_file():
             print(f"== {out}", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, "-m", "hybridft", "run", str(ROOT / "recipes" / f"{recipe}.yaml"), "--out",
+            subprocess.run([sys.executable, "-m", "hybridft", "run", str(recipe_path(recipe)), "--out",
                             str(out), "--overwrite", "--no-progress", *args.overrides], check=True)
         if not (out / "report.json").is_file():
             rows.append(f"| {label} | (not run) | | | | | |")
