@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +35,8 @@ from .recipe import (
     resolved_recipe_text,
     validate_recipe,
 )
-from .report.outputs import finish_run
+from .report.outputs import finish_run, trained_model
+from .training.hooks import RunHooks
 from .training.parallel import launch
 from .training.setup import check_run_dir
 from .training.stages import train
@@ -47,6 +48,18 @@ class RunResult:
     report: dict  # report.json
     already_complete: bool = False  # resume found the run complete and trained nothing
 
+    trained: SavedModel | dict[str, SavedModel] | None = field(default=None, repr=False)  # the run's own model object
+
+    @property
+    def model(self) -> SavedModel | dict[str, SavedModel] | None:
+        """The trained model and its tokenizer, ready to ``predict``: the run's own model object, kept
+        in memory (also with ``output.save_model: false``); a multi-task run's, by task name. A run that
+        resume found complete has it read from its model folder (None if it saved none)."""
+        if self.trained is None and self.model_dir is not None:
+            object.__setattr__(self, "trained", load(self.model_dir) if (self.model_dir / "config.json").is_file()
+                               else {p.name: load(p) for p in sorted(self.model_dir.iterdir())
+                                     if (p / "hybridft.json").is_file()})
+        return self.trained
     @property
     def metrics(self) -> dict:
         """Validation metrics of the final model."""
@@ -64,17 +77,21 @@ class RunResult:
 
 
 def run_recipe(recipe: Recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
-               progress: bool = True, allow_changed_data: bool = False) -> dict:
+               progress: bool = True, allow_changed_data: bool = False, hooks: RunHooks | None = None) -> dict:
     """Train a validated recipe into ``run_dir`` and write its model and report; returns the report.
     The main process holds the run folder's lock throughout (one run at a time in a folder).
-    ``allow_changed_data``: resume even if the data files differ from those the run started on."""
+    ``allow_changed_data``: resume even if the data files differ from those the run started on.
+    ``hooks``: what the Python API hooks in, and receives the trained model in memory."""
     processes = launch(run_dir, recipe.distributed)
     # a refused folder gets nothing written into it, not even the lock
     lock = RunLock(run_dir, check=lambda: check_run_dir(run_dir, resume, overwrite))
     with lock if processes.is_main else nullcontext():
         started = time.perf_counter()
         run, final = train(recipe, base_dir, run_dir, resume, overwrite, progress, processes, allow_changed_data)
-        return finish_run(run, final, started)
+        report = finish_run(run, final, started)
+        if hooks is not None:
+            hooks.final_model = trained_model(run)
+        return report
 
 
 def overrides_of(overrides: dict | list[str] | None, keywords: dict) -> list[str]:
@@ -134,13 +151,21 @@ def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, re
     try:
         with callers_state_kept():
             report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress,
-                                allow_changed_data=allow_changed_data)
+                                allow_changed_data=allow_changed_data, hooks=hooks)
     except KeyboardInterrupt as stop:
         how = f"hybridft run {recipe} {' '.join(changes)} --out {run_dir} --resume".replace("  ", " ") \
             if isinstance(recipe, (str, Path)) else f"hybridft.run(..., out={str(run_dir)!r}, resume=True)"
         # the same kind (the command line's Terminated for SIGTERM), now saying how to go on
         raise type(stop)(f"continue from the last checkpoint with: {how}") from None
-    return RunResult(run_dir, report)
+    return RunResult(run_dir, report, trained=saved_models(hooks.final_model))
+
+
+def saved_models(trained) -> SavedModel | dict[str, SavedModel]:
+    """``SavedModel`` of ``report.outputs.trained_model``'s (model, tokenizer, meta, labels)."""
+    if isinstance(trained, dict):
+        return {name: saved_models(parts) for name, parts in trained.items()}
+    model, tokenizer, meta, labels = trained
+    return SavedModel(model, tokenizer, meta["task"], labels, meta)
 
 
 @contextmanager
@@ -152,6 +177,7 @@ def callers_state_kept():
 
     import numpy as np
 
+            hooks = RunHooks()
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     threads = torch.get_num_threads()

@@ -79,25 +79,32 @@ def write_model(model, tokenizer, meta: dict, tmp: Path) -> None:
     mark(tmp, MODEL_MARKER, wrote=sorted(p.name for p in tmp.iterdir()))
 
 
+def model_meta(recipe, labels: list[str], task=None) -> dict:
+    """``hybridft.json`` of a run's model (``task``: one task of a multi-task recipe)."""
+    if task is not None:
+        return {"task": task.task, "max_length": recipe.model.max_length, "columns": task.data.columns.model_dump(),
+                "labels": labels, "multi_task": [t.name for t in recipe.tasks]}
+    meta = {"task": recipe.task, "max_length": recipe.model.max_length,
+            "columns": recipe.data.columns.model_dump(), "labels": labels}
+    if recipe.task in GENERATIVE_TASKS:
+        meta.update(max_target_length=recipe.model.max_target_length, generation=recipe.generation.model_dump(),
+                    languages=recipe.data.languages.model_dump() if recipe.data.languages else None,
+                    chat=bool(recipe.data.columns.messages))
+    return meta
+
+
 def save_model_folder(run, path: Path) -> None:
     """The run's model; multi-task: ``<task>/`` per task (shared encoder + that task's head, a plain
     transformers folder each) and ``encoder/``, the shared encoder alone."""
     model, recipe = run.processes.unwrap(run.model), run.recipe
     if recipe.task != "multi_task":
-        meta = {"task": recipe.task, "max_length": recipe.model.max_length,
-                "columns": recipe.data.columns.model_dump(), "labels": run.data.label_names}
         if recipe.task in GENERATIVE_TASKS:
-            meta.update(max_target_length=recipe.model.max_target_length, generation=recipe.generation.model_dump(),
-                        languages=recipe.data.languages.model_dump() if recipe.data.languages else None,
-                        chat=bool(recipe.data.columns.messages))
             set_generation_defaults(model, recipe.generation)
-        save_folder(model, run.tokenizer, meta, path)
+        save_folder(model, run.tokenizer, model_meta(recipe, run.data.label_names), path)
         return
     with new_folder(path, MODEL_MARKER) as tmp:
         for task in recipe.tasks:
-            meta = {"task": task.task, "max_length": recipe.model.max_length,
-                    "columns": task.data.columns.model_dump(), "labels": run.data.label_names[task.name],
-                    "multi_task": [t.name for t in recipe.tasks]}
+            meta = model_meta(recipe, run.data.label_names[task.name], task)
             (tmp / task.name).mkdir()
             write_model(model.task_model(task.name), run.tokenizer, meta, tmp / task.name)
         if model.shared:  # after task-specific stages each task folder has its own encoder

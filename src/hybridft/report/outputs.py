@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import time
 
-from ..model_io import save_model_folder
+from ..model_io import model_meta, save_model_folder, set_generation_defaults
+from ..tasks import GENERATIVE_TASKS, MULTI_TASK
 from ..training.checkpoint import guarded_write
 from .summary import write_report
 
@@ -27,3 +28,20 @@ def finish_run(run, final: dict, started: float) -> dict:
     if not recipe.output.keep_checkpoints_after_run and main:
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     return report
+
+
+def trained_model(run):
+    """The run's final model as its saved folder holds it, kept in memory instead of read back:
+    (model, tokenizer, hybridft.json's content, labels); for a multi-task run, that per task.
+    In float32 and eval mode, as ``load`` gives a folder (a bf16 base beside fp32 trained weights is
+    saved, and loaded, as float32); unmerged LoRA stays in place, which computes what the merged
+    saved weights do. Called once the run is over: nothing trains the model any more."""
+    model, recipe = run.processes.unwrap(run.model), run.recipe
+    model = model.float().eval()
+    if recipe.task == MULTI_TASK:
+        return {t.name: (model.task_model(t.name), run.tokenizer, model_meta(recipe, run.data.label_names[t.name], t),
+                         list(run.data.label_names[t.name])) for t in recipe.tasks}
+    if recipe.task in GENERATIVE_TASKS:
+        set_generation_defaults(model, recipe.generation)  # as the saved folder's generation_config.json
+    labels = [] if recipe.task in GENERATIVE_TASKS else list(run.data.label_names)
+    return model, run.tokenizer, model_meta(recipe, run.data.label_names), labels
