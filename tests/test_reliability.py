@@ -196,7 +196,7 @@ def test_predict_keeps_one_record_per_input_and_decides_pairs_from_the_model(tra
     assert [r["text"] for r in records] == ["good film", "", "bad\tfilm", "   ", "awful"]  # aligned with the input
     assert [("error" in r) for r in records] == [False, True, False, True, False]
     assert run_cli("predict", trained / "model", "--input", lines, "--pair", "--no-progress") == 2
-    assert "line 1 has no tab" in one_line_error(capsys)  # --pair: every line is text<TAB>text
+    assert "this model was trained on single texts" in one_line_error(capsys)  # --pair on a one-text model
     assert run_cli("predict", trained / "model", "--input", tmp_path / "missing-is-not-empty", "--no-progress") == 2
     capsys.readouterr()
     (tmp_path / "empty.txt").write_text("")

@@ -14,6 +14,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Iterable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,10 +99,26 @@ def overrides_of(overrides: dict | list[str] | None, keywords: dict) -> list[str
     """``{"stages.0.optimizer.lr": 1e-4}``, ``["stages.0.optimizer.lr=1e-4"]`` and
     ``stages__0__optimizer__lr=1e-4`` as ``key.path=value`` strings; relative paths (data files,
     model folders) start from the current folder, as on the command line."""
-    if isinstance(overrides, list):
-        return apply_cwd_paths(overrides) + overrides_of(None, keywords)
+    if isinstance(overrides, (list, tuple)):
+        return apply_cwd_paths(list(overrides)) + overrides_of(None, keywords)
     items = {**(overrides or {}), **{key.replace("__", "."): value for key, value in keywords.items()}}
     return [f"{key}={json.dumps(cwd_path(key, value), default=str)}" for key, value in items.items()]
+
+
+def check_arguments(recipe, out=None, overrides=None, base_dir=None) -> None:
+    """The API's arguments refused in one line, as the command line refuses its own (else a
+    TypeError from deep inside, naming none of them)."""
+    if not isinstance(recipe, (str, os.PathLike, dict, Recipe)):
+        raise HybridftError(f"recipe: give a YAML file's path, a dict or a Recipe, not {type(recipe).__name__}")
+    for name, value in (("out", out), ("base_dir", base_dir)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise HybridftError(f"{name}: give a folder's path (a str or a Path), not {type(value).__name__} "
+                                f"{value!r}")
+    entries = overrides.keys() if isinstance(overrides, dict) else overrides \
+        if isinstance(overrides, (list, tuple)) else None
+    if overrides is not None and (entries is None or not all(isinstance(e, str) for e in entries)):
+        raise HybridftError(f"overrides: give a dict ({{'seed': 1}}) or a list of key=value strings (['seed=1']), "
+                            f"not {type(overrides).__name__} {overrides!r}")
 
 
 def resolve_recipe(recipe: str | Path | dict | Recipe, overrides: list[str],
@@ -118,6 +135,7 @@ def validate(recipe: str | Path | dict | Recipe, *, base_dir: str | Path | None 
              overrides: dict | list[str] | None = None, **keyword_overrides) -> Recipe:
     """The recipe checked as ``hybridft validate`` checks it, without loading weights: the schema,
     the files it names, and every stage's selection on a weightless model skeleton."""
+    check_arguments(recipe, None, overrides, base_dir)
     validated, folder = resolve_recipe(recipe, overrides_of(overrides, keyword_overrides), base_dir)
     problems = check_paths(validated, folder) + check_selection(validated, folder)
     if problems:
@@ -136,6 +154,7 @@ def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, re
     in a dict or ``Recipe``, from ``base_dir`` (default: here). ``progress``: bars on a terminal,
     else a status line every 30 s. ``resume`` refuses data files other than those the run started
     on, unless ``allow_changed_data``."""
+    check_arguments(recipe, out, overrides, base_dir)
     changes = overrides_of(overrides, keyword_overrides)
     validated, folder = resolve_recipe(recipe, changes, base_dir)
     if out is None and (resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):  # set by accelerate / torchrun
@@ -217,7 +236,7 @@ class SavedModel:
         """One record per text: its label (or tags, or generated text). A pair model reads
         ``"first\\tsecond"``; ``pairs`` overrides what the model's task says. ``generation``: e.g.
         ``max_new_tokens=20``; sampling is reproducible by ``seed``."""
-        lines = [texts] if isinstance(texts, str) else list(texts)
+        lines = [texts] if isinstance(texts, str) else list(texts) if isinstance(texts, Iterable) else texts
         return predict_with(self.model, self.tokenizer, self.meta, self.labels, lines, batch_size, generation, seed,
                             pairs)
 

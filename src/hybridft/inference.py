@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import torch
@@ -177,6 +178,33 @@ def label_lines(model, tokenizer, lines: list[str], labels: list[str], max_lengt
     return records
 
 
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # NumPy's too; True is no size
+
+
+def check_predict_arguments(meta: dict, lines, batch_size, seed, pairs) -> None:
+    """What predict is given, refused in one line (through the API nothing has checked it yet)."""
+    if not isinstance(lines, (list, tuple)):
+        raise HybridftError(f"texts: give a str or a list of str, not {type(lines).__name__}")
+    odd = next((i for i, line in enumerate(lines) if not isinstance(line, str)), None)
+    if odd is not None:
+        raise HybridftError(f"texts: item {odd} is {type(lines[odd]).__name__} {lines[odd]!r}, not a str")
+    if batch_size is not None and not (_whole(batch_size) and batch_size >= 1):
+        raise HybridftError(f"batch_size must be a whole number above 0, got {batch_size!r}")
+    if not (_whole(seed) and 0 <= seed < 2**32):
+        raise HybridftError(f"seed must be a whole number from 0 to 2**32 - 1, got {seed!r}")
+    if pairs is None or (not pairs and meta["task"] != "pair_classification"):
+        return
+    if meta["task"] not in ("classification", "pair_classification"):
+        raise HybridftError(f"pairs (--pair) is for classification models; this is a {meta['task']} model")
+    # hybridft.json's columns: hybridft trained it and knows what it reads; a plain transformers folder
+    # says nothing of it (an MNLI model reads pairs), so there pairs decides
+    if "columns" in meta and pairs != (meta["task"] == "pair_classification"):
+        trained = "pairs of texts" if meta["task"] == "pair_classification" else "single texts"
+        raise HybridftError(f"pairs={pairs} (--pair): this model was trained on {trained} "
+                            f"({meta['task']}); it reads lines as it was trained")
+
+
 def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[str], batch_size: int | None,
                  generation: dict | None = None, seed: int = 0, pairs: bool | None = None,
                  progress: bool = False) -> list[dict]:
@@ -184,6 +212,7 @@ def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[st
     model reads pairs comes from its task, or ``pairs``), tags (words split on spaces), or generated
     text. An empty line gets a record with an error instead of being dropped. Batches are
     length-sorted, of ``batch_size`` lines or, without one, as many as fit a token budget."""
+    check_predict_arguments(meta, lines, batch_size, seed, pairs)
     texts = [x for x in lines if x.strip()]
     if meta["task"] in ("causal_lm", "seq2seq"):
         predicted = generate_lines(model, tokenizer, meta, texts, batch_size, generation or {}, seed)

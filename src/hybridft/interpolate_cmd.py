@@ -102,6 +102,8 @@ def check_merge_args(merger, more: list[str], weights: list[float] | None, seed:
     problem = weights_problem(weights)
     if problem:
         raise HybridftError(f"--weights: {problem}")
+    if weights is not None and any(w <= 0 for w in weights):  # as mix.weights: 0 or less drops or subtracts a model
+        raise HybridftError(f"--weights must each be above 0, got {weights}")
     if not 0 <= seed < 2**32:
         raise HybridftError(f"--seed must be a whole number from 0 to 2**32 - 1, got {seed}")
 

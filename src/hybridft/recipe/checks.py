@@ -27,6 +27,7 @@ def check_stage(stage) -> None:
 
 
 def check_recipe(recipe) -> None:
+    check_stage_names(recipe)
     check_precision(recipe)
     if recipe.task == MULTI_TASK:
         check_multi_task(recipe)
@@ -37,6 +38,16 @@ def check_recipe(recipe) -> None:
             check_methods(recipe, i, stage)
         else:
             check_merged_stages(recipe, i, stage.mix)
+
+
+def check_stage_names(recipe) -> None:
+    """Each stage's name (``stage<i>`` for one without) names one stage: ``stage:<name>`` teachers and
+    mix models, kept weights and checkpoints find a stage by it."""
+    names = [recipe.stage_name(i) for i in range(len(recipe.stages))]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ValueError(f"stages.{i}: the name {name!r} is already stage {names.index(name)}'s; give each "
+                             "stage its own name")
 
 
 def check_merged_stages(recipe, i: int, mix) -> None:

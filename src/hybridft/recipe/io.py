@@ -22,9 +22,10 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from ..embedded import EMBEDDED
 from ..errors import HybridftError
 from ..generative.models import decoder_source
-from ..spec import teacher_is_folder
+from ..spec import STAGE_REF, teacher_is_folder
 from .schema import Recipe
 
 EXTENDS = "extends"
@@ -114,39 +115,91 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+# Every recipe key whose value names a file or folder (or a list of them), with the rule that tells a
+# path from the other values the key takes. The one list serves every place that moves a relative
+# path to another folder: a base recipe's paths under ``extends:`` (relative to the base's folder),
+# command-line and API overrides (relative to the working directory), the resolved recipe a run keeps.
+# "*" stands for a list index; a key whose value is a list names a path in each entry.
+def _data_file(value: str, folder: Path) -> bool:
+    return True
+
+
+def _local_model(value: str, folder: Path) -> bool:
+    """As ``models.resolve_model`` tells a local model from an embedded or a hub name."""
+    if value in EMBEDDED or value == "embedded":
+        return False
+    return value.startswith((".", "/", "~")) or value.lower().endswith(".gguf") or (folder / value).exists()
+
+
+def _template_file(value: str, folder: Path) -> bool:
+    return "{" not in value  # else a Jinja template itself
+
+
+def _teacher_folder(value: str, folder: Path) -> bool:
+    return teacher_is_folder(value)
+
+
+def _merged_folder(value: str, folder: Path) -> bool:
+    return not value.startswith(STAGE_REF)
+
+
+def _recipe_file(value: str, folder: Path) -> bool:
+    return value.endswith((".yaml", ".yml"))  # else a preset's name
+
+
+PATH_KEYS = {
+    **{f"{section}.{key}": _data_file for section in ("data", "tasks.*.data")
+       for key in ("train", "validation", "test", "unlabeled.path")},
+    "model.name": _local_model, "model.decoder": _local_model, "model.chat_template": _template_file,
+    "stages.*.objectives.*.teacher": _teacher_folder,
+    "stages.*.mix.models": _merged_folder, "mix.models": _merged_folder,  # top-level mix: a last stage
+    "compare.strategies": _recipe_file,
+}
+
+
+def _path_rule(location: tuple):
+    """The rule of the path key at ``location`` (its parts; list indexes as int or digits), or None."""
+    def is_index(part) -> bool:
+        return isinstance(part, int) or str(part).lstrip("-").isdigit()
+
+    for key, rule in PATH_KEYS.items():
+        pattern = key.split(".")
+        parts = location[:-1] if len(location) == len(pattern) + 1 and is_index(location[-1]) else location
+        if len(parts) == len(pattern) and all(p == str(q) or (p == "*" and is_index(q))
+                                              for p, q in zip(pattern, parts, strict=True)):
+            return rule
+    return None
+
+
+def map_paths(value, move, folder: Path, location: tuple = ()):
+    """``value`` (found at ``location`` in a recipe) with ``move(path)`` in place of each path in it:
+    every value of a path key that is a path by its key's rule, checked against ``folder``."""
+    if isinstance(value, dict):
+        return {k: map_paths(v, move, folder, (*location, str(k))) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [map_paths(v, move, folder, (*location, i)) for i, v in enumerate(value)]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and value:
+        rule = _path_rule(location)
+        if rule is not None and rule(value, folder):
+            return move(value)
+    return value
+
+
+def _relative(value: str) -> bool:
+    return not Path(value).expanduser().is_absolute()
+
+
 def rebase_paths(data: dict, from_dir: Path, to_dir: Path) -> dict:
     """The base recipe's relative paths, made relative to the extending recipe's folder."""
     if from_dir == to_dir:
         return data
 
-    def moved(value):
-        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
-            return value
-        if not (from_dir / value).exists() and not value.startswith("."):
-            return value  # a hub name, not a path
-        return os.path.relpath(from_dir / value, to_dir)
+    def moved(value: str) -> str:
+        return os.path.relpath(from_dir / value, to_dir) if _relative(value) else value
 
-    data = copy.deepcopy(data)
-    sections = [data.get("data")] + [t.get("data") for t in data.get("tasks") or [] if isinstance(t, dict)]
-    for section in (s for s in sections if isinstance(s, dict)):
-        for split in ("train", "validation", "test"):
-            if split in section:
-                section[split] = moved(section[split])
-        if isinstance(section.get("unlabeled"), dict) and "path" in section["unlabeled"]:
-            section["unlabeled"]["path"] = moved(section["unlabeled"]["path"])
-    model = data.get("model")
-    if isinstance(model, dict):
-        for key in ("name", "decoder", "chat_template"):
-            if key in model and model[key] != "embedded":
-                model[key] = moved(model[key])
-    for stage in data.get("stages") or []:
-        for objective in (stage.get("objectives") or []) if isinstance(stage, dict) else []:
-            teacher = objective.get("teacher") if isinstance(objective, dict) else None
-            if isinstance(teacher, str) and teacher_is_folder(teacher):
-                objective["teacher"] = moved(teacher)
-            elif isinstance(teacher, list):
-                objective["teacher"] = [moved(t) if teacher_is_folder(t) else t for t in teacher]
-    return data
+    return map_paths(data, moved, from_dir)
 
 
 def set_path(data: dict, key: str, value, what: str) -> None:
@@ -248,41 +301,50 @@ def _drop_unknown_key(data: dict, detail: dict) -> bool:
     return True
 
 
-PATH_KEYS = ("data.train", "data.validation", "data.test", "model.name", "model.decoder", "model.chat_template")
+def cwd_path(key: str, value, moved: list | None = None):
+    """An override's value (``key`` its dotted key) with each relative path in it made absolute: a
+    path given on the command line or to the API names a file relative to the shell's (or the
+    script's) folder, not the recipe's. ``value`` may hold paths further in (``data={train: ...}``,
+    ``stages.1.mix.models=[...]``); the paths are those of ``PATH_KEYS``, by their rules. ``moved``
+    collects the paths that were made absolute."""
+    def absolute(path: str) -> str:
+        if not _relative(path):
+            return path
+        if moved is not None:
+            moved.append(path)
+        return str(Path(path).resolve())
 
-
-def cwd_path(key: str, value):
-    """An override of a path field names a file relative to the shell's (or the script's) folder:
-    made absolute, so that it does not resolve against the recipe's folder."""
-    if key in PATH_KEYS and isinstance(value, (str, Path)) and str(value) and not Path(value).is_absolute() \
-            and Path(value).exists():
-        return str(Path(value).resolve())
-    return value
+    return map_paths(value, absolute, Path.cwd(), tuple(key.split(".")))
 
 
 def apply_cwd_paths(overrides: list[str]) -> list[str]:
-    """``cwd_path`` on command-line overrides (``key=value``)."""
+    """``cwd_path`` on command-line overrides (``key=value``); an override without a relative path
+    stays as the user wrote it."""
     out = []
     for item in overrides:
-        key, sep, value = item.partition("=")
-        out.append(f"{key}={cwd_path(key, value)}" if sep else item)
+        key, sep, raw = item.partition("=")
+        moved = []
+        value = cwd_path(key, override_value(key, raw), moved) if sep and key else None
+        out.append(f"{key}={yaml_text(value)}" if moved else item)
     return out
 
 
+def yaml_text(value) -> str:
+    """``value`` as one YAML flow value that ``override_value`` reads back as it was (.nan included)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=float("inf")).removesuffix("\n...\n").strip()
+
+
 def resolved_recipe_text(recipe, base_dir: Path, source: str) -> str:
-    """The recipe as run: every default filled in, model and data paths absolute."""
-    data = recipe.model_dump(mode="json")
+    """The recipe as run: every default filled in, every path absolute (so that the text runs from
+    any folder: ``compare`` runs it from its own)."""
+    def absolute(path: str) -> str:
+        return str((base_dir / Path(path).expanduser()).resolve())
+
+    data = map_paths(recipe.model_dump(mode="json"), absolute, base_dir)
     data["model"]["name"] = source
     if recipe.model.decoder:
         data["model"]["decoder"] = decoder_source(recipe.model.decoder, base_dir)
-    for section in [data["data"]] if data["data"] else [t["data"] for t in data["tasks"]]:
-        for split in ("train", "validation", "test"):
-            if section[split]:
-                section[split] = str((base_dir / section[split]).resolve())
-        if section.get("unlabeled"):
-            section["unlabeled"]["path"] = str((base_dir / section["unlabeled"]["path"]).resolve())
     return yaml.safe_dump(data, sort_keys=False)
-
 
 
 def recipe_json_schema() -> dict:
