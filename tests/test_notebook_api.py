@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import hybridft
+from hybridft.errors import HybridftError
 
 from .conftest import base_recipe
 
@@ -40,3 +41,111 @@ def test_a_run_found_complete_reads_its_model_folder(tiny_model, sentiment_csv, 
     again = hybridft.run(recipe, out=tmp_path / "run", resume=True, progress=False)
     assert again.already_complete
     assert again.model.predict(TEXTS) == hybridft.load(first.model_dir).predict(TEXTS)
+
+
+# --- data held in memory --------------------------------------------------------------------------------------
+
+def sentiment_frame(n: int = 80, seed: int = 0):
+    import pandas as pd
+
+    from .conftest import sentiment_rows
+
+    return pd.DataFrame(sentiment_rows(n, seed), columns=["text", "label"])
+
+
+def in_memory_recipe(tiny_model, train, **data) -> dict:
+    return {"name": "mem", "model": {"name": str(tiny_model), "max_length": 32}, "data": {"train": train, **data},
+            "stages": [{"optimizer": {"lr": 1e-3}, "batch_size": 8, "max_steps": 3}]}
+
+
+def test_a_dataframe_trains_as_the_same_rows_in_a_file(tiny_model, sentiment_csv, tmp_path):
+    from safetensors.torch import load_file
+
+    frame = sentiment_frame()
+    memory = hybridft.run(in_memory_recipe(tiny_model, frame), out=tmp_path / "memory", progress=False)
+    on_disk = hybridft.run(in_memory_recipe(tiny_model, str(sentiment_csv)), out=tmp_path / "file", progress=False)
+    assert memory.metrics == on_disk.metrics and memory.report["data"] == on_disk.report["data"]
+    weights = [load_file(r.model_dir / "model.safetensors") for r in (memory, on_disk)]
+    assert all(torch_equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # the run folder says where the data came from: memory, and which rows (their hash)
+    written = (tmp_path / "memory" / "recipe.yaml").read_text()
+    assert "train: '<in memory: DataFrame, 80 rows, sha256:" in written
+    frame.loc[0, "text"] = "changed"  # the run held its own copy
+    assert hybridft.validate(in_memory_recipe(tiny_model, frame)).data.train != memory_train(tmp_path / "memory")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def memory_train(run_dir) -> str:
+    import yaml
+
+    return yaml.safe_load((run_dir / "recipe.yaml").read_text())["data"]["train"]
+
+
+def test_every_data_place_takes_a_dataframe_a_list_of_dicts_or_a_dataset(tiny_model, tmp_path):
+    import datasets
+
+    train = sentiment_frame(60)
+    validation = sentiment_frame(20, seed=1).to_dict("records")  # a list of dicts
+    test = datasets.Dataset.from_pandas(sentiment_frame(16, seed=2))
+    unlabeled = sentiment_frame(30, seed=3)[["text"]]
+    recipe = hybridft.Recipe(**in_memory_recipe(tiny_model, train, validation=validation, test=test,
+                                                unlabeled={"path": unlabeled}))
+    assert recipe.data.validation.startswith("<in memory: list, 20 rows, sha256:")
+    assert recipe.data.test.startswith("<in memory: Dataset, 16 rows, sha256:")
+    assert recipe.data.unlabeled.path.startswith("<in memory: DataFrame, 30 rows, sha256:")
+    result = hybridft.run(recipe, out=tmp_path / "run", progress=False)
+    assert result.report["data"]["rows_used"] == {"train": 60, "validation": 20, "test": 16}
+    assert result.report["data"]["unlabeled"]["rows_read"] == 30 and result.test_metrics is not None
+
+
+def test_each_task_of_a_multi_task_recipe_takes_data_in_memory(tiny_model, tmp_path):
+    tokens = [{"tokens": ["john", "went", "to", "paris"], "tags": ["I-PER", "O", "O", "I-LOC"]},
+              {"tokens": ["paris", "and", "london"], "tags": ["I-LOC", "O", "I-LOC"]}] * 5
+    recipe = {"name": "mt", "task": "multi_task", "model": {"name": str(tiny_model), "max_length": 32},
+              "tasks": [{"name": "sentiment", "task": "classification", "data": {"train": sentiment_frame(40)}},
+                        {"name": "ner", "task": "token_classification", "data": {"train": tokens,
+                                                                                  "validation": tokens}}],
+              "stages": [{"batch_size": 4, "max_steps": 2}]}
+    result = hybridft.run(recipe, out=tmp_path / "run", progress=False)
+    assert {"sentiment/accuracy", "ner/entity_f1"} <= set(result.metrics)
+    assert set(result.model) == {"sentiment", "ner"}  # the model in memory, by task
+    assert result.model["ner"].predict("john went to paris")[0]["tags"][0] in result.model["ner"].labels
+
+
+def test_keyword_overrides_take_a_dataframe_too(tiny_model, sentiment_csv, tmp_path):
+    from .conftest import write_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=1))
+    result = hybridft.run(path, out=tmp_path / "run", data__train=sentiment_frame(40), progress=False)
+    assert result.report["data"]["train"]["rows_read"] == 40
+    assert memory_train(tmp_path / "run").startswith("<in memory: DataFrame, 40 rows")
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ("no_label", r"train data <in memory: DataFrame, 80 rows, sha256:[0-9a-f]{16}>: no column 'label'; columns are "
+                 r"text, sentiment"),
+    ("strings", r"data.train: a list of rows holds one dict per row \(column: value\); item 0 is a str"),
+    ("empty", r"data.train: the list of rows is empty"),
+    ("splits", r"data.train: a DatasetDict holds several splits; give one of them \(e.g. dataset\['train'\]\)"),
+])
+def test_bad_data_in_memory_is_one_line(tiny_model, tmp_path, train, message):
+    import datasets
+
+    frame = sentiment_frame()
+    train = {"no_label": frame.rename(columns={"label": "sentiment"}), "strings": ["a film", "a plot"], "empty": [],
+             "splits": datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame)})}[train]
+    with pytest.raises(HybridftError, match=message) as caught:
+        hybridft.run(in_memory_recipe(tiny_model, train), out=tmp_path / "run", progress=False)
+    assert "\n" not in str(caught.value) and not (tmp_path / "run").exists()
+
+
+def test_a_recipe_naming_data_held_by_another_process_is_refused_in_one_line(tiny_model, tmp_path):
+    held_elsewhere = "<in memory: DataFrame, 80 rows, sha256:0123456789abcdef>"
+    with pytest.raises(HybridftError, match=r"data.train: <in memory: DataFrame, 80 rows, sha256:0123456789abcdef>: "
+                                            r"this data was passed in memory to another process"):
+        hybridft.validate(in_memory_recipe(tiny_model, held_elsewhere))

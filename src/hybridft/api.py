@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .data.memory import hold, hold_tables, is_table
 from .errors import HybridftError
 from .folders import RunLock
 from .inference import predict_with
@@ -48,7 +49,6 @@ class RunResult:
     run_dir: Path
     report: dict  # report.json
     already_complete: bool = False  # resume found the run complete and trained nothing
-
     trained: SavedModel | dict[str, SavedModel] | None = field(default=None, repr=False)  # the run's own model object
 
     @property
@@ -61,6 +61,7 @@ class RunResult:
                                else {p.name: load(p) for p in sorted(self.model_dir.iterdir())
                                      if (p / "hybridft.json").is_file()})
         return self.trained
+
     @property
     def metrics(self) -> dict:
         """Validation metrics of the final model."""
@@ -102,6 +103,7 @@ def overrides_of(overrides: dict | list[str] | None, keywords: dict) -> list[str
     if isinstance(overrides, (list, tuple)):
         return apply_cwd_paths(list(overrides)) + overrides_of(None, keywords)
     items = {**(overrides or {}), **{key.replace("__", "."): value for key, value in keywords.items()}}
+    items = {key: hold(value, key) if is_table(value) else value for key, value in items.items()}  # data__train=df
     return [f"{key}={json.dumps(cwd_path(key, value), default=str)}" for key, value in items.items()]
 
 
@@ -127,7 +129,8 @@ def resolve_recipe(recipe: str | Path | dict | Recipe, overrides: list[str],
     if isinstance(recipe, (str, Path)):
         validated, folder = load_recipe(recipe, overrides)
         return validated, Path(base_dir) if base_dir is not None else folder
-    data = recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else copy.deepcopy(dict(recipe))
+    # tables held in memory first: the copy then copies their placeholders, not the tables
+    data = recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else copy.deepcopy(hold_tables(dict(recipe)))
     return validate_recipe(apply_overrides(data, overrides)), Path(base_dir or Path.cwd())
 
 
@@ -169,6 +172,7 @@ def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, re
         return complete_run(run_dir, validated, folder)
     try:
         with callers_state_kept():
+            hooks = RunHooks()
             report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress,
                                 allow_changed_data=allow_changed_data, hooks=hooks)
     except KeyboardInterrupt as stop:
@@ -196,7 +200,6 @@ def callers_state_kept():
 
     import numpy as np
 
-            hooks = RunHooks()
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     threads = torch.get_num_threads()

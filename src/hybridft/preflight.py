@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from .data.memory import held_problem, is_placeholder
 from .data.prepare import load_rows
 from .data.readers import LANG, parallel_files
 from .errors import HybridftError
@@ -64,6 +65,9 @@ def check_paths(recipe, base_dir: Path) -> list[str]:
     problems = []
     languages = recipe.data.languages if recipe.data is not None else None
     for key, value in data_paths(recipe).items():
+        if is_placeholder(value):  # a table held in memory, not a file
+            problems += [f"{key}: {held_problem(value)}"] if held_problem(value) else []
+            continue
         try:  # parallel text names two files, one per language
             files = parallel_files(resolve(value, base_dir), languages) if LANG in value else (resolve(value, base_dir),)
         except HybridftError as e:

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import HybridftError
 from ..tasks import GENERATIVE_TASKS, IGNORE_INDEX
 from .clean import clean_rows, looks_like_integer
+from .memory import is_placeholder
 from .readers import read_table
 
 
@@ -30,6 +31,8 @@ class TaskData:
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:
+    if is_placeholder(value):  # a table held in memory: read_table knows it by this name
+        return Path(value)
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base_dir / path)
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..errors import HybridftError
 from .conll import read_conll
+from .memory import held_table, is_placeholder
 
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
                   ".conll": "conll", ".iob": "conll", ".bio": "conll", ".txt": "txt"}
@@ -46,7 +47,10 @@ def read_table(path: Path, fmt: str, task: str, split: str, bad_rows: str = "err
     ``bad_rows="skip"``, malformed csv/tsv/jsonl lines are dropped and counted in
     ``frame.attrs["malformed_rows_skipped"]``; otherwise the first one is an error naming its line.
     Parallel text (a path with ``{lang}``) reads ``languages.source`` and ``.target`` into the
-    ``columns.source`` and ``.target`` columns."""
+    ``columns.source`` and ``.target`` columns. A table held in memory (``memory``) is read as it is,
+    whatever the format."""
+    if is_placeholder(path):
+        return held_table(path)
     fmt = detect_format(path, fmt, task)
     files = parallel_files(path, languages) if fmt == "parallel" else (path,)
     for file in files:

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from ..data.memory import is_placeholder
 from ..embedded import EMBEDDED
 from ..errors import HybridftError
 from ..generative.models import decoder_source
@@ -121,7 +122,7 @@ def deep_merge(base: dict, update: dict) -> dict:
 # command-line and API overrides (relative to the working directory), the resolved recipe a run keeps.
 # "*" stands for a list index; a key whose value is a list names a path in each entry.
 def _data_file(value: str, folder: Path) -> bool:
-    return True
+    return not is_placeholder(value)  # else a table held in memory (data.memory)
 
 
 def _local_model(value: str, folder: Path) -> bool:

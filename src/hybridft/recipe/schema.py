@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar, Literal, Union
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from .. import objectives, selectors  # noqa: F401  (importing them registers every method)
+from ..data.memory import hold_tables
 from ..registry import OBJECTIVES, SELECTORS
 from ..spec import STAGE_REF, Spec
 from ..tasks import (
@@ -162,6 +163,13 @@ class Recipe(Spec):
             data = dict(data)
             data["stages"] = [*data["stages"], {"name": "mix", "mix": data.pop("mix")}]
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tables_held(cls, data):
+        """Data given in memory (a DataFrame, a list of dicts, a datasets.Dataset) where a file may stand
+        is held, and the recipe names it by its placeholder (``data.memory``)."""
+        return hold_tables(data)
 
     @model_validator(mode="after")
     def _cross_checks(self):
