@@ -13,7 +13,12 @@ with ``dtype=torch.bfloat16`` under CPU autocast), AdamW, and measures the same 
 modes alternate for ``--repeats`` rounds; the table shows medians. Run it alone on the machine:
 
     python benchmarks/bench_memory.py --repeats 3 [--json out.json]
+    python benchmarks/bench_memory.py --pretrained smollm2 --repeats 3   # the real SmolLM2-135M instead
     python benchmarks/bench_memory.py --layers 2 --steps 1 --repeats 1   # smoke test
+
+``--pretrained smollm2`` runs the same modes on the embedded decoder (SmolLM2-135M-Instruct: 30
+layers x 576, a 49,152-token vocabulary tied to the LM head), a checkpoint saved in bfloat16, which
+both sides load in float32 unless the mode asks for a bfloat16 base.
 """
 
 from __future__ import annotations
@@ -140,6 +145,7 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path)
+    p.add_argument("--pretrained", help="a model hybridft resolves (smollm2), instead of the random Llama")
     p.add_argument("--plain", choices=sorted(MODES), help=argparse.SUPPRESS)  # one baseline run (a fresh process)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -147,7 +153,12 @@ def main() -> int:
         print(json.dumps(plain_run(args.model, args.plain, args)))
         return 0
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    model = llama(work / "llama", args.layers)
+    if args.pretrained:
+        from hybridft.models import resolve_model
+
+        model = Path(resolve_model(args.pretrained, ROOT))
+    else:
+        model = llama(work / "llama", args.layers)
     results: dict = {}
     for round_ in range(args.repeats):
         for name, mode in MODES.items():
