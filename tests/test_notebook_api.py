@@ -149,3 +149,82 @@ def test_a_recipe_naming_data_held_by_another_process_is_refused_in_one_line(tin
     with pytest.raises(HybridftError, match=r"data.train: <in memory: DataFrame, 80 rows, sha256:0123456789abcdef>: "
                                             r"this data was passed in memory to another process"):
         hybridft.validate(in_memory_recipe(tiny_model, held_elsewhere))
+
+
+# --- callbacks ------------------------------------------------------------------------------------------------
+
+class Recorder(hybridft.Callback):
+    def __init__(self):
+        self.steps, self.evaluations, self.stages = [], [], []
+
+    def on_step(self, step):
+        self.steps.append(step)
+
+    def on_evaluate(self, evaluation):
+        self.evaluations.append(evaluation)
+
+    def on_stage_end(self, stage):
+        self.stages.append(stage)
+
+
+def test_callbacks_see_every_step_evaluation_and_stage_end_through_frozen_views(tiny_model, sentiment_csv, tmp_path):
+    import dataclasses
+
+    recorder = Recorder()
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=4, eval_every=2)
+    result = hybridft.run(recipe, out=tmp_path / "run", progress=False, callbacks=[recorder])
+    assert [s.step for s in recorder.steps] == [1, 2, 3, 4] and recorder.steps[-1].total_steps == 4
+    assert all(s.stage == "s0" and s.loss == pytest.approx(s.losses["task"]) for s in recorder.steps)
+    assert recorder.steps[0].lr > recorder.steps[-1].lr  # the schedule decays
+    history = result.report["stages"][0]["evaluations"]  # what the report shows is what the callback saw
+    assert [(e.step, dict(e.metrics)) for e in recorder.evaluations] == \
+        [(h["step"], {k: v for k, v in h.items() if k != "step"}) for h in history]
+    assert recorder.evaluations[0].metric == "accuracy" and recorder.evaluations[0].improved
+    (end,) = recorder.stages
+    assert end.steps == 4 and not end.stopped_early and end.report["steps"] == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recorder.steps[0].loss = 0.0
+    with pytest.raises(TypeError):
+        recorder.evaluations[0].metrics["accuracy"] = 1.0
+    with pytest.raises(TypeError):
+        end.report["evaluations"][0]["accuracy"] = 1.0
+
+
+class StopAtStep(hybridft.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, step):
+        return hybridft.Stop(f"enough at step {step.step}") if step.step == self.step else None
+
+
+def test_a_callback_stops_the_run_as_early_stopping_ends_a_stage(tiny_model, sentiment_csv, tmp_path):
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=6, eval_every=1)
+    recipe["stages"].append({"name": "s1", "max_steps": 3, "batch_size": 8})
+    recipe["output"] = {"keep_checkpoints_after_run": True}
+    recorder = Recorder()
+    result = hybridft.run(recipe, out=tmp_path / "run", progress=False, callbacks=[StopAtStep(2), recorder])
+    (stage,) = result.report["stages"]  # no later stage ran
+    assert stage["steps"] == 2 and stage["stopped_early"] and stage["stop_requested"] == "enough at step 2"
+    assert [e.step for e in recorder.evaluations] == [1, 2] and recorder.stages[0].stopped_early
+    # ended as a finished run: checkpointed after the stage, evaluated, saved and reported
+    assert (tmp_path / "run" / "checkpoints" / "stage-0-done").is_dir()
+    assert (tmp_path / "run" / "report.json").is_file() and result.model_dir is not None
+    assert result.model.predict(TEXTS)[0]["label"] in ("negative", "positive")
+
+
+class Answers:
+    def on_evaluate(self, evaluation):
+        return 3
+
+
+@pytest.mark.parametrize(("callbacks", "message"), [
+    ([object()], r"callbacks\[0\]: a object has none of the methods on_step, on_evaluate, on_stage_end"),
+    (Recorder(), r"callbacks: give a list of callbacks, not Recorder"),
+    ([Answers()], r"callbacks: Answers.on_evaluate returned 3; return None to go on, or hybridft.Stop\('why'\)"),
+])
+def test_bad_callbacks_are_one_line(tiny_model, sentiment_csv, tmp_path, callbacks, message):
+    with pytest.raises(HybridftError, match=message) as caught:
+        hybridft.run(base_recipe(tiny_model, sentiment_csv, max_steps=1), out=tmp_path / "run", progress=False,
+                     callbacks=callbacks)
+    assert "\n" not in str(caught.value)

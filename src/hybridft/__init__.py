@@ -8,11 +8,14 @@ restored), ``hybridft.Recipe`` builds recipes in code. They are imported on firs
 from typing import TYPE_CHECKING
 
 __version__ = "0.2.0"
-__all__ = ["Recipe", "RunResult", "SavedModel", "load", "run", "validate"]
+__all__ = ["Callback", "EvaluationView", "Recipe", "RunResult", "SavedModel", "StageEndView", "StepView", "Stop",
+           "load", "run", "validate"]
+HOOKS = ("Callback", "Stop", "StepView", "EvaluationView", "StageEndView")  # callbacks of hybridft.run
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on first use
     from .api import RunResult, SavedModel, load, run, validate
     from .recipe import Recipe
+    from .training.hooks import Callback, EvaluationView, StageEndView, StepView, Stop
 
 
 def __getattr__(name: str):
@@ -20,6 +23,10 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in HOOKS:
+        from .training import hooks
+
+        return getattr(hooks, name)
     if name == "Recipe":
         from .recipe import Recipe
 

@@ -89,7 +89,8 @@ def run_recipe(recipe: Recipe, base_dir: Path, run_dir: Path, resume: bool = Fal
     lock = RunLock(run_dir, check=lambda: check_run_dir(run_dir, resume, overwrite))
     with lock if processes.is_main else nullcontext():
         started = time.perf_counter()
-        run, final = train(recipe, base_dir, run_dir, resume, overwrite, progress, processes, allow_changed_data)
+        run, final = train(recipe, base_dir, run_dir, resume, overwrite, progress, processes, allow_changed_data,
+                           hooks)
         report = finish_run(run, final, started)
         if hooks is not None:
             hooks.final_model = trained_model(run)
@@ -149,15 +150,21 @@ def validate(recipe: str | Path | dict | Recipe, *, base_dir: str | Path | None 
 
 def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, resume: bool = False,
         overwrite: bool = False, progress: bool = True, base_dir: str | Path | None = None,
-        overrides: dict | list[str] | None = None, allow_changed_data: bool = False, **keyword_overrides) -> RunResult:
+        overrides: dict | list[str] | None = None, allow_changed_data: bool = False, callbacks: list | None = None,
+        **keyword_overrides) -> RunResult:
     """Train from a recipe (a YAML path, a dict or a ``Recipe``) into ``out`` (default
     ``runs/<name>-<time>``). Overrides: ``seed=3``, nested keys with double underscores
     (``stages__0__optimizer__lr=1e-4``), ``overrides={"stages.0.optimizer.lr": 1e-4}`` or the command
     line's ``["stages.0.optimizer.lr=1e-4"]``. Relative paths in a recipe file start from its folder;
     in a dict or ``Recipe``, from ``base_dir`` (default: here). ``progress``: bars on a terminal,
     else a status line every 30 s. ``resume`` refuses data files other than those the run started
-    on, unless ``allow_changed_data``."""
+    on, unless ``allow_changed_data``. ``callbacks``: objects with ``on_step``, ``on_evaluate`` and/or
+    ``on_stage_end`` (``hybridft.Callback``), which see frozen views of the state and may return
+    ``hybridft.Stop("why")`` to end the run as early stopping ends a stage. Data may be held in
+    memory (a DataFrame, a list of dicts, a ``datasets.Dataset``) wherever a data file may stand.
+    ``report_to=["mlflow"]`` (a recipe key) chooses the experiment trackers."""
     check_arguments(recipe, out, overrides, base_dir)
+    hooks = RunHooks(callbacks)
     changes = overrides_of(overrides, keyword_overrides)
     validated, folder = resolve_recipe(recipe, changes, base_dir)
     if out is None and (resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):  # set by accelerate / torchrun
@@ -172,7 +179,6 @@ def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, re
         return complete_run(run_dir, validated, folder)
     try:
         with callers_state_kept():
-            hooks = RunHooks()
             report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress,
                                 allow_changed_data=allow_changed_data, hooks=hooks)
     except KeyboardInterrupt as stop:

@@ -15,7 +15,8 @@ def run_per_task_stage(run, index: int, spec) -> list[dict]:
     trained, reports = {}, []
     for i, name in enumerate(run.data.names):
         alone = MultiTaskModel({name: model.task_model(name)}, share=False)
-        sub = run.sub_run(model=alone, data=run.data.subset(i), collator=MultiTaskCollator([run.collator.collators[i]]))
+        sub = run.sub_run(model=alone, data=run.data.subset(i), collator=MultiTaskCollator([run.collator.collators[i]]),
+                          hooks=run.hooks)
         reports.append(run_stage(sub, index, spec.model_copy(update={"name": f"{spec.name or f'stage{index}'}:{name}"})))
         trained[name] = sub.model.task_model(name)
         run.global_step = sub.global_step

@@ -22,6 +22,7 @@ from ..preflight import check_inputs_outside, check_paths, check_selection
 from ..recipe import resolved_recipe_text
 from ..tasks import GENERATIVE_TASKS, MULTI_TASK
 from .checkpoint import guarded_write
+from .hooks import RunHooks
 from .metrics_log import MetricsLog
 from .parallel import launch
 from .precision import Precision
@@ -81,8 +82,9 @@ def load_inputs(recipe, base_dir: Path, source: str, tokenizer):
 
 
 def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overwrite: bool = False,
-              progress: bool = True, processes=None) -> Run:
-    """Several processes (accelerate launch, torchrun): all check and load, then only the main one writes."""
+              progress: bool = True, processes=None, hooks=None) -> Run:
+    """Several processes (accelerate launch, torchrun): all check and load, then only the main one writes.
+    ``hooks``: the Python API's callbacks (training.hooks)."""
     processes = processes or launch(run_dir, recipe.distributed)
     check_run_dir(run_dir, resume, overwrite)
     if overwrite and not resume and run_dir.exists():
@@ -111,7 +113,7 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
     log = MetricsLog(run_dir / "metrics.jsonl", processes, enabled=processes.is_main)
     run = Run(recipe, run_dir, model.to(processes.device), tokenizer, data, collator, processes,
               Precision(recipe.model.precision, processes.device, recipe.model.dtype), log, source, base_dir,
-              progress=progress and processes.is_main)
+              progress=progress and processes.is_main, hooks=hooks or RunHooks())
     # M_pre for the mix step and L2-SP, kept before any training (works for hub names too)
     if recipe.needs_pretrained_state:
         run.artifacts.pretrained_state = pretrained_state(model)

@@ -76,6 +76,7 @@ class Stage:
     compiled_model: torch.nn.Module | None = None  # the stage's evaluations run it (model.compile)
     running: dict = field(default_factory=dict)  # losses of the optimizer step in progress
     dtypes: dict = field(default_factory=dict)  # what the stage trained in (precision.describe), once it closes
+    logged: dict = field(default_factory=dict)  # the last step's log record (the API's callbacks see it)
     tic: float = 0.0
 
     @property
@@ -260,8 +261,9 @@ class Stage:
         run, st = self.run, self.state
         running = run.processes.mean(self.running)  # the global batch's losses, not this process's share
         throughput = st.samples / max(st.train_time_s, 1e-9)
-        run.log.write(run.global_step, {"stage": self.name, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0],
-                                        **running, "samples_per_s": throughput})
+        self.logged = {"stage": self.name, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0], **running,
+                       "samples_per_s": throughput}
+        run.log.write(run.global_step, self.logged)
         bar.update(1, loss=f"{running['loss']:.4f}", samples_per_s=f"{throughput:.1f}")
         self.running = {}
 

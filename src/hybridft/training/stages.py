@@ -105,6 +105,8 @@ def run_stages(run: Run, first: int, resume_from: Path | None) -> None:
             run.stage_reports.append(run_stage(run, index, spec, resume_from=stage_resume))
         keep_stage_weights(run, index)
         checkpoint_between_stages(run, index)
+        if run.hooks.stop_reason is not None:  # a callback of the Python API stopped the run: no later stage
+            break
 
 
 def checkpoint_between_stages(run: Run, index: int) -> None:
@@ -162,11 +164,12 @@ def check_compiler(recipe, device: torch.device) -> None:
 
 
 def train(recipe, base_dir: Path, run_dir: Path, resume: bool, overwrite: bool, progress: bool,
-          processes, allow_changed_data: bool = False) -> tuple[Run, dict]:
+          processes, allow_changed_data: bool = False, hooks=None) -> tuple[Run, dict]:
     """Start (or resume) the run, train every stage; the run and its final metrics per split.
-    ``allow_changed_data``: resume even if the data files differ from those the run started on."""
+    ``allow_changed_data``: resume even if the data files differ from those the run started on.
+    ``hooks``: the Python API's callbacks (training.hooks)."""
     check_compiler(recipe, processes.device)
-    run = start_run(recipe, base_dir, run_dir, resume, overwrite, progress, processes)
+    run = start_run(recipe, base_dir, run_dir, resume, overwrite, progress, processes, hooks)
     inputs = input_fingerprints(recipe, base_dir)
     first, resume_from = resume_point(run, inputs, allow_changed_data) if resume else (0, None)
     keep_inputs(run, inputs)

@@ -18,6 +18,7 @@ from ..models import fit_vocabulary, load_model
 from ..recipe import Recipe
 from ..selectors import since_restart, stage_structure
 from ..tasks import GENERATIVE_TASKS
+from .hooks import RunHooks
 from .metrics_log import MetricsLog
 from .parallel import SingleProcess
 from .precision import Precision
@@ -54,6 +55,7 @@ class Run:
     global_step: int = 0
     stage_reports: list[dict] = field(default_factory=list)
     artifacts: Artifacts = field(default_factory=Artifacts)
+    hooks: RunHooks = field(default_factory=RunHooks)  # the Python API's callbacks (none on the command line)
 
     @property
     def device(self) -> torch.device:
@@ -65,9 +67,10 @@ class Run:
 
     def sub_run(self, **changes) -> Run:
         """A run that trains a copy of something (a search trial, one task's model, M_pre's probe)
-        without touching this run's reports, artifacts or checkpoints."""
+        without touching this run's reports, artifacts or checkpoints; the API's callbacks do not see
+        it unless ``hooks`` is passed (one task's part of a per-task stage)."""
         return replace(self, **{"checkpointing": False, "stage_reports": [], "artifacts": copy.copy(self.artifacts),
-                                **changes})
+                                "hooks": RunHooks(), **changes})
 
     def load_pretrained(self) -> torch.nn.Module:
         """The pretrained model the run started from, with a new head (drawn from the global RNG)."""
