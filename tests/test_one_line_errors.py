@@ -244,6 +244,30 @@ def test_a_pickled_rng_state_in_a_checkpoint_is_one_line(finished, tmp_path, cap
     assert "code from a pickle ran" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("part", ["optimizer.pt", "scheduler.pt"])
+def test_a_checkpoint_without_its_optimizer_or_scheduler_state_is_refused(finished, tmp_path, capsys, part):
+    """Resuming without them would restart AdamW's moments or the schedule silently."""
+    out = rewound(finished, tmp_path)
+    (out / "checkpoints" / "step-2" / part).unlink()
+    capsys.readouterr()
+    assert main(["run", str(finished[0]), "--out", str(out), "--resume", "--no-progress"]) == 2
+    message = one_line_error(capsys)
+    assert f"has no {part}: the checkpoint is incomplete" in message and not (out / "model").exists()
+
+
+def test_a_process_the_checkpoint_has_no_random_state_for_is_told(tmp_path, capsys):
+    import torch
+
+    from hybridft.training.checkpoint import load_checkpoint, rng_file, rng_state
+
+    (tmp_path / "state.json").write_text("{}")
+    torch.save(rng_state(), tmp_path / rng_file(0))  # written by one process
+    assert load_checkpoint(tmp_path, None, process_index=0) == {}
+    assert "random state" not in capsys.readouterr().err
+    load_checkpoint(tmp_path, None, process_index=1)
+    assert "holds no random state for process 1" in capsys.readouterr().err
+
+
 # --- recipes and overrides ------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -264,12 +265,17 @@ def load_checkpoint(path: Path, model, optimizer=None, scheduler=None, process_i
             reason = (str(e).splitlines() or [type(e).__name__])[0]
             raise HybridftError(f"{path / 'model.safetensors'} cannot be read ({reason}): the checkpoint is "
                                 "damaged; resume from another one") from None
-    if optimizer is not None and (path / "optimizer.pt").is_file():
-        optimizer.load_state_dict(load_plain(path / "optimizer.pt"))
-    if scheduler is not None and (path / "scheduler.pt").is_file():
-        scheduler.load_state_dict(load_plain(path / "scheduler.pt"))
-    # a checkpoint from a run with fewer processes has no state for this one: the main one's, then
+    for part, name in ((optimizer, "optimizer.pt"), (scheduler, "scheduler.pt")):
+        if part is None:
+            continue
+        if not (path / name).is_file():  # a fresh one would silently restart the run's moments or schedule
+            raise HybridftError(f"{path} has no {name}: the checkpoint is incomplete; resume from another one")
+        part.load_state_dict(load_plain(path / name))
     mine = path / rng_file(process_index)
+    if not mine.is_file() and process_index > 0:
+        print(f"note: {path.name} was written by fewer processes and holds no random state for process "
+              f"{process_index}: it continues from the main process's (its dropout draws differ from an "
+              "uninterrupted run's)", file=sys.stderr)
     set_rng_state(load_plain(mine if mine.is_file() else path / "rng.pt"))
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
 
