@@ -228,3 +228,99 @@ def test_bad_callbacks_are_one_line(tiny_model, sentiment_csv, tmp_path, callbac
         hybridft.run(base_recipe(tiny_model, sentiment_csv, max_steps=1), out=tmp_path / "run", progress=False,
                      callbacks=callbacks)
     assert "\n" not in str(caught.value)
+
+
+# --- experiment trackers (report_to) ----------------------------------------------------------------------------
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """MLflow's local store in the test's folder (its default is ./mlflow.db, with artifacts in ./mlruns)."""
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_mlflow_receives_the_recipe_every_step_and_evaluation_and_the_report(tiny_model, sentiment_csv, tmp_path,
+                                                                             mlflow_store):
+    import mlflow
+    from mlflow import MlflowClient
+
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=4, eval_every=2)
+    result = hybridft.run(recipe, out=tmp_path / "run", progress=False, report_to=["mlflow"])
+    assert "report_to:\n- mlflow" in (tmp_path / "run" / "recipe.yaml").read_text()
+    assert not (tmp_path / "run" / "tensorboard").exists()  # only the trackers asked for
+    runs = mlflow.search_runs(experiment_names=["tiny"])  # the recipe's name
+    (found,) = runs.itertuples()
+    run = MlflowClient(mlflow_store).get_run(found.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.params["stages.0.max_steps"] == "4" and run.data.params["model.max_length"] == "32"
+    assert run.data.params["data.train"] == str(sentiment_csv)
+    client = MlflowClient(mlflow_store)
+    assert [m.step for m in client.get_metric_history(found.run_id, "loss")] == [1, 2, 3, 4]
+    evaluations = result.report["stages"][0]["evaluations"]
+    assert [(m.step, m.value) for m in client.get_metric_history(found.run_id, "eval/accuracy")] == \
+        [(e["step"], pytest.approx(e["accuracy"])) for e in evaluations]
+    assert run.data.metrics["final/accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert {a.path for a in client.list_artifacts(found.run_id)} >= {"report.json", "report.md", "recipe.yaml"}
+
+
+def test_a_run_that_fails_is_marked_failed_in_mlflow(tiny_model, sentiment_csv, tmp_path, mlflow_store):
+    import mlflow
+
+    class Fails(hybridft.Callback):
+        def on_step(self, step):
+            raise RuntimeError("a broken callback")
+
+    with pytest.raises(RuntimeError, match="a broken callback"):
+        hybridft.run(base_recipe(tiny_model, sentiment_csv, max_steps=2), out=tmp_path / "run", progress=False,
+                     report_to="mlflow", callbacks=[Fails()])
+    assert list(mlflow.search_runs(experiment_names=["tiny"])["status"]) == ["FAILED"]
+
+
+def test_wandb_offline_receives_the_run(tiny_model, sentiment_csv, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = hybridft.run(base_recipe(tiny_model, sentiment_csv, max_steps=2), out=tmp_path / "run",
+                          progress=False, report_to=["wandb", "tensorboard"])
+    assert result.report["stages"][0]["steps"] == 2
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert list(offline.glob("*.wandb")) and list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents*"))
+
+
+def test_a_tracker_whose_library_is_missing_is_one_line_naming_the_package(tiny_model, sentiment_csv, tmp_path,
+                                                                          monkeypatch):
+    from hybridft.training import tracking
+
+    monkeypatch.setattr(tracking, "installed", lambda package: package != "mlflow")
+    recipe = {**base_recipe(tiny_model, sentiment_csv, max_steps=1), "report_to": ["tensorboard", "mlflow"]}
+    message = r"report_to: mlflow needs the mlflow package, which is not installed: pip install mlflow"
+    with pytest.raises(HybridftError, match=message):
+        hybridft.run(recipe, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(HybridftError, match=message):
+        hybridft.validate(recipe)
+
+
+def test_report_to_is_checked_by_the_schema(tiny_model, sentiment_csv):
+    recipe = base_recipe(tiny_model, sentiment_csv)
+    assert hybridft.Recipe(**recipe).report_to == ["tensorboard"]  # today's default
+    assert hybridft.Recipe(**{**recipe, "report_to": "mlflow"}).report_to == ["mlflow"]
+    assert hybridft.Recipe(**{**recipe, "report_to": []}).report_to == []
+    with pytest.raises(HybridftError, match="report_to.0"):
+        hybridft.validate({**recipe, "report_to": ["comet"]})
+    with pytest.raises(HybridftError, match="report_to names a tracker twice"):
+        hybridft.validate({**recipe, "report_to": ["mlflow", "mlflow"]})
+
+
+def test_only_the_main_process_opens_trackers(tmp_path):
+    from types import SimpleNamespace
+
+    from hybridft.training.parallel import SingleProcess
+
+    other = SingleProcess(SimpleNamespace(is_main_process=False))
+    other.start_tracking(["tensorboard"], tmp_path, "tiny", "name: tiny\n")
+    other.track({"loss": 1.0}, 1)
+    assert other.trackers is None and not (tmp_path / "tensorboard").exists()

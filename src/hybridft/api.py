@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .data.memory import hold, hold_tables, is_table
+from .data.memory import hold_override, hold_tables
 from .errors import HybridftError
 from .folders import RunLock
 from .inference import predict_with
@@ -42,6 +42,7 @@ from .training.hooks import RunHooks
 from .training.parallel import launch
 from .training.setup import check_run_dir
 from .training.stages import train
+from .training.tracking import check_trackers
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,13 @@ def run_recipe(recipe: Recipe, base_dir: Path, run_dir: Path, resume: bool = Fal
     The main process holds the run folder's lock throughout (one run at a time in a folder).
     ``allow_changed_data``: resume even if the data files differ from those the run started on.
     ``hooks``: what the Python API hooks in, and receives the trained model in memory."""
+    problems = check_trackers(recipe.report_to)
+    if problems:  # before anything is written
+        raise HybridftError("; ".join(problems))
     processes = launch(run_dir, recipe.distributed)
     # a refused folder gets nothing written into it, not even the lock
     lock = RunLock(run_dir, check=lambda: check_run_dir(run_dir, resume, overwrite))
-    with lock if processes.is_main else nullcontext():
+    with lock if processes.is_main else nullcontext(), trackers_ended(processes):
         started = time.perf_counter()
         run, final = train(recipe, base_dir, run_dir, resume, overwrite, progress, processes, allow_changed_data,
                            hooks)
@@ -97,6 +101,17 @@ def run_recipe(recipe: Recipe, base_dir: Path, run_dir: Path, resume: bool = Fal
         return report
 
 
+@contextmanager
+def trackers_ended(processes):
+    """A run that stops on an error or an interruption is marked so in its trackers (MLflow's FAILED or
+    KILLED), not left running there; a finished run has ended them itself (``finish_run``)."""
+    try:
+        yield
+    except BaseException as e:
+        processes.end_tracking("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+
+
 def overrides_of(overrides: dict | list[str] | None, keywords: dict) -> list[str]:
     """``{"stages.0.optimizer.lr": 1e-4}``, ``["stages.0.optimizer.lr=1e-4"]`` and
     ``stages__0__optimizer__lr=1e-4`` as ``key.path=value`` strings; relative paths (data files,
@@ -104,7 +119,7 @@ def overrides_of(overrides: dict | list[str] | None, keywords: dict) -> list[str
     if isinstance(overrides, (list, tuple)):
         return apply_cwd_paths(list(overrides)) + overrides_of(None, keywords)
     items = {**(overrides or {}), **{key.replace("__", "."): value for key, value in keywords.items()}}
-    items = {key: hold(value, key) if is_table(value) else value for key, value in items.items()}  # data__train=df
+    items = {key: hold_override(key, value) for key, value in items.items()}  # data__train=df
     return [f"{key}={json.dumps(cwd_path(key, value), default=str)}" for key, value in items.items()]
 
 
@@ -141,7 +156,7 @@ def validate(recipe: str | Path | dict | Recipe, *, base_dir: str | Path | None 
     the files it names, and every stage's selection on a weightless model skeleton."""
     check_arguments(recipe, None, overrides, base_dir)
     validated, folder = resolve_recipe(recipe, overrides_of(overrides, keyword_overrides), base_dir)
-    problems = check_paths(validated, folder) + check_selection(validated, folder)
+    problems = check_paths(validated, folder) + check_selection(validated, folder) + check_trackers(validated.report_to)
     if problems:
         raise HybridftError(f"{recipe if isinstance(recipe, (str, Path)) else 'recipe'}: {len(problems)} problem(s): "
                             + "; ".join(problems))

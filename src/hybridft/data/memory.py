@@ -120,6 +120,24 @@ def hold_tables(recipe: dict) -> dict:
     return recipe
 
 
+DATA_SECTION = re.compile(r"^(data|tasks\.\d+\.data)$")
+
+
+def hold_override(key: str, value):
+    """An override's value (``key`` dotted) with each table in a data place held: ``data.train=df``,
+    ``data.unlabeled=df``, ``data={"train": df}``, ``tasks.0.data.validation=rows``."""
+    section, _, place = key.rpartition(".")
+    if DATA_SECTION.match(key) and isinstance(value, dict):
+        return _hold_section(value, key)
+    if DATA_SECTION.match(section) and place in SPLITS and is_table(value):
+        return hold(value, key)
+    if DATA_SECTION.match(section) and place == "unlabeled":
+        return _hold_section({"unlabeled": value}, section)["unlabeled"]
+    if key.endswith(".unlabeled.path") and DATA_SECTION.match(key.removesuffix(".unlabeled.path")) and is_table(value):
+        return hold(value, key)
+    return value
+
+
 def _hold_section(section: dict, where: str) -> dict:
     section = {key: hold(value, f"{where}.{key}") if key in SPLITS and is_table(value) else value
                for key, value in section.items()}

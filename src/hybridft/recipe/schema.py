@@ -154,6 +154,21 @@ class Recipe(Spec):
     distributed: DistributedSpec = Field(default_factory=DistributedSpec,
                                          description="several processes: data parallel (ddp) or sharded (fsdp)")
     compare: CompareSpec | None = Field(None, description="hybridft compare: strategies and seeds (ignored by run)")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers that receive the resolved recipe as parameters, every logged step and "
+                    "evaluation, the final metrics and the report as artifacts, each through its own library: "
+                    "tensorboard (the run folder's tensorboard/), mlflow (where MLFLOW_TRACKING_URI says; "
+                    "experiment MLFLOW_EXPERIMENT_NAME, else the recipe's name), wandb (WANDB_PROJECT, else the "
+                    "recipe's name; WANDB_MODE=offline writes to the run folder); [] for none")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_tracker_as_a_list(cls, data):
+        """``report_to: mlflow`` reads as ``[mlflow]``."""
+        if isinstance(data, dict) and isinstance(data.get("report_to"), str):
+            data = {**data, "report_to": [data["report_to"]]}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -174,6 +189,8 @@ class Recipe(Spec):
     @model_validator(mode="after")
     def _cross_checks(self):
         check_recipe(self)
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"report_to names a tracker twice: {self.report_to}")
         return self
 
     def stage_name(self, index: int) -> str:

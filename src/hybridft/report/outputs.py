@@ -10,6 +10,8 @@ from ..tasks import GENERATIVE_TASKS, MULTI_TASK
 from ..training.checkpoint import guarded_write
 from .summary import write_report
 
+REPORT_FILES = ("report.json", "report.md", "report.html", "recipe.yaml")  # what trackers keep as artifacts
+
 
 def finish_run(run, final: dict, started: float) -> dict:
     """Write the model and the report (the main process; every process evaluated the same model);
@@ -23,6 +25,8 @@ def finish_run(run, final: dict, started: float) -> dict:
         report = write_report(run, final, run.model_source, wall_time_s=time.perf_counter() - started,
                               peak_memory_mb=max(peaks), peak_memory_per_process_mb=peaks, write=main)
     run.log.close()
+    if main:
+        run.processes.track_report(report, [run.run_dir / name for name in REPORT_FILES], run.global_step)
     run.processes.barrier()
     run.processes.end()
     if not recipe.output.keep_checkpoints_after_run and main:

@@ -39,6 +39,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .. import architecture
 from ..errors import HybridftError
+from .tracking import Trackers
 
 
 class SingleProcess:
@@ -47,6 +48,7 @@ class SingleProcess:
 
     def __init__(self, accelerator):
         self.accelerator = accelerator
+        self.trackers = None  # the recipe's report_to, on the main process (training.tracking)
 
     @property
     def device(self) -> torch.device:
@@ -67,14 +69,27 @@ class SingleProcess:
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
-    def start_tracking(self) -> None:
-        """TensorBoard, written by the main process."""
-        self.accelerator.init_trackers("tensorboard")
+    def start_tracking(self, names, run_dir, name: str, recipe_text: str) -> None:
+        """The recipe's trackers (``report_to``), written by the main process only."""
+        if self.is_main and names:
+            self.trackers = Trackers(names, run_dir, name, recipe_text)
 
     def track(self, scalars: dict, step: int) -> None:
-        self.accelerator.log(scalars, step=step)
+        if self.trackers is not None:
+            self.trackers.log(scalars, step)
+
+    def track_report(self, report: dict, files: list, step: int) -> None:
+        if self.trackers is not None:
+            self.trackers.log_report(report, files, step)
+
+    def end_tracking(self, status: str) -> None:
+        """FINISHED, or FAILED / KILLED for a run that stopped on an error or an interruption."""
+        trackers, self.trackers = self.trackers, None
+        if trackers is not None:
+            trackers.finish(status)
 
     def end(self) -> None:
+        self.end_tracking("FINISHED")
         self.accelerator.end_training()
 
     def wrap(self, model: torch.nn.Module, replicated: tuple = ()) -> torch.nn.Module:
@@ -256,7 +271,7 @@ def launch(run_dir, spec=None) -> SingleProcess:
     set WORLD_SIZE) and the recipe's ``distributed`` section."""
     # Accelerate only sets up CPU processes (gloo) when told to use the CPU
     several_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(log_with="tensorboard", project_dir=str(run_dir), cpu=several_on_cpu)
+    accelerator = Accelerator(project_dir=str(run_dir), cpu=several_on_cpu)  # trackers: training.tracking
     launched = accelerator.distributed_type.name
     if launched in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         # the loop restores masked entries in place and saves full state dicts: correct under DDP

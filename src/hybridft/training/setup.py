@@ -109,7 +109,7 @@ def start_run(recipe, base_dir: Path, run_dir: Path, resume: bool = False, overw
             mark(run_dir, RUN_MARKER)
             write_atomic(run_dir / "recipe.yaml", recipe_text)
     processes.barrier()
-    processes.start_tracking()
+    processes.start_tracking(recipe.report_to, run_dir, recipe.name, recipe_text)
     log = MetricsLog(run_dir / "metrics.jsonl", processes, enabled=processes.is_main)
     run = Run(recipe, run_dir, model.to(processes.device), tokenizer, data, collator, processes,
               Precision(recipe.model.precision, processes.device, recipe.model.dtype), log, source, base_dir,
