@@ -104,9 +104,10 @@ def test_fsdp_hands_a_stage_on_to_the_next_and_teachers_are_whole(no_dropout_mod
 
 
 @pytest.mark.slow
-def test_a_sharded_checkpoint_resumes_bit_identically_and_on_another_number_of_processes(tiny_model, sentiment_csv,
-                                                                                          tmp_path):
-    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=9, eval_every=3, batch_size=8)
+def test_a_sharded_checkpoint_resumes_bit_identically_and_on_another_number_of_processes(no_dropout_model,
+                                                                                          sentiment_csv, tmp_path):
+    # no dropout: one process then computes what two did, so the values can be compared, not only the names
+    recipe = base_recipe(no_dropout_model, sentiment_csv, max_steps=9, eval_every=3, batch_size=8)
     recipe["output"] = {"keep_checkpoints": 10, "keep_checkpoints_after_run": True}
     path = write_recipe(tmp_path / "r.yaml", recipe)
     run(path, tmp_path / "full", 2)
@@ -120,10 +121,11 @@ def test_a_sharded_checkpoint_resumes_bit_identically_and_on_another_number_of_p
         done = run(path, out, processes, "--resume")
         assert "resuming from step-3" in done.stderr
         got = weights(out)
+        assert got.keys() == expected.keys()
         if processes == 2:
-            assert all(torch.equal(expected[k], got[k]) for k in expected)  # dropout draws included
-        else:  # one process draws its dropout masks for the whole batch: close, not identical
-            assert got.keys() == expected.keys()
+            assert all(torch.equal(expected[k], got[k]) for k in expected)
+        else:  # the sharded optimizer state, gathered for one process: the same update within float rounding
+            assert close(expected, got)
 
 
 def test_objectives_that_read_the_embeddings_train_sharded_too(no_dropout_model, sentiment_csv, tmp_path):
