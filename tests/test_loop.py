@@ -224,3 +224,21 @@ def two_processes_in_turn():
             return [Process.shares[r] for r in range(self.world)]
 
     return Process
+
+
+def test_the_training_clock_covers_metric_logging(tiny_model, sentiment_csv, tmp_path, monkeypatch):
+    """samples/s is compared with the Trainer's, whose clock covers its logging: so does ours."""
+    import time
+
+    from hybridft.training.metrics_log import MetricsLog
+
+    write = MetricsLog.write
+
+    def slow_write(self, step, record):
+        if "loss" in record:  # a training step's line
+            time.sleep(0.3)
+        return write(self, step, record)
+
+    monkeypatch.setattr(MetricsLog, "write", slow_write)
+    report, _ = train_and_load(base_recipe(tiny_model, sentiment_csv, max_steps=3), tmp_path / "run")
+    assert report["stages"][0]["train_time_s"] >= 0.9

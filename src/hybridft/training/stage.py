@@ -248,8 +248,10 @@ class Stage:
             s.after_step(model)
         st.step += 1
         run.global_step += 1
-        st.train_time_s += time.perf_counter() - self.tic
+        stepped = time.perf_counter()
+        st.train_time_s += stepped - self.tic
         self.log_step(bar)
+        st.train_time_s += time.perf_counter() - stepped  # the clock covers logging (metrics.jsonl, TensorBoard)
         if st.bad_run >= self.spec.max_bad_steps:
             self.checkpoint()  # the weights are the last good ones: no bad step changed them
             where = f" (checkpoint in {run.checkpoint_dir})" if run.checkpointing else ""
