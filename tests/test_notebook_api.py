@@ -324,3 +324,70 @@ def test_only_the_main_process_opens_trackers(tmp_path):
     other.start_tracking(["tensorboard"], tmp_path, "tiny", "name: tiny\n")
     other.track({"loss": 1.0}, 1)
     assert other.trackers is None and not (tmp_path / "tensorboard").exists()
+
+
+# --- SavedModel: evaluate, probabilities and logits, .to(device) ----------------------------------------------
+
+@pytest.fixture
+def trained(tiny_model, sentiment_csv, tmp_path):
+    return hybridft.run(base_recipe(tiny_model, sentiment_csv, max_steps=3), out=tmp_path / "run", progress=False)
+
+
+def test_evaluate_returns_what_hybridft_eval_prints_for_a_file_or_a_table(trained, sentiment_csv, capsys):
+    import json
+
+    from hybridft.cli import main
+
+    assert main(["eval", str(trained.model_dir), str(sentiment_csv)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert trained.model.evaluate(sentiment_csv) == printed
+    assert trained.model.evaluate(sentiment_frame()) == printed  # the same rows, held in memory
+    assert hybridft.load(trained.model_dir).evaluate(str(sentiment_csv)) == printed
+    frame = sentiment_frame().rename(columns={"text": "sentence", "label": "gold"})
+    assert trained.model.evaluate(frame, text_column="sentence", label_column="gold") == printed
+
+
+def test_evaluate_refuses_bad_data_in_one_line(trained):
+    with pytest.raises(HybridftError, match=r"no column 'label'; columns are text, sentiment"):
+        trained.model.evaluate(sentiment_frame().rename(columns={"label": "sentiment"}))
+    with pytest.raises(HybridftError, match="data: give a file's path, a DataFrame, a list of dicts or a "
+                                            "datasets.Dataset, not int"):
+        trained.model.evaluate(3)
+
+
+def test_predict_gives_probabilities_and_logits_on_request(trained):
+    import math
+
+    plain = trained.model.predict(TEXTS)
+    assert all(set(r) == {"text", "label", "score"} for r in plain)  # as before unless asked
+    full = trained.model.predict(TEXTS, probabilities=True, logits=True)
+    for record, before in zip(full, plain, strict=True):
+        probs = record["probabilities"]
+        assert list(probs) == trained.model.labels and sum(probs.values()) == pytest.approx(1.0)
+        assert record["label"] == max(probs, key=probs.get) == before["label"]
+        assert record["score"] == round(probs[record["label"]], 4) == before["score"]
+        exp = [math.exp(x) for x in record["logits"]]
+        assert [e / sum(exp) for e in exp] == pytest.approx(list(probs.values()))
+
+
+def test_a_tagger_gives_probabilities_per_word(tiny_model, conll_file, tmp_path):
+    recipe = {"name": "ner", "task": "token_classification", "model": {"name": str(tiny_model), "max_length": 32},
+              "data": {"train": str(conll_file)}, "stages": [{"batch_size": 4, "max_steps": 1}]}
+    model = hybridft.run(recipe, out=tmp_path / "run", progress=False).model
+    (record,) = model.predict("john went to paris", probabilities=True)
+    assert len(record["probabilities"]) == 4 and "logits" not in record
+    assert [max(p, key=p.get) for p in record["probabilities"]] == record["tags"]
+
+
+def test_to_moves_the_model_where_predict_and_evaluate_run(trained, sentiment_csv):
+    import torch
+
+    before = trained.model.predict(TEXTS)
+    assert trained.model.to("cpu") is trained.model and trained.model.device == torch.device("cpu")
+    assert next(trained.model.model.parameters()).device.type == "cpu"
+    assert trained.model.predict(TEXTS) == before
+    with pytest.raises(HybridftError, match="cannot move the model to 'nowhere'"):
+        trained.model.to("nowhere")
+    if not torch.cuda.is_available():
+        with pytest.raises(HybridftError, match="cannot move the model to 'cuda'"):
+            trained.model.to("cuda")

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .data.memory import hold_override, hold_tables
+from .data.memory import hold, hold_override, hold_tables, is_table
 from .errors import HybridftError
 from .folders import RunLock
-from .inference import predict_with
+from .inference import evaluate_with, predict_with
 from .model_io import load_saved
 from .models import resolve_model
 from .preflight import check_paths, check_selection
@@ -254,15 +254,43 @@ class SavedModel:
     task: str
     labels: list[str]
     meta: dict  # hybridft.json
+    device: torch.device | None = None  # where .to() put it; None: a GPU if there is one, else the CPU
 
     def predict(self, texts: str | list[str], batch_size: int | None = None, pairs: bool | None = None, seed: int = 0,
-                **generation) -> list[dict]:
+                *, probabilities: bool = False, logits: bool = False, **generation) -> list[dict]:
         """One record per text: its label (or tags, or generated text). A pair model reads
         ``"first\\tsecond"``; ``pairs`` overrides what the model's task says. ``generation``: e.g.
-        ``max_new_tokens=20``; sampling is reproducible by ``seed``."""
+        ``max_new_tokens=20``; sampling is reproducible by ``seed``. ``probabilities``: each label's
+        probability (``{"negative": 0.12, "positive": 0.88}``, unrounded; per word for a tagger);
+        ``logits``: the head's raw outputs, in label order."""
         lines = [texts] if isinstance(texts, str) else list(texts) if isinstance(texts, Iterable) else texts
+        extras = frozenset(k for k, asked in (("probabilities", probabilities), ("logits", logits)) if asked)
         return predict_with(self.model, self.tokenizer, self.meta, self.labels, lines, batch_size, generation, seed,
-                            pairs)
+                            pairs, device=self.device, extras=extras)
+
+    def evaluate(self, data, batch_size: int | None = None, *, format: str = "auto", text_column: str | None = None,
+                 pair_column: str | None = None, label_column: str | None = None, progress: bool = False) -> dict:
+        """The metrics ``hybridft eval`` prints, on labeled ``data``: a file, or a DataFrame, a list of
+        dicts or a ``datasets.Dataset``. Columns default to those the model was trained on."""
+        if is_table(data):
+            data = hold(data, "data")
+        elif not isinstance(data, (str, os.PathLike)):
+            raise HybridftError(f"data: give a file's path, a DataFrame, a list of dicts or a datasets.Dataset, "
+                                f"not {type(data).__name__}")
+        columns = {"text": text_column, "text_pair": pair_column, "label": label_column}
+        return evaluate_with(self.model, self.tokenizer, self.meta, self.labels, data, format, batch_size, columns,
+                             progress, self.device)
+
+    def to(self, device: str | torch.device) -> SavedModel:
+        """The model moved to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``), where predict and evaluate
+        then run; returns the same SavedModel."""
+        try:
+            where = torch.device(device)
+            self.model.to(where)
+        except (RuntimeError, AssertionError, TypeError) as e:
+            raise HybridftError(f"cannot move the model to {device!r}: {(str(e).splitlines() or [''])[0]}") from None
+        self.device = where
+        return self
 
 
 def load(model_dir: str | Path) -> SavedModel:

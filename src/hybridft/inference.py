@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from transformers import DataCollatorWithPadding
 
 from .data.collate import collator_for
+from .data.memory import is_placeholder
 from .data.prepare import check_labels, encode, read_rows
 from .errors import HybridftError
 from .evaluate import evaluate, predict
@@ -25,14 +26,25 @@ from .recipe import Columns, DataSpec, GenerationSpec, LanguagePair, format_vali
 
 def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int | None, columns: dict,
                   progress: bool = False) -> dict:
-    model, tokenizer, meta, labels = load_saved(model_dir)
+    return evaluate_with(*load_saved(model_dir), data_path, fmt, batch_size, columns, progress)
+
+
+def data_place(data_path) -> str:
+    """A data file's absolute path, or a table held in memory's placeholder (``data.memory``)."""
+    return str(data_path) if is_placeholder(data_path) else str(Path(data_path).resolve())
+
+
+def evaluate_with(model, tokenizer, meta: dict, labels: list[str], data_path, fmt: str, batch_size: int | None,
+                  columns: dict, progress: bool = False, device=None) -> dict:
+    """The metrics of a loaded model on labeled data (a file, or a table held in memory), as ``hybridft
+    eval`` prints them; ``device``: where to run (default: a GPU if there is one)."""
     cols = Columns(**{**meta.get("columns", {}), **{k: v for k, v in columns.items() if v}})
     task = meta["task"]
     if task in ("causal_lm", "seq2seq"):
-        return evaluate_generative_file(model, tokenizer, meta, data_path, fmt, batch_size, cols, progress)
+        return evaluate_generative_file(model, tokenizer, meta, data_path, fmt, batch_size, cols, progress, device)
     if task == "classification" and columns.get("text_pair"):
         task = "pair_classification"
-    path = str(Path(data_path).resolve())
+    path = data_place(data_path)
     data = DataSpec(train=path, test=path, format=fmt, columns=cols)
     try:
         rows, _ = read_rows(data, task, Path.cwd(), "test", deduplicate=False, role="eval")
@@ -42,17 +54,17 @@ def evaluate_file(model_dir: str, data_path: str, fmt: str, batch_size: int | No
     examples, _ = encode(rows, tokenizer, task, cols, {n: i for i, n in enumerate(labels)},
                          meta.get("max_length", 128))
     metrics = evaluate(model, examples, task, labels, collator_for(task, tokenizer), batch_size,
-                       device_for(model), progress=progress)
+                       device or device_for(model), progress=progress)
     return metrics
 
 
 def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: str, batch_size: int | None,
-                             cols, progress: bool) -> dict:
+                             cols, progress: bool, device=None) -> dict:
     """Perplexity and token accuracy; for seq2seq also BLEU and chrF with the saved generation
     settings. Parallel text (a path with {lang}) uses the languages the model was trained on."""
 
     task, batch_size = meta["task"], batch_size or GENERATIVE_EVAL_ROWS
-    path = str(Path(data_path).resolve())
+    path = data_place(data_path)
     languages = LanguagePair(**meta["languages"]) if meta.get("languages") else None
     data = DataSpec(train=path, test=path, format=fmt, columns=cols, languages=languages)
     rows, counts = read_generative_rows(data, task, Path.cwd(), "test", deduplicate=False)
@@ -63,7 +75,7 @@ def evaluate_generative_file(model, tokenizer, meta: dict, data_path: str, fmt: 
         examples, _ = encode_chat([r[cols.messages] for r in rows], tokenizer, max_length)
     else:
         examples, _ = encode_causal(rows, tokenizer, cols, max_length, packing=False)
-    device = device_for(model)
+    device = device or device_for(model)
     metrics = teacher_forced_metrics(model, examples, collator_for(task, tokenizer, model), batch_size, device,
                                      task == "causal_lm", progress=progress)
     if task == "seq2seq":
@@ -86,7 +98,7 @@ def device_for(model) -> torch.device:
 
 
 def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: int | None, generation: dict,
-                   seed: int) -> list[dict]:
+                   seed: int, device=None) -> list[dict]:
     """Text for each line: a translation (seq2seq) or a continuation of the prompt (causal_lm)."""
     try:
         spec = GenerationSpec(**{**meta.get("generation", {}), **generation})
@@ -104,7 +116,8 @@ def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: i
     if meta.get("chat"):  # a folder saved before generation_config kept it: stop where the answer ends
         stop_at_end_of_turn(model, tokenizer)
     spec = within_context(spec, model.config, inputs, meta["task"] == "seq2seq")
-    texts = generate_texts(model, tokenizer, inputs, spec, batch_size or GENERATIVE_EVAL_ROWS, device_for(model), seed)
+    texts = generate_texts(model, tokenizer, inputs, spec, batch_size or GENERATIVE_EVAL_ROWS,
+                           device or device_for(model), seed)
     return [{"input": line, "generated": text} for line, text in zip(lines, texts, strict=True)]
 
 
@@ -147,8 +160,9 @@ def encoded_rows(encoding) -> list[dict]:
 
 
 def tag_lines(model, tokenizer, lines: list[str], labels: list[str], max_length: int, batch_size: int | None,
-              device, progress: bool) -> list[dict]:
-    """The tag of each word's first sub-token (words split on spaces)."""
+              device, progress: bool, extras: frozenset = frozenset()) -> list[dict]:
+    """The tag of each word's first sub-token (words split on spaces); ``extras``: "probabilities"
+    and/or "logits" of each word (a word cut off by max_length gets "O" and none)."""
     words = [line.split() for line in lines]
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
     logits, _ = predict(model, encoded_rows(enc), DataCollatorWithPadding(tokenizer), batch_size, device, "predict",
@@ -160,12 +174,29 @@ def tag_lines(model, tokenizer, lines: list[str], labels: list[str], max_length:
             if w is not None and w not in first:
                 first[w] = pos
         records.append({"tokens": ws, "tags": [labels[int(logits[i][first[w]].argmax())] if w in first else "O"
-                                               for w in range(len(ws))]})
+                                               for w in range(len(ws))],
+                        **scores_of([logits[i][first[w]] if w in first else None for w in range(len(ws))], labels,
+                                    extras, per_word=True)})
     return records
 
 
+def scores_of(logits: list, labels: list[str], extras: frozenset, per_word: bool = False) -> dict:
+    """``{"probabilities": {label: p}, "logits": [...]}`` as asked for by ``extras``, unrounded; for a
+    tagged line, a list of them, one per word (None for a word the model did not see)."""
+    def one(row, kind):
+        if row is None:
+            return None
+        if kind == "logits":
+            return [float(x) for x in row]
+        return dict(zip(labels, torch.from_numpy(row).float().softmax(-1).tolist(), strict=True))
+
+    return {kind: [one(row, kind) for row in logits] if per_word else one(logits[0], kind)
+            for kind in ("probabilities", "logits") if kind in extras}
+
+
 def label_lines(model, tokenizer, lines: list[str], labels: list[str], max_length: int, pairs: bool,
-                batch_size: int | None, device, progress: bool, numbers: list[int] | None = None) -> list[dict]:
+                batch_size: int | None, device, progress: bool, numbers: list[int] | None = None,
+                extras: frozenset = frozenset()) -> list[dict]:
     texts, second = split_pairs(lines, numbers) if pairs else (lines, None)
     enc = tokenizer(texts, second, truncation=True, max_length=max_length)
     logits, _ = predict(model, encoded_rows(enc), DataCollatorWithPadding(tokenizer), batch_size, device, "predict",
@@ -174,7 +205,8 @@ def label_lines(model, tokenizer, lines: list[str], labels: list[str], max_lengt
     for line, scores in zip(lines, logits, strict=True):
         probs = torch.from_numpy(scores).softmax(-1)
         j = int(probs.argmax())
-        records.append({"text": line, "label": labels[j], "score": round(float(probs[j]), 4)})
+        records.append({"text": line, "label": labels[j], "score": round(float(probs[j]), 4),
+                        **scores_of([scores], labels, extras)})
     return records
 
 
@@ -207,24 +239,30 @@ def check_predict_arguments(meta: dict, lines, batch_size, seed, pairs) -> None:
 
 def predict_with(model, tokenizer, meta: dict, labels: list[str], lines: list[str], batch_size: int | None,
                  generation: dict | None = None, seed: int = 0, pairs: bool | None = None,
-                 progress: bool = False) -> list[dict]:
+                 progress: bool = False, device=None, extras: frozenset = frozenset()) -> list[dict]:
     """One record per line, in order: a label (a pair model reads ``first<TAB>second``; whether the
     model reads pairs comes from its task, or ``pairs``), tags (words split on spaces), or generated
     text. An empty line gets a record with an error instead of being dropped. Batches are
-    length-sorted, of ``batch_size`` lines or, without one, as many as fit a token budget."""
+    length-sorted, of ``batch_size`` lines or, without one, as many as fit a token budget.
+    ``device``: where to run (default: a GPU if there is one); ``extras``: "probabilities" and/or
+    "logits" added to each label's (or word's) record."""
     check_predict_arguments(meta, lines, batch_size, seed, pairs)
+    if extras and meta["task"] in ("causal_lm", "seq2seq"):
+        raise HybridftError(f"probabilities and logits are for classification and tagging models; this is a "
+                            f"{meta['task']} model")
     texts = [x for x in lines if x.strip()]
     if meta["task"] in ("causal_lm", "seq2seq"):
-        predicted = generate_lines(model, tokenizer, meta, texts, batch_size, generation or {}, seed)
+        predicted = generate_lines(model, tokenizer, meta, texts, batch_size, generation or {}, seed, device)
     elif not texts:
         predicted = []
     elif meta["task"] == "token_classification":
         predicted = tag_lines(model, tokenizer, texts, labels, meta.get("max_length", 128), batch_size,
-                              device_for(model), progress)
+                              device or device_for(model), progress, extras)
     else:
         pairs = meta["task"] == "pair_classification" if pairs is None else pairs
         predicted = label_lines(model, tokenizer, texts, labels, meta.get("max_length", 128), pairs, batch_size,
-                                device_for(model), progress, [i for i, x in enumerate(lines, 1) if x.strip()])
+                                device or device_for(model), progress, [i for i, x in enumerate(lines, 1) if x.strip()],
+                                extras)
     answers = iter(predicted)
     key = "input" if meta["task"] in ("causal_lm", "seq2seq") else "text"  # as the task's other records
     return [next(answers) if line.strip() else {key: line, "error": "empty text"} for line in lines]
