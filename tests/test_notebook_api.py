@@ -391,3 +391,28 @@ def test_to_moves_the_model_where_predict_and_evaluate_run(trained, sentiment_cs
     if not torch.cuda.is_available():
         with pytest.raises(HybridftError, match="cannot move the model to 'cuda'"):
             trained.model.to("cuda")
+
+
+# --- examples/notebook.py ---------------------------------------------------------------------------------------
+
+def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch, capsys):
+    """The example notebook on the embedded MiniLM: data as a DataFrame, callbacks (one records every
+    evaluation, one stops the run at a target), MLflow read back, the model in memory."""
+    import runpy
+    from pathlib import Path
+
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("NOTEBOOK_DIR", str(tmp_path))
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):  # the notebook sets them; restored after
+        monkeypatch.setenv(name, "")
+    monkeypatch.chdir(tmp_path)
+    found = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "notebook.py"))
+    result, stage = found["result"], found["result"].report["stages"][0]
+    assert "train: '<in memory: DataFrame, 240 rows, sha256:" in (tmp_path / "run" / "recipe.yaml").read_text()
+    assert [row["step"] for row in found["evaluations"].rows] == [e["step"] for e in stage["evaluations"]]
+    reached = [row["step"] for row in found["evaluations"].rows if row["accuracy"] >= 0.7]
+    assert stage["stopped_early"] == bool(reached) and stage["steps"] == (reached[0] if reached else 30)
+    runs = found["runs"]
+    assert list(runs["status"]) == ["FINISHED"] and runs["metrics.final/accuracy"][0] == result.metrics["accuracy"]
+    assert 0.0 <= found["test_metrics"]["accuracy"] <= 1.0
+    assert "held-out accuracy" in capsys.readouterr().out
