@@ -3,7 +3,7 @@
 from ..errors import HybridftError
 from ..pooling import pooled_as
 from ..registry import SELECTORS
-from . import adapter, full, groups, importance, layers, lora, peft_tuner, spectrum  # noqa: F401  (importing registers them)
+from . import adapter, full, groups, importance, layers, lisa, lora, peft_tuner, spectrum  # noqa: F401  (importing registers them)
 from .base import Selector, SelectorSpec
 
 __all__ = ["Selector", "SelectorSpec", "check_one_entry_per_module", "since_restart", "stage_structure"]

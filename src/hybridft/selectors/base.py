@@ -9,6 +9,8 @@ Hook points, called by the training loop in this order:
   lr_overrides(model, lr)        per-parameter learning rates, if it has its own (lr: what they
                                  would have otherwise)
   masks(model) -> {name: bool}   parameters it trains only in part (entry masks)
+  with_others(names)             what the other selectors of the stage train whole
+  before_step(model, stage)      before each optimizer step's first micro-batch (LISA's draws)
   after_backward(model), after_step(model)
   export(model, run_dir)         at stage end, what it saves beside the model (a PEFT adapter folder)
   finish(model) -> model         at stage end (e.g. merge LoRA back into plain weights)
@@ -81,6 +83,13 @@ class Selector:
 
     def summary(self) -> dict:
         return {}
+
+    def with_others(self, names: set[str]) -> None:
+        """What the stage's other selectors train whole (a selector that switches its own parameters
+        on and off during the stage leaves these alone)."""
+
+    def before_step(self, model: nn.Module, stage) -> None:
+        """Before the first micro-batch of each optimizer step (``stage``: the running Stage)."""
 
     def after_backward(self, model: nn.Module) -> None:
         pass

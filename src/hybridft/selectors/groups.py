@@ -153,6 +153,10 @@ class Groups(Selector):
         for s in self._each():
             s.after_backward(model)
 
+    def before_step(self, model, stage):
+        for s in self._each():
+            s.before_step(model, stage)
+
     def after_step(self, model):
         for s in self._each():
             s.after_step(model)

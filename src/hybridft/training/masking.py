@@ -15,8 +15,10 @@ def union_selection(model, selectors) -> tuple[set[str], dict[str, torch.Tensor]
     """Names trained whole, and masks of the names trained in part."""
     whole: set[str] = set()
     partial: dict[str, torch.Tensor] = {}
-    for s in selectors:
-        whole |= s.trainable(model)
+    named = [s.trainable(model) for s in selectors]
+    for s, mine in zip(selectors, named, strict=True):
+        whole |= mine
+        s.with_others(set().union(*(other for other in named if other is not mine)))  # e.g. LISA leaves them on
         for name, mask in s.masks(model).items():
             partial[name] = mask if name not in partial else (partial[name] | mask)
     for name in list(partial):

@@ -84,6 +84,11 @@ class Stage:
         return self.selection.model
 
     @property
+    def seed(self) -> int:
+        """The seed of this stage's data order, objectives' streams and selectors' draws."""
+        return stage_seed(self.run, self.index)
+
+    @property
     def labeled(self) -> bool:
         return self.spec.data == "labeled"
 
@@ -175,6 +180,9 @@ class Stage:
         group_start = micro - micro % accum
         group = batches[group_start:min(group_start + accum, len(batches))]  # the last may be short
         is_update = micro == group_start + len(group) - 1
+        if micro == group_start:
+            for s in self.selection.selectors:
+                s.before_step(self.model, self)
         share = self.loss_share(batches[micro], group)
         ctx = StepContext(run, stage_seed(run, self.index), st.draw, batches[micro], self.labeled,
                           self.spec.batch_size, run.processes.rank, run.processes.world, self.model)
