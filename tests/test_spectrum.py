@@ -90,3 +90,17 @@ def test_spectrum_is_listed(capsys):
 
     assert main(["list"]) == 0
     assert "spectrum" in capsys.readouterr().out
+
+
+def test_validate_prints_what_spectrum_chooses_from_the_real_weights(llama, tmp_path, capsys):
+    from hybridft.cli import main
+
+    data = tmp_path / "text.txt"
+    data.write_text("a good film\na bad film\n")
+    recipe = {"task": "causal_lm", "model": {"name": str(llama)}, "data": {"train": str(data)},
+              "stages": [{"select": [{"name": "spectrum", "top_fraction": 0.5}]},
+                         {"select": [{"name": "spectrum"}]}]}
+    assert main(["validate", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 0
+    out = capsys.readouterr().out
+    assert "stages.0.select.0 spectrum: 14 of 28 matrices" in out and "self_attn.q_proj: layers " in out
+    assert "stages.1.select.0 spectrum: chosen from the weights when the stage starts" in out

@@ -179,12 +179,14 @@ def cmd_compare(args) -> int:
 def cmd_validate(args) -> int:
     from .api import validate
     from .data.prepare import label_summary
+    from .preflight import weight_based_choices
 
     recipe = validate(args.recipe, overrides=args.overrides)
     labels = label_summary(recipe, Path(args.recipe).resolve().parent)  # reads the data: bad labels fail here
     stages = " -> ".join(s.name or "+".join(c.name for c in s.select) for s in recipe.stages)
     print(f"ok: {args.recipe} ({recipe.task}; stages: {stages})")
     print("".join(f"  {line}\n" for line in labels), end="")
+    print("".join(f"  {line}\n" for line in weight_based_choices(recipe, Path(args.recipe).resolve().parent)), end="")
     return 0
 
 

@@ -21,7 +21,7 @@ from .data.readers import LANG, parallel_files
 from .errors import HybridftError
 from .generative.models import decoder_source, generative_skeleton
 from .model_io import task_of
-from .models import HEAD_CLASSES, check_model_dir, remote_code_hint, resolve_model
+from .models import HEAD_CLASSES, check_model_dir, quiet_transformers, remote_code_hint, resolve_model
 from .pooling import supports_mean_pooling
 from .registry import SELECTORS
 from .selectors import check_one_entry_per_module
@@ -254,3 +254,38 @@ def selection_problems(recipe, model) -> list[str]:
         except HybridftError as e:
             problems.append(f"stages.{i}.select: {e}")
     return problems
+
+
+def weight_based_choices(recipe, base_dir: Path) -> list[str]:
+    """What a selector that chooses from the pretrained weights alone (``spectrum``) chooses in the
+    first stage, read off the real weights, one line per module type; later stages choose from the
+    weights the stages before them trained, so they are told when they start."""
+    lines = []
+    for i, stage in enumerate(recipe.stages):
+        for j, entry in enumerate(getattr(stage, "select", [])):
+            if entry.name != "spectrum":
+                continue
+            if i > 0:
+                lines.append(f"stages.{i}.select.{j} spectrum: chosen from the weights when the stage starts")
+                continue
+            source = resolve_model(recipe.model.name, base_dir)
+            with torch.random.fork_rng(devices=[]), quiet_transformers():
+                model = transformers.AutoModel.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
+                                                               trust_remote_code=recipe.model.trust_remote_code)
+            selector = SELECTORS.build(entry)
+            selector.trainable(model)
+            lines.append(f"stages.{i}.select.{j} spectrum: {len(selector.chosen)} of {len(selector.snr)} matrices")
+            lines += [f"  {kind}: layers {', '.join(layers)}" for kind, layers in by_module_type(selector.chosen).items()]
+    return lines
+
+
+def by_module_type(names: list[str]) -> dict[str, list[str]]:
+    """``layers.3.self_attn.q_proj.weight`` ... -> {``self_attn.q_proj``: ["3", ...]}."""
+    from .architecture import LAYER_INDEX
+
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        match = LAYER_INDEX.search(f".{name}")
+        if match:
+            grouped.setdefault(f".{name}"[match.end():].removesuffix(".weight"), []).append(match.group(1))
+    return grouped
