@@ -141,3 +141,19 @@ def test_a_conversation_format_that_does_not_fit_the_rows_is_one_line(change, me
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_model_trained_on_rows_as_conversations_is_asked_as_it_was_trained(llama, tmp_path, capsys):
+    import hybridft
+    from hybridft.generative.chat import as_asked
+
+    recipe = conversation_recipe(llama, tmp_path)
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "run" / "model" / "hybridft.json").read_text())
+    assert saved["conversation"] == {"system": "Answer positive or negative.", "user": "Review: {sentence}"}
+    assert as_asked("a fine film", saved["conversation"]) == [
+        {"role": "system", "content": "Answer positive or negative."}, {"role": "user", "content": "Review: a fine film"}]
+    assert as_asked("a fine film", None) == [{"role": "user", "content": "a fine film"}]
+    record = hybridft.load(tmp_path / "run" / "model").predict(["a fine film"])[0]
+    assert record["input"] == "a fine film" and isinstance(record["generated"], str)

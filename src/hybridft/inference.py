@@ -108,7 +108,7 @@ def generate_lines(model, tokenizer, meta: dict, lines: list[str], batch_size: i
     if meta["task"] == "seq2seq":
         inputs = tokenizer(lines, truncation=True, max_length=max_length)["input_ids"]
     elif meta.get("chat"):  # the line as the user's turn, with the template's prompt for the answer
-        inputs = prompt_ids(tokenizer, lines, max_length)
+        inputs = prompt_ids(tokenizer, lines, max_length, meta.get("conversation"))
     else:  # the prompt as training encoded it: [bos] prompt, no end token
         start = bos_id(tokenizer)
         inputs = [([start] if start is not None else []) + ids[-(max_length - 1):]

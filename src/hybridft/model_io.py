@@ -90,6 +90,8 @@ def model_meta(recipe, labels: list[str], task=None) -> dict:
         meta.update(max_target_length=recipe.model.max_target_length, generation=recipe.generation.model_dump(),
                     languages=recipe.data.languages.model_dump() if recipe.data.languages else None,
                     chat=bool(recipe.data.columns.messages))
+        if recipe.data.conversation is not None:  # predict asks as training asked: its system turn and framing
+            meta["conversation"] = recipe.data.conversation.model_dump(include={"system", "user"})
     return meta
 
 

@@ -10,6 +10,7 @@ and none of the user's.
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 from ..errors import HybridftError
@@ -105,10 +106,20 @@ def through_end_of_turn(labels: list[int], end_of_turn: int | None) -> list[int]
     return kept
 
 
-def prompt_ids(tokenizer, lines: list[str], max_length: int) -> list[list[int]]:
-    """Each line as the user's turn, rendered with the generation prompt: what the model answers."""
-    texts = [render(tokenizer, [{"role": "user", "content": line}], prompt=True) for line in lines]
-    return [ids[-max_length:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+def prompt_ids(tokenizer, lines: list[str], max_length: int, conversation: dict | None = None) -> list[list[int]]:
+    """Each line as the user's turn, rendered with the generation prompt: what the model answers. A
+    model trained on rows made into conversations (``data.conversation``) is asked as it was trained:
+    its system turn, and the line in its user turn's frame when that frame names one column."""
+    return conversation_prompt_ids(tokenizer, [as_asked(line, conversation) for line in lines], max_length)
+
+
+def as_asked(line: str, conversation: dict | None) -> list[dict]:
+    if not conversation:
+        return [{"role": "user", "content": line}]
+    fields = {name for _, name, _, _ in string.Formatter().parse(conversation["user"]) if name}
+    user = conversation["user"].format_map({fields.pop(): line}) if len(fields) == 1 else line
+    system = [{"role": "system", "content": conversation["system"]}] if conversation.get("system") else []
+    return [*system, {"role": "user", "content": user}]
 
 
 def last_answer(messages: list[dict]) -> tuple[list[dict], str] | None:
