@@ -161,3 +161,22 @@ def test_freed_cpu_memory_is_reused_unless_the_system_malloc_is_asked_for(settin
         assert tuned == "False" and int(faults) > pages // 2  # every page mapped again
     else:
         assert tuned == "True" and int(faults) < pages // 20  # the freed pages are used again
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_whole_models_on_several_processes_split_what_does_not_fit_sharded_ones_cannot(tiny_model, sentiment_csv,
+                                                                                      sharded):
+    """DDP's processes each hold the whole model and evaluate their own batches: each may halve one.
+    FSDP's gather weights in every forward, so every process must run as many: no split there."""
+    from types import SimpleNamespace
+
+    data = tokenized(tiny_model, base_recipe(tiny_model, sentiment_csv))
+    collator = collator_for("classification", load_tokenizer(str(tiny_model)))
+    small = RunsOutOfMemory(tiny_classifier(tiny_model).eval(), fits=64)
+    alone = SimpleNamespace(rank=0, world=2, sharded=sharded, gather=lambda part: [part, {}])
+    if sharded:
+        with pytest.raises(torch.OutOfMemoryError):
+            predict(small, data.train[:32], collator, 32, torch.device("cpu"), progress=False, processes=alone)
+    else:
+        out, _ = predict(small, data.train[:32], collator, 32, torch.device("cpu"), progress=False, processes=alone)
+        assert all(o is not None for o in out) and max(small.sizes) > small.fits  # it failed, then split

@@ -71,8 +71,8 @@ def forward_batch(model, rows: list[dict], collator, device) -> tuple[list, floa
 
 class FittingForward:
     """``forward_batch`` on as much of a batch as the device has memory for: a batch that does not fit
-    is halved, and the batches after it are cut to the size that fitted. Only on one process: a
-    sharded model gathers its weights in every forward, so every process must run as many."""
+    is halved, and the batches after it are cut to the size that fitted. Not for a sharded model
+    (``may_split`` off): it gathers its weights in every forward, so every process must run as many."""
 
     def __init__(self, model, collator, device, may_split: bool):
         self.model, self.collator, self.device, self.may_split = model, collator, device, may_split
@@ -112,7 +112,9 @@ def predict(model, examples: list[dict], collator, batch_size: int | None, devic
     device = torch.device(device)
     budget = INFERENCE_TOKENS.get(device.type, INFERENCE_TOKENS["cpu"])
     batches = length_sorted_batches([len(ex["input_ids"]) for ex in examples], batch_size, budget)
-    forward = FittingForward(model, collator, device, may_split=processes is None or processes.world == 1)
+    # a sharded model gathers its weights in every forward, so its processes must run as many: they
+    # cannot halve a batch one-sidedly; whole models (one process, DDP) each split their own batches
+    forward = FittingForward(model, collator, device, may_split=not getattr(processes, "sharded", False))
     done = {b: forward([examples[i] for i in batches[b]])  # batch -> (per-example logits, loss x labels, labels)
             for b in track(my_batches(len(batches), processes), desc, progress)}
     if processes is not None and processes.world > 1:
