@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from .. import objectives, selectors  # noqa: F401  (importing them registers every method)
 from ..data.memory import hold_tables
@@ -23,6 +23,7 @@ from ..tasks import (
 )
 from .checks import check_recipe, check_stage
 from .sections import (
+    AnyOptimizer,
     CompareSpec,
     DataSpec,
     DistributedSpec,
@@ -35,6 +36,7 @@ from .sections import (
     PrefixCacheSpec,
     SamplingSpec,
     SchedulerSpec,
+    SearchSpec,
 )
 
 SelectorSpec = Annotated[Union[SELECTORS.configs()], Field(discriminator="name")]  # noqa: UP007
@@ -51,7 +53,8 @@ class StageSpec(Spec):
                                      description="which parameters train: the union of these selectors")
     objectives: list[ObjectiveSpec] = Field(default_factory=lambda: [{"name": "task"}], min_length=1,
                                        description="the loss: the weighted sum of these objectives")
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    optimizer: AnyOptimizer = Field(default_factory=OptimizerSpec, description="torch's adamw, adam, sgd, rmsprop, "
+                                    "or a low-memory one: galore_adamw, apollo_adamw, adam_mini, badam")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
@@ -161,6 +164,24 @@ class Recipe(Spec):
                     "tensorboard (the run folder's tensorboard/), mlflow (where MLFLOW_TRACKING_URI says; "
                     "experiment MLFLOW_EXPERIMENT_NAME, else the recipe's name), wandb (WANDB_PROJECT, else the "
                     "recipe's name; WANDB_MODE=offline writes to the run folder); [] for none")
+    search: SearchSpec | None = Field(None, description="hybridft search: the space, budget and metric (ignored "
+                                                         "by run)")  # last: its check reads every other field
+
+    @field_validator("search")
+    @classmethod
+    def _every_choice_valid(cls, search, info):
+        """Each change the space can make is applied to the recipe and validated (``hybridft validate``
+        and ``hybridft search`` refuse a bad choice before any trial runs); skipped when another field
+        failed, which is reported on its own."""
+        if search is None or any(name not in info.data for name in cls.model_fields if name != "search"):
+            return search
+        from ..search.space import space_problems
+
+        base = cls.model_construct(**info.data).model_dump(mode="json", exclude={"search"})
+        problems = space_problems(base, search)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return search
 
     @model_validator(mode="before")
     @classmethod
