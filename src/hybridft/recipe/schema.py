@@ -12,6 +12,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from .. import objectives, selectors  # noqa: F401  (importing them registers every method)
 from ..data.memory import hold_tables
+from ..errors import HybridftError
 from ..registry import OBJECTIVES, SELECTORS
 from ..spec import STAGE_REF, Spec
 from ..tasks import (
@@ -205,7 +206,10 @@ class Recipe(Spec):
     def _tables_held(cls, data):
         """Data given in memory (a DataFrame, a list of dicts, a datasets.Dataset) where a file may stand
         is held, and the recipe names it by its placeholder (``data.memory``)."""
-        return hold_tables(data)
+        try:
+            return hold_tables(data)
+        except HybridftError as e:  # a problem of the recipe, reported with the others
+            raise ValueError(str(e)) from None
 
     @model_validator(mode="after")
     def _cross_checks(self):
