@@ -81,3 +81,18 @@ def rewind_to(run_dir, checkpoint: str) -> None:
     (root / "latest").write_text(checkpoint)
     shutil.rmtree(run_dir / "model")
     (run_dir / "report.json").unlink()
+
+
+def run_cli(*args) -> int:
+    """The command line in this process, with every argument as text."""
+    from hybridft.cli import main
+
+    return main([str(a) for a in args])
+
+
+def one_line_error(capsys) -> str:
+    """The one ``error: ...`` line a refusal writes (other lines, such as notes, may come beside it)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    return errors[0]

@@ -6,13 +6,8 @@ import sys
 
 import pytest
 
-from hybridft.cli import main
-
 from .conftest import base_recipe, write_recipe
-
-
-def run_cli(*args) -> int:
-    return main([str(a) for a in args])
+from .helpers import run_cli
 
 
 def test_run_writes_a_complete_run_folder_that_loads_with_plain_transformers(tiny_model, sentiment_csv, tmp_path,

@@ -9,23 +9,11 @@ import shutil
 import pytest
 import torch
 
-from hybridft.cli import main
 from hybridft.errors import HybridftError
 from hybridft.folders import MODEL_MARKER, new_folder, write_atomic
 
 from .conftest import base_recipe, sentiment_rows, write_recipe
-from .helpers import tiny_classifier
-
-
-def run_cli(*args) -> int:
-    return main([str(a) for a in args])
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
+from .helpers import one_line_error, run_cli, tiny_classifier
 
 
 def labeled_csv(path, labels=("negative", "positive"), n: int = 40):

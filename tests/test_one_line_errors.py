@@ -19,6 +19,7 @@ from hybridft.cli import main
 from hybridft.folders import RunLock
 
 from .conftest import base_recipe, write_recipe
+from .helpers import one_line_error
 
 
 class Recorder:
@@ -118,13 +119,6 @@ def read_only(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(os, "open", fake_open)
     monkeypatch.setattr(os, "mkdir", fake_mkdir)
     return mount
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
 
 
 @pytest.mark.parametrize("folder", ["new", "empty"])

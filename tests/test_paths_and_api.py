@@ -11,7 +11,6 @@ import yaml
 
 import hybridft
 from hybridft.api import overrides_of
-from hybridft.cli import main
 from hybridft.errors import HybridftError
 from hybridft.preflight import check_paths, resolve
 from hybridft.recipe import (
@@ -24,18 +23,7 @@ from hybridft.recipe import (
 from hybridft.recipe.io import override_value, set_path
 
 from .conftest import base_recipe, write_recipe
-
-
-def run_cli(*args) -> int:
-    return main([str(a) for a in args])
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
-
+from .helpers import one_line_error, run_cli
 
 # Every key that holds a path once: the lists a key's index needs are there (two stages, two tasks).
 SKELETON = {"data": {"unlabeled": {}}, "tasks": [{"data": {}}, {"data": {}}], "model": {},

@@ -13,22 +13,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from hybridft.cli import main
 from hybridft.folders import RunLock
 
 from .conftest import base_recipe, write_recipe
-
-
-def run_cli(*args) -> int:
-    return main([str(a) for a in args])
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
-
+from .helpers import one_line_error, run_cli
 
 # --- 2. one run at a time in a run folder -------------------------------------------------------------
 
