@@ -22,6 +22,7 @@ from .errors import HybridftError
 from .generative.models import decoder_source, generative_skeleton
 from .model_io import task_of
 from .models import HEAD_CLASSES, check_model_dir, quiet_transformers, remote_code_hint, resolve_model
+from .optimizers import OPTIMIZERS
 from .pooling import supports_mean_pooling
 from .registry import SELECTORS
 from .selectors import check_one_entry_per_module
@@ -249,6 +250,9 @@ def selection_problems(recipe, model) -> list[str]:
             data_dependent = any(c.data_dependent for c in stage.select)
             if not names and not data_dependent:
                 problems.append(f"stages.{i}.select: selects no parameter")
+            elif stage.optimizer.name in OPTIMIZERS.names():  # its package, and what it needs of the selection
+                problem = stage.optimizer.problem(model, names)
+                problems += [f"stages.{i}.optimizer: {problem}"] if problem else []
             for s in selectors:
                 model = s.finish(model)
         except HybridftError as e:

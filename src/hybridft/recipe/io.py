@@ -26,10 +26,12 @@ from ..data.memory import is_placeholder
 from ..embedded import EMBEDDED
 from ..errors import HybridftError
 from ..generative.models import decoder_source
+from ..optimizers import OPTIMIZERS
 from ..spec import STAGE_REF, teacher_is_folder
 from .schema import Recipe
 
 EXTENDS = "extends"
+OPTIMIZER_TAGS = ("torch", *OPTIMIZERS.names())  # the optimizer union's tags (recipe.sections.AnyOptimizer)
 
 
 def format_validation_error(err: ValidationError) -> list[str]:
@@ -38,6 +40,8 @@ def format_validation_error(err: ValidationError) -> list[str]:
         parts = list(e["loc"])
         # drop the stage-kind tag pydantic inserts (stages.0.train.optimizer -> stages.0.optimizer)
         parts = [p for i, p in enumerate(parts) if not (p in ("train", "mix") and i >= 2 and parts[i - 2] == "stages")]
+        # and the optimizer entry's (stages.0.optimizer.galore_adamw.rank -> stages.0.optimizer.rank)
+        parts = [p for i, p in enumerate(parts) if not (i >= 1 and parts[i - 1] == "optimizer" and p in OPTIMIZER_TAGS)]
         loc = ".".join(str(p) for p in parts) or "(recipe)"
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}")

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import torch
-from torch.distributed.tensor import DTensor
 from transformers import get_scheduler
 
+from ..optimizers import OPTIMIZERS, parameter_groups
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float,
-                     lr_overrides: dict[str, float] | None = None, extra: tuple = ()) -> list[dict]:
-    """Biases and norm weights (1-d tensors) get no weight decay, as in BERT's recipe; selectors may
-    give some parameters their own learning rate. ``extra`` are parameters outside the model that
-    train with it (an objective's MLM head)."""
-    groups: dict[tuple[bool, float, bool], list] = {}
-    named = [*model.named_parameters(), *((f"objective.{i}", p) for i, p in enumerate(extra))]
-    for name, p in named:
-        if p.requires_grad:
-            # sharded (FSDP) and whole tensors never share a group: the fused update takes one kind
-            key = (p.ndim >= 2, (lr_overrides or {}).get(name, lr), isinstance(p, DTensor))
-            groups.setdefault(key, []).append(p)
-    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": group_lr}
-            for (decay, group_lr, _), ps in groups.items()]
+__all__ = ["build_optimizer", "build_scheduler", "parameter_groups"]
 
 
 def build_optimizer(spec, model: torch.nn.Module, lr_overrides: dict[str, float] | None = None, extra: tuple = ()):
+    if spec.name in OPTIMIZERS.names():  # GaLore, APOLLO, Adam-mini, BAdam: hybridft.optimizers
+        return OPTIMIZERS.build(spec, model=model, lr_overrides=lr_overrides, extra=extra)
     groups = parameter_groups(model, spec.weight_decay, spec.lr, lr_overrides, extra)
     if spec.name in ("adamw", "adam"):
         cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam

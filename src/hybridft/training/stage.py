@@ -89,6 +89,12 @@ class Stage:
         return stage_seed(self.run, self.index)
 
     @property
+    def step_hooks(self) -> list:
+        """What is called before each step and after its backward: the selectors, then an optimizer
+        that switches the block it trains during the stage (badam)."""
+        return [*self.selection.selectors, *([self.optimizer] if hasattr(self.optimizer, "before_step") else [])]
+
+    @property
     def labeled(self) -> bool:
         return self.spec.data == "labeled"
 
@@ -181,7 +187,7 @@ class Stage:
         group = batches[group_start:min(group_start + accum, len(batches))]  # the last may be short
         is_update = micro == group_start + len(group) - 1
         if micro == group_start:
-            for s in self.selection.selectors:
+            for s in self.step_hooks:
                 s.before_step(self.model, self)
         share = self.loss_share(batches[micro], group)
         ctx = StepContext(run, stage_seed(run, self.index), st.draw, batches[micro], self.labeled,
@@ -236,7 +242,7 @@ class Stage:
         run.processes.average_gradients(self.extra)  # the model's own are DDP's
         if self.entry_masks:
             self.entry_masks.zero_unselected_grads()
-        for s in self.selection.selectors:
+        for s in self.step_hooks:
             s.after_backward(model)
         # the norm is needed anyway to catch inf/NaN gradients; inf as the limit means no clipping
         grad_norm = run.processes.clip_grad_norm(self.trainable, self.spec.max_grad_norm or math.inf)
