@@ -71,3 +71,65 @@ def test_a_search_writes_best_yaml_which_run_reproduces(tiny_model, sentiment_cs
     page = (out / "report.html").read_text()
     assert "Optimisation history" in page and "data:image/png;base64," in page and "Confirmation" in page
     assert "| trial | state | accuracy |" in (out / "report.md").read_text()
+
+
+def test_the_validation_set_never_reaches_the_search(tiny_model, sentiment_csv, tmp_path):
+    """Shuffling the recipe's validation labels changes no trial's score and not the choice: only
+    the final run of the chosen configuration reads them."""
+    import csv
+    import random
+
+    from .conftest import sentiment_rows
+
+    summaries = []
+    for shuffled in (False, True):
+        rows = sentiment_rows(40, seed=7)
+        labels = [label for _, label in rows]
+        if shuffled:
+            random.Random(0).shuffle(labels)
+        validation = tmp_path / f"validation-{shuffled}.csv"
+        with open(validation, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("text", "label"), *((t, lab) for (t, _), lab in zip(rows, labels, strict=True))])
+        recipe = search_recipe(tiny_model, sentiment_csv, tmp_path)
+        recipe["data"]["validation"] = str(validation)
+        out = tmp_path / f"s-{shuffled}"
+        assert main(["search", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(out)]) == 0
+        summaries.append(json.loads((out / "search.json").read_text()))
+    plain, shuffled = summaries
+    assert [t["value"] for t in plain["trials"]] == [t["value"] for t in shuffled["trials"]]
+    assert [t["params"] for t in plain["trials"]] == [t["params"] for t in shuffled["trials"]]
+    assert plain["chosen"] == shuffled["chosen"]
+    assert plain["final"]["metrics"] != shuffled["final"]["metrics"]  # the final run does read them
+
+
+def test_a_failed_trial_is_recorded_with_its_reason_and_the_search_goes_on(tiny_model, sentiment_csv, tmp_path):
+    # a layer the model lacks passes the schema and fails when the trial's model is built
+    recipe = search_recipe(tiny_model, sentiment_csv, tmp_path, trials=2)
+    recipe["stages"][0]["select"] = [{"name": "layers", "indices": [7]}]  # the tiny model has 2 layers
+    out = tmp_path / "s"
+    assert main(["search", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(out)]) == 2
+    summary = json.loads((out / "search.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["fail", "fail"]
+    assert all(t["failure"] and "\n" not in t["failure"] for t in summary["trials"])
+
+
+def test_two_workers_on_one_sqlite_storage_run_n_trials_in_all(tiny_model, sentiment_csv, tmp_path):
+    import subprocess
+    import sys
+
+    recipe = write_recipe(tmp_path / "r.yaml", search_recipe(tiny_model, sentiment_csv, tmp_path, trials=3))
+    out, storage = tmp_path / "s", f"sqlite:///{tmp_path / 'shared.db'}"
+    command = [sys.executable, "-m", "hybridft", "search", str(recipe), "--out", str(out), "--storage", storage,
+               "--study", "shared"]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(w.wait(timeout=600), w.stderr.read()) for w in workers]
+    assert all(code == 0 for code, _ in results), results
+    import optuna
+
+    trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3 and all("metrics" in t.user_attrs for t in done)
+    assert len({t.number for t in done}) == 3 and all(t.state.name != "RUNNING" for t in trials)
+    assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(str(t.number) for t in done)
+    assert (out / "best.yaml").is_file() and not (out / "finishing.lock").exists()
+    assert sum("chosen: trial" in err for _, err in results) == 1

@@ -24,6 +24,7 @@ from .split import write_inner_split
 from .study import FAILURE, SURPLUS, mark_interrupted, open_storage, open_study, trials_used
 
 MARKER = ".hybridft-search"
+FINISHING = "finishing.lock"
 
 
 class TrialFailed(Exception):
@@ -181,6 +182,7 @@ def run_search(recipe_path: Path, out: Path, overrides: list[str], storage: str 
     study = open_study(store, name, search.direction, search.recipe.seed + len_trials(store, name), search.spec.pruning,
                        shared)
     if resume:
+        (out / FINISHING).unlink(missing_ok=True)
         rerun = mark_interrupted(study, store)
         if rerun:
             say(f"trials {rerun} were interrupted: marked failed, re-run")
@@ -199,7 +201,15 @@ def run_search(recipe_path: Path, out: Path, overrides: list[str], storage: str 
         return None
     from .finish import finish
 
-    return finish(search, study, inner)
+    try:  # two workers that end together: one finishes, the other leaves it (a kill -9 leaves the file: resume)
+        (out / FINISHING).open("x").close()
+    except FileExistsError:
+        say(f"another worker is finishing the search ({out / FINISHING}); --resume clears it if none is")
+        return None
+    try:
+        return finish(search, study, inner)
+    finally:
+        (out / FINISHING).unlink(missing_ok=True)
 
 
 def len_trials(storage, name: str) -> int:

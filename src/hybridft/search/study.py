@@ -5,6 +5,8 @@ does with a trial that was running when its worker died."""
 from __future__ import annotations
 
 import os
+import random
+import time
 from pathlib import Path
 
 from ..errors import HybridftError
@@ -19,19 +21,30 @@ def open_storage(storage: str | None, out: Path):
     reads it; any other text names a journal file (``optuna-dashboard`` reads all three)."""
     import optuna
 
-    if storage is None:
-        return optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.db').resolve()}")
-    if "://" in storage:
-        try:
-            return optuna.storages.RDBStorage(storage)
-        except Exception as e:  # noqa: BLE001  (a bad URL or an unreachable server: SQLAlchemy's many kinds)
-            raise HybridftError(f"--storage {storage}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    if storage is None or "://" in storage:
+        return rdb_storage(storage or f"sqlite:///{(out / 'study.db').resolve()}")
     path = Path(storage)
     if path.is_dir():
         raise HybridftError(f"--storage {storage} is a folder; give a storage URL or a journal file")
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def rdb_storage(url: str, tries: int = 5):
+    """Optuna's RDB storage. Workers that start together may both create its tables, and all but one
+    are refused (a unique constraint): they try again once the tables exist."""
+    import optuna
+
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as e:  # noqa: BLE001  (a bad URL or an unreachable server: SQLAlchemy's many kinds)
+            racing = "UNIQUE constraint" in str(e) or "already exists" in str(e) or "locked" in str(e)
+            if not racing or attempt == tries - 1:
+                raise HybridftError(f"--storage {url}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def open_study(storage, name: str, direction: str, seed: int, pruning: bool, shared: bool):
