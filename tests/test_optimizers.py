@@ -140,8 +140,9 @@ def test_a_projection_that_projects_nothing_is_refused_before_training(tiny_mode
 
 
 def test_the_optimizer_entries_keep_every_torch_recipe_valid_and_give_each_its_keys():
-    from hybridft.recipe.io import format_validation_error
     from pydantic import ValidationError
+
+    from hybridft.recipe.io import format_validation_error
 
     def stage(optimizer):
         return {"name": "t", "task": "classification", "data": {"train": "x.csv"}, "stages": [{"optimizer": optimizer}]}

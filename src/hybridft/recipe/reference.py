@@ -17,21 +17,33 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from ..registry import OBJECTIVES, SELECTORS
+from ..optimizers import OPTIMIZERS
+from ..registry import OBJECTIVES, SELECTORS, Entry
 from .schema import MixStageSpec, Recipe, StageSpec
+from .sections import TORCH_OPTIMIZERS, OptimizerSpec
 
 _CONSTRAINTS = (("gt", "> {}"), ("ge", "≥ {}"), ("lt", "< {}"), ("le", "≤ {}"),
                 ("min_length", "at least {} entries"), ("max_length", "at most {} entries"),
                 ("pattern", "matches `{}`"))
 
 
+class _TorchOptimizers:
+    """torch's own optimizers: AdamW (the default, fused), Adam, SGD and RMSprop, by `name`."""
+
+
+# the optimizer entry's sections: torch's optimizers (one entry), then each registered one
+OPTIMIZER_ENTRIES = [Entry(", ".join(TORCH_OPTIMIZERS), OptimizerSpec, _TorchOptimizers), *OPTIMIZERS.entries()]
+
+
 def _method_union(annotation) -> str | None:
-    """'selector' or 'objective' when the annotation is (a list of) the registry's union."""
+    """'selector', 'objective' or 'optimizer' when the annotation is (a list of) such a union."""
     configs = set(_models_in(annotation))
     if configs and configs <= set(SELECTORS.configs()):
         return "selector"
     if configs and configs <= set(OBJECTIVES.configs()):
         return "objective"
+    if len(configs) > 1 and configs <= {e.config for e in OPTIMIZER_ENTRIES}:
+        return "optimizer"
     return None
 
 
@@ -70,7 +82,7 @@ def _type_name(annotation) -> str:
         kinds = [a for a in args if _strip(a) is not type(None)]
         method = _method_union(annotation)
         if method:
-            return f"a {method} entry"
+            return f"{'an' if method[0] in 'aeiou' else 'a'} {method} entry"
         if all(isinstance(_strip(a), type) and issubclass(_strip(a), BaseModel) for a in kinds):
             return "mapping"
         name = " or ".join(_type_name(a) for a in kinds)
@@ -139,7 +151,7 @@ def _rows(model: type[BaseModel], prefix: str, seen: dict[type, str], skip: tupl
         type_text = _type_name(annotation)
         description = field.description or ""
         if method:
-            anchor = "selectors" if method == "selector" else "objectives"
+            anchor = method + "s"
             description += f" (each entry's keys: see [{anchor.title()}](#{anchor}))"
         elif name == "select" and model.__name__ == "GroupSpec":
             type_text = "list of selector entries"
@@ -166,9 +178,9 @@ def _table(rows: list[str]) -> list[str]:
     return [*_HEADER, *rows, ""]
 
 
-def _method_sections(title: str, registry, prefix: str, intro: str) -> list[str]:
+def _method_sections(title: str, entries: list[Entry], prefix: str, intro: str) -> list[str]:
     out = [f"## {title}", "", intro, ""]
-    for entry in registry.entries():
+    for entry in entries:
         out += [f"### `{entry.name}`", "", _cell(entry.doc), ""]
         facts = []
         tasks = getattr(entry.config, "tasks", None)
@@ -240,10 +252,14 @@ def reference_markdown() -> str:
     out += _table(_rows(StageSpec, "stages[].", seen))
     out += ["## Mix stages", "", _cell(MixStageSpec.__doc__ or ""), ""]
     out += _table(_rows(MixStageSpec, "stages[].", seen))
-    out += _method_sections("Selectors", SELECTORS, "stages[].select[].",
+    out += _method_sections("Selectors", SELECTORS.entries(), "stages[].select[].",
                             "Which parameters a stage trains: the union of its `select` entries. An entry "
                             "is chosen by its `name`.")
-    out += _method_sections("Objectives", OBJECTIVES, "stages[].objectives[].",
+    out += _method_sections("Objectives", OBJECTIVES.entries(), "stages[].objectives[].",
                             "The loss of a stage: the weighted sum of its `objectives` entries. An entry is "
                             "chosen by its `name`.")
+    out += _method_sections("Optimizers", OPTIMIZER_ENTRIES, "stages[].optimizer.",
+                            "What updates a stage's trained parameters: its `optimizer` entry, chosen by its "
+                            "`name` (none: adamw). torch's optimizers share one set of keys; each low-memory "
+                            "one (GaLore, APOLLO, Adam-mini, BAdam) has its own.")
     return "\n".join(out).rstrip() + "\n"
