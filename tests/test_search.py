@@ -133,3 +133,32 @@ def test_two_workers_on_one_sqlite_storage_run_n_trials_in_all(tiny_model, senti
     assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(str(t.number) for t in done)
     assert (out / "best.yaml").is_file() and not (out / "finishing.lock").exists()
     assert sum("chosen: trial" in err for _, err in results) == 1
+
+
+def test_kill_9_then_resume_completes_the_study(tiny_model, sentiment_csv, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    recipe = write_recipe(tmp_path / "r.yaml", search_recipe(tiny_model, sentiment_csv, tmp_path, trials=3))
+    out = tmp_path / "s"
+    worker = subprocess.Popen([sys.executable, "-m", "hybridft", "search", str(recipe), "--out", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "trials" / "1").is_dir() and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # killed as its second trial starts: the first finished, one is left running
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert main(["search", str(recipe), "--out", str(out)]) == 2
+    assert "continue it with --resume" in capsys.readouterr().err
+    assert main(["search", str(recipe), "--out", str(out), "--resume"]) == 0
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}").get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 3 and all(t.state.name != "RUNNING" for t in trials)
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    reruns = [t for t in trials if "rerun_of" in t.user_attrs]
+    assert [t.number for t in interrupted] == [t.user_attrs["rerun_of"] for t in reruns]
+    assert all(r.params == trials[r.user_attrs["rerun_of"]].params for r in reruns)
+    assert (out / "best.yaml").is_file()

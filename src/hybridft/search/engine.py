@@ -190,7 +190,8 @@ def run_search(recipe_path: Path, out: Path, overrides: list[str], storage: str 
         raise HybridftError(f"{out} holds a search already; continue it with --resume (or give --study NAME "
                             "to join a study as one more worker)")
     budget = search.spec.trials
-    left = None if budget is None else budget - trials_used(study)
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # counted, yet to run
+    left = None if budget is None else budget - trials_used(study) + waiting
     if left is None or left > 0:
         study.optimize(search.objective(inner, budget), n_trials=left, timeout=search.spec.timeout,
                        catch=(TrialFailed,), gc_after_trial=True)
