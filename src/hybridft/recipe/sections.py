@@ -373,6 +373,12 @@ class SearchDimension(Spec):
 SEARCH_PRESETS = ("hybrid",)
 
 
+def _space_or_preset(schema: dict) -> None:
+    """The JSON Schema of ``space`` also takes a preset's name, as the model reads it (``space: hybrid``)."""
+    mapping = {k: schema.pop(k) for k in list(schema) if k not in ("description", "title", "default")}
+    schema["anyOf"] = [mapping, {"enum": list(SEARCH_PRESETS)}]
+
+
 class ConfirmSpec(Spec):
     top: int = Field(3, ge=1, description="the best trials re-run with more seeds")
     seeds: int = Field(3, ge=1, description="seeds per confirmed trial in all, its own run counting as the first")
@@ -389,7 +395,7 @@ class SearchSpec(Spec):
     space: dict[str, SearchDimension] = Field(
         default_factory=dict, description="dotted override paths (stages.0.optimizer.lr, as on the command line) "
                                           "to {low, high, log} or {choice: [...]}; or a preset's name (space: "
-                                          "hybrid)")
+                                          "hybrid)", json_schema_extra=_space_or_preset)
     preset: Literal[SEARCH_PRESETS] | None = Field(
         None, description="hybrid: full, top layers, LoRA, adapters, importance masks, a union, LP-FT, an "
                           "auxiliary MLM or adversarial objective, each with its own learning-rate range; the "
