@@ -176,10 +176,10 @@ class Recipe(Spec):
         failed, which is reported on its own."""
         if search is None or any(name not in info.data for name in cls.model_fields if name != "search"):
             return search
-        from ..search.space import space_problems
+        from .search_space import space_problems
 
         base = cls.model_construct(**info.data).model_dump(mode="json", exclude={"search"})
-        problems = space_problems(base, search)
+        problems = space_problems(base, search, cls)
         if problems:
             raise ValueError("; ".join(problems))
         return search

@@ -11,8 +11,8 @@ import yaml
 
 from ..errors import HybridftError
 from ..folders import write_atomic
-from .engine import TrialFailed, run_scored, say
 from .study import FAILURE, counted
+from .trial import TrialFailed, run_scored, say
 
 
 def finished(study) -> list:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-from ..recipe.io import set_path, yaml_text
+from .edits import set_path, yaml_text
 
 STRATEGY = "strategy"
 
@@ -116,16 +116,16 @@ def candidates(search) -> list[tuple[str, dict]]:
     return out
 
 
-def space_problems(base: dict, search) -> list[str]:
-    """One line for each change of the space that the recipe's schema refuses, naming its path:
-    every choice and range end is applied to the base recipe (``base``, its data without ``search``)
-    and the result validated, before any trial runs."""
+def space_problems(base: dict, search, recipe_class) -> list[str]:
+    """One line for each change of the space that the recipe's schema (``recipe_class``) refuses,
+    naming its path: every choice and range end is applied to the base recipe (``base``, its data
+    without ``search``) and the result validated, before any trial runs."""
     from pydantic import ValidationError
 
     from ..errors import HybridftError
-    from ..recipe.io import format_validation_error
-    from ..recipe.schema import Recipe
+    from .edits import format_validation_error
 
+    Recipe = recipe_class  # noqa: N806  (the schema hands itself in: it imports this module)
     problems = []
     for what, overrides in candidates(search):
         try:
