@@ -139,6 +139,20 @@ def test_a_projection_that_projects_nothing_is_refused_before_training(tiny_mode
     assert "stages.0.optimizer: galore_adamw projects no weight" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize("select, optimizer, says", [
+    ([{"name": "layers", "top_k": 0, "head": True}], {"name": "badam"},
+     "stages.0.optimizer: badam: the stage trains no transformer layer"),
+    ([{"name": "full"}], {"name": "badam", "start_block": 2}, "stages.0.optimizer: badam: start_block 2 but the stage "
+                                                             "trains 2 blocks (0..1)"),
+    ([{"name": "full"}], {"name": "adam_mini", "n_heads": 3}, "stages.0.optimizer: adam_mini: dim 32, n_heads 3"),
+])
+def test_what_an_optimizer_cannot_train_is_refused_by_validate(select, optimizer, says, tiny_model, sentiment_csv,
+                                                                tmp_path, capsys):
+    recipe = base_recipe(tiny_model, sentiment_csv, select=select, optimizer=optimizer, max_steps=1)
+    assert run_cli("validate", write_recipe(tmp_path / "r.yaml", recipe)) == 2
+    assert says in one_line_error(capsys)
+
+
 def test_the_optimizer_entries_keep_every_torch_recipe_valid_and_give_each_its_keys():
     from pydantic import ValidationError
 
