@@ -223,3 +223,9 @@ def test_two_processes_train_what_one_does_and_fsdp_is_refused(no_dropout_model,
     ours = [line for line in refused.stderr.splitlines() if "error: " in line]
     assert ours and all(line.startswith("error: optimizer galore_adamw does not run under distributed.strategy fsdp")
                         or line.startswith("error: terminated; continue from") for line in ours), ours
+
+
+def test_hybridft_list_shows_the_optimizers(capsys):
+    assert run_cli("list") == 0
+    listed = capsys.readouterr().out.split("optimizers:", 1)[1]
+    assert all(f"  {name} " in listed for name in ENTRIES) and "adamw, adam, sgd, rmsprop" in listed

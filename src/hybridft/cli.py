@@ -284,10 +284,12 @@ def cmd_list(args) -> int:
     from . import recipe  # noqa: F401  (imports register every method)
     from .embedded import EMBEDDED, status
     from .merging import METHODS
+    from .optimizers import OPTIMIZERS
     from .registry import OBJECTIVES, SELECTORS
 
-    for registry in (SELECTORS, OBJECTIVES):
-        print(f"{registry.kind}s:")
+    for registry in (SELECTORS, OBJECTIVES, OPTIMIZERS):
+        print(f"{registry.kind}s:" + ("\n  adamw, adam, sgd, rmsprop: torch's own (no name: adamw)"
+                                      if registry is OPTIMIZERS else ""))
         for entry in registry.entries():
             print(f"  {entry.name:14s} {entry.doc}")
     print("merge methods (mix.method, interpolate --method):")
