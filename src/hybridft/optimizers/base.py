@@ -2,9 +2,9 @@
 check that the package an optimizer comes from is installed.
 
 The plain torch optimizers (``adamw``, ``adam``, ``sgd``, ``rmsprop``) are one entry
-(``recipe.sections.OptimizerSpec``) built in ``training.optim``; the others are one file each here,
-registered with ``@OPTIMIZERS.register(TheSpec)`` on a builder class that ``build(spec, model,
-lr_overrides, extra)`` constructs (``builder(spec).build(...)``).
+(``recipe.sections.OptimizerSpec``) built in ``training.optim``; the others are one file each here: a
+spec with its keys, and ``@OPTIMIZERS.register(TheSpec)`` on the function ``build(spec, model,
+lr_overrides, extra)`` that returns the optimizer of a stage's trained parameters.
 """
 
 from __future__ import annotations
