@@ -121,3 +121,17 @@ def test_peft_adapters_name_the_model_task(family, head, task_type, tmp_path):
     config = LoraConfig(r=2, target_modules=["query", "q_proj", "q"])
     save_peft_folder(inject_adapter_in_model(config, model), config, tmp_path / "adapter")
     assert PeftConfig.from_pretrained(tmp_path / "adapter").task_type == task_type
+
+
+def test_a_bf16_base_with_a_trained_layer_evaluates_the_weights_as_they_train(bf16_llama, chat_data, tmp_path):
+    """One autocast region spans the stage: with autocast's cast cache, every evaluation inside it
+    would see the trained layer as it was at the first step. And after the stage, the trained fp32
+    layer and the bf16 base meet outside autocast (the final evaluation, saving)."""
+    recipe = chat_recipe(bf16_llama, chat_data, dtype="bfloat16")
+    recipe["stages"][0].update(select=[{"name": "layers", "top_k": 1}], max_steps=3, eval_every=1,
+                               optimizer={"lr": 1e-2}, keep_best=False)
+    report = run(recipe, tmp_path, "layer")
+    stage = report["stages"][0]
+    losses = [stage["start_metrics"]["loss"]] + [e["loss"] for e in stage["evaluations"]]
+    assert len(set(losses)) == len(losses)  # each evaluation saw new weights
+    assert report["metrics"]["loss"] == pytest.approx(losses[-1], rel=1e-2)  # the final evaluation, in float32

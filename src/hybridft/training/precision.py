@@ -54,7 +54,19 @@ class Precision:
                 "forward": "bf16 autocast" if self.bf16 else "fp32"}
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        # no cast cache: autocast keeps the bf16 copy of each fp32 weight until the outermost region
+        # closes, and ``frozen_held`` holds one region open for the whole stage, so every forward after
+        # the first would see the trained weights as they were at the first step
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False)
+
+    @staticmethod
+    def one_dtype(model: torch.nn.Module) -> torch.nn.Module:
+        """After the stages: a model trained on a bf16 frozen base holds bf16 and fp32 weights, and
+        what comes next (the final evaluation, the model in memory, saving) runs outside autocast,
+        so it gets one dtype: float32, which holds both exactly."""
+        if len({p.dtype for p in model.parameters() if p.is_floating_point()}) > 1:
+            model.float()
+        return model
 
     @contextmanager
     def frozen_held(self, model: torch.nn.Module):

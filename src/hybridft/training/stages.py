@@ -174,4 +174,5 @@ def train(recipe, base_dir: Path, run_dir: Path, resume: bool, overwrite: bool, 
     first, resume_from = resume_point(run, inputs, allow_changed_data) if resume else (0, None)
     keep_inputs(run, inputs)
     run_stages(run, first, resume_from)
+    run.model = run.precision.one_dtype(run.model)
     return run, final_evaluation(run)
