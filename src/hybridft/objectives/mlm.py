@@ -103,6 +103,8 @@ class MaskedLM(Objective):
         if restored:
             self.from_checkpoint = bool(restored.pop("from_checkpoint", False))
             self.head.load_state_dict(restored)
+            # what it started from, for the report: as the interrupted run said
+            _, self.head_start = pretrained_mlm_head(run.model_source, config.hidden_size, config.vocab_size)
         else:
             found, self.head_start = pretrained_mlm_head(run.model_source, config.hidden_size, config.vocab_size)
             if found:
