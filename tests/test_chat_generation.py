@@ -157,3 +157,22 @@ def test_a_model_trained_on_rows_as_conversations_is_asked_as_it_was_trained(lla
     assert as_asked("a fine film", None) == [{"role": "user", "content": "a fine film"}]
     record = hybridft.load(tmp_path / "run" / "model").predict(["a fine film"])[0]
     assert record["input"] == "a fine film" and isinstance(record["generated"], str)
+
+
+@pytest.mark.parametrize(("template", "talk", "message"), [
+    ("{% for m in messages %}{{ m['content'] }", None, "the chat template: "),
+    ("{{ raise_exception('roles must alternate') }}", None, "the chat template: roles must alternate"),
+    (TEMPLATE, [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}],
+     "line 1: the conversation starts with the assistant's turn"),
+])
+def test_a_template_or_conversation_that_cannot_render_is_one_line(template, talk, message, llama, tmp_path, capsys):
+    data = tmp_path / "chat.jsonl"
+    talk = talk or [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    data.write_text(json.dumps({"messages": talk}) + "\n")
+    recipe = {"name": "c", "task": "causal_lm", "model": {"name": str(llama), "chat_template": template},
+              "data": {"train": str(data), "validation": str(data), "columns": {"messages": "messages"}},
+              "stages": [{"max_steps": 1}]}
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()

@@ -79,3 +79,40 @@ def test_run_leaves_the_callers_random_generators_where_they_were(tiny_model, se
     random.seed(11), np.random.seed(11), torch.manual_seed(11)
     hybridft.run(base_recipe(tiny_model, sentiment_csv, max_steps=1), tmp_path / "run", progress=False, seed=5)
     assert draws() == expected
+
+
+RNG_PROBE = """
+import json, random, sys
+random.seed(11)
+expected = [random.random() for _ in range(3)]
+random.seed(11)
+import hybridft
+hybridft.run(json.loads(sys.argv[1]), sys.argv[2], progress=False)
+print(json.dumps([random.random() for _ in range(3)] == expected))
+"""
+
+
+def test_a_first_run_in_a_fresh_process_leaves_pythons_generator_where_it_was(tiny_model, sentiment_csv, tmp_path):
+    """Importing what a run needs may draw from Python's generator (rich does): the whole call is kept."""
+    recipe = base_recipe(tiny_model, sentiment_csv, max_steps=1)
+    env = {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", RNG_PROBE, json.dumps(recipe), str(tmp_path / "run")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "true"
+
+
+def test_predict_refuses_a_model_with_nan_weights(tiny_model, tmp_path, capsys):
+    from hybridft.cli import main
+
+    from .helpers import tiny_classifier
+
+    model = tiny_classifier(tiny_model)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "m")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "m")
+    assert main(["predict", str(tmp_path / "m"), "--text", "a good film", "--no-progress"]) == 2
+    assert "has NaN values (tensor classifier.weight)" in capsys.readouterr().err

@@ -18,19 +18,26 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from .training.hooks import Callback, EvaluationView, StageEndView, StepView, Stop
 
 
+def _imported(module: str):
+    """A submodule imported on first use, with Python's random generator as the caller had it: a
+    library it pulls in may draw from it when imported (rich, through scikit-learn, does)."""
+    import importlib
+    import random
+
+    state = random.getstate()
+    try:
+        return importlib.import_module(f".{module}", __name__)
+    finally:
+        random.setstate(state)
+
+
 def __getattr__(name: str):
     if name in ("run", "load", "validate", "RunResult", "SavedModel"):
-        from . import api
-
-        return getattr(api, name)
+        return getattr(_imported("api"), name)
     if name in HOOKS:
-        from .training import hooks
-
-        return getattr(hooks, name)
+        return getattr(_imported("training.hooks"), name)
     if name == "Recipe":
-        from .recipe import Recipe
-
-        return Recipe
+        return _imported("recipe").Recipe
     raise AttributeError(f"module 'hybridft' has no attribute {name!r}")
 
 

@@ -163,6 +163,31 @@ def validate(recipe: str | Path | dict | Recipe, *, base_dir: str | Path | None 
     return validated
 
 
+@contextmanager
+def callers_state_kept():
+    """A run seeds the global random generators (Python's, NumPy's, torch's) with the recipe's seed and
+    may set warning filters; the caller gets its own back afterwards, so that a notebook's later draws
+    do not depend on whether it trained something in between."""
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        torch.set_num_threads(threads)
+
+
+@callers_state_kept()  # the whole call: even importing what a run needs draws (rich draws at import)
 def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, resume: bool = False,
         overwrite: bool = False, progress: bool = True, base_dir: str | Path | None = None,
         overrides: dict | list[str] | None = None, allow_changed_data: bool = False, callbacks: list | None = None,
@@ -193,9 +218,8 @@ def run(recipe: str | Path | dict | Recipe, out: str | Path | None = None, *, re
     if resume and (run_dir / "report.json").is_file():  # written last: the run is complete
         return complete_run(run_dir, validated, folder)
     try:
-        with callers_state_kept():
-            report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress,
-                                allow_changed_data=allow_changed_data, hooks=hooks)
+        report = run_recipe(validated, folder, run_dir, resume=resume, overwrite=overwrite, progress=progress,
+                            allow_changed_data=allow_changed_data, hooks=hooks)
     except KeyboardInterrupt as stop:
         how = f"hybridft run {recipe} {' '.join(changes)} --out {run_dir} --resume".replace("  ", " ") \
             if isinstance(recipe, (str, Path)) else f"hybridft.run(..., out={str(run_dir)!r}, resume=True)"
@@ -210,30 +234,6 @@ def saved_models(trained) -> SavedModel | dict[str, SavedModel]:
         return {name: saved_models(parts) for name, parts in trained.items()}
     model, tokenizer, meta, labels = trained
     return SavedModel(model, tokenizer, meta["task"], labels, meta)
-
-
-@contextmanager
-def callers_state_kept():
-    """A run seeds the global random generators (Python's, NumPy's, torch's) with the recipe's seed and
-    may set warning filters; the caller gets its own back afterwards, so that a notebook's later draws
-    do not depend on whether it trained something in between."""
-    import random
-
-    import numpy as np
-
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    threads = torch.get_num_threads()
-    try:
-        with warnings.catch_warnings():
-            yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-        torch.set_num_threads(threads)
 
 
 def complete_run(run_dir: Path, recipe: Recipe, base_dir: Path) -> RunResult:

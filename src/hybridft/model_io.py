@@ -189,6 +189,8 @@ def load_saved(model_dir: str | Path):
         model = getattr(transformers, HEAD_CLASSES[meta["task"]]).from_pretrained(path, use_safetensors=True,
                                                                                   dtype=torch_dtype("float32"))
     restore_adapters(model, path, meta.get("adapters", []))
+    check_finite(model.state_dict(), f"the model in {path}", "it cannot predict (hybridft never writes such a "
+                 "model: it was written elsewhere, or damaged)")
     tokenizer = load_tokenizer(str(path))
     if meta["task"] in GENERATIVE_TASKS:
         ensure_pad_token(tokenizer)

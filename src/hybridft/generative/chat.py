@@ -50,7 +50,14 @@ def check_messages(value, where: str) -> list[dict]:
 
 
 def render(tokenizer, messages: list[dict], prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    """The conversation as the chat template writes it; a template that does not compile, or that
+    refuses the conversation (``raise_exception``), is one line."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    except TemplateError as e:
+        raise HybridftError(f"the chat template: {str(e).splitlines()[0]}") from None
 
 
 def assistant_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]]:

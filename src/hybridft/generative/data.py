@@ -88,6 +88,9 @@ def read_conversations(frame, column: str, where: str) -> tuple[list[dict], dict
         here = f"{where}: {row_name(frame, i)}"
         refuse_untrained_keys(value, here)
         messages = check_messages(value, here)
+        if next((m["role"] for m in messages if m["role"] != "system"), None) == "assistant":
+            raise HybridftError(f"{here}: the conversation starts with the assistant's turn; it needs the "
+                                "user's turn before the first answer")
         if has_empty_answer(messages):
             empty += 1
         else:
