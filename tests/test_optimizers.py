@@ -55,6 +55,25 @@ def test_the_selected_weights_train_and_the_rest_stay_bit_identical(name, no_dro
     assert report["stages"][0]["steps"] == 3
 
 
+@pytest.mark.parametrize("name, select", [
+    pytest.param("galore_adamw", [{"name": "lora", "r": 2, "target_modules": ["query"], "layers": [0]},
+                                  {"name": "layers", "top_k": 1, "head": True}], marks=needs("galore_adamw")),
+    # lisa frees the state of a layer that leaves, APOLLO's seed of its projection with it: it is given back
+    pytest.param("apollo_adamw", [{"name": "lisa", "layers": 1, "every": 1, "embeddings": False}],
+                 marks=needs("apollo_adamw")),
+    pytest.param("adam_mini", [{"name": "lora", "r": 2, "target_modules": ["query", "value"]}],
+                 marks=needs("adam_mini")),
+])
+def test_each_combines_with_other_selectors(name, select, no_dropout_model, sentiment_csv, tmp_path):
+    recipe = base_recipe(no_dropout_model, sentiment_csv, optimizer=ENTRIES[name], max_steps=4, keep_best=False,
+                         select=select)
+    _, after = train_and_load(recipe, tmp_path / "run")
+    before = pretrained(no_dropout_model)
+    assert torch.equal(before["bert.embeddings.word_embeddings.weight"], after["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(before["bert.encoder.layer.0.attention.self.query.weight"],
+                           after["bert.encoder.layer.0.attention.self.query.weight"])  # LoRA merged, or the layer
+
+
 @needs("badam")
 def test_badam_trains_one_block_at_a_time_with_the_head_always(no_dropout_model, sentiment_csv, tmp_path):
     recipe = base_recipe(no_dropout_model, sentiment_csv, select=[{"name": "full"}], max_steps=2, keep_best=False,
