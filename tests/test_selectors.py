@@ -22,8 +22,10 @@ EXAMPLES = {
 }
 
 
-# merged at stage end, so its before/after names differ: tests/test_peft_tuners.py checks it alike
-TESTED_ELSEWHERE = {"peft"}
+# merged at stage end, so its before/after names differ: tests/test_peft_tuners.py checks it alike;
+# lisa trains a drawn part of what it names (tests/test_lisa.py checks the rest stays bit-identical),
+# spectrum a choice from the weights (tests/test_spectrum.py, the same check)
+TESTED_ELSEWHERE = {"peft", "lisa", "spectrum"}
 
 
 def test_every_registered_selector_has_an_example_and_a_doc():
