@@ -158,6 +158,8 @@ def check_compiler(recipe, device: torch.device) -> None:
 
     try:
         get_cpp_compiler()
+    except AttributeError:  # inductor's config not set up in this process yet: the first compile will tell
+        return
     except InvalidCxxCompiler:
         raise HybridftError("model.compile needs a C++ compiler on the CPU (g++, or the one $CXX names), and none "
                             "works here; install one or set model.compile: false") from None
