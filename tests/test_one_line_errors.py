@@ -346,11 +346,13 @@ def test_model_compile_without_a_compiler_is_one_line_and_leaves_no_folder(tiny_
                                                                            capsys, monkeypatch):
     from torch._inductor import config
 
-    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-compiler++"))
     recipe = base_recipe(tiny_model, sentiment_csv, max_steps=1)
     recipe["model"]["compile"] = True
     out = tmp_path / "run"
-    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(out), "--no-progress"]) == 2
+    # inductor's own patch: monkeypatch would delete the entry on undo (it is not in the proxy's __dict__)
+    with config.patch({"cpp.cxx": (None, "no-such-compiler++")}):
+        code = main(["run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(out), "--no-progress"])
+    assert code == 2 and config.cpp.cxx != (None, "no-such-compiler++")
     assert "model.compile needs a C++ compiler" in one_line_error(capsys)
     assert not out.exists()
 
