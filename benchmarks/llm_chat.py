@@ -24,16 +24,13 @@ What each side of ``speed`` clocks (the training steps only, the same work):
             <|im_end|>), the weights as hybridft holds them: the base in --dtype, LoRA weights and AdamW fp32.
   Peak RSS  ru_maxrss of each process (loading and, for hybridft, its short evaluations included).
 dtype (``--dtype``, every run and the plain loop): float32 by default. With ``bfloat16`` (model.dtype: the
-frozen base in bf16, the forward in bf16 autocast) hybridft at this writing opens one autocast region for
-the whole stage, so autocast's cache of bf16 weight copies keeps every trained weight's first cast: the
-forward, and the evaluations inside the stage, never see the updates (the start_metrics-equal "end"
-evaluation in metrics.jsonl shows it), and LoRA + top layer fails at its final evaluation (the fp32 top
-layer feeds the tied lm_head left in bf16). With ``--dtype bfloat16`` the zero-shot model is also scored
-by a one-step fp32 run, as a control, since start_metrics then come from inside the stage (bf16).
+frozen base held in bf16, the forward in bf16 autocast, trained weights and AdamW state fp32) the zero-shot
+model is also scored by a one-step fp32 run, as a control: start_metrics then come from inside the stage (bf16).
 
-Samples/s depend on the machine's other load: before each run the script waits up to ``--settle`` s for
-the 1-minute load average to drop below 0.5 and records it; a run started above that is marked
-``(busy)``: other jobs ran beside it, and its samples/s are not for publication.
+Samples/s depend on the machine's other load. The script measures it for each run: the CPU time the
+whole machine spent (/proc/stat) minus the run's own (its process tree's), over the run's wall time, in
+cores. A run beside which other jobs took more than 0.1 of a core on average is marked ``(busy)``: its
+samples/s are not for publication.
 
     python benchmarks/llm_chat.py --runs-dir runs/llm-chat --json runs/llm-chat/results.json
     python benchmarks/llm_chat.py --train 16 --eval 16 --mt-train 16 --mt-eval 8 --steps 2 --runs-dir /tmp/t  # smoke
@@ -46,6 +43,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -60,18 +58,26 @@ SST2 = {  # label -> overrides of chat-sft.yaml
     "lora+top1": ["stages.0.select=[{name: lora, r: 16, alpha: 32}, {name: layers, top_k: 1}]",
                   "stages.0.optimizer.lr=5e-4"],
     "importance": ["stages.0.select=[{name: importance, density: 0.1, batches: 16}]", "stages.0.optimizer.lr=5e-5"],
+    # issue 36: LISA (2 of the 30 layers at a time, drawn every 25 steps; the tied embeddings/LM head always),
+    # Spectrum (the top 25% of each module type by SNR), and LoRA beside LISA's whole layers (the embeddings
+    # and LM head frozen, as beside LoRA + top layer)
+    "lisa": ["stages.0.select=[{name: lisa, layers: 2, every: 25}]", "stages.0.optimizer.lr=5e-5"],
+    "spectrum": ["stages.0.select=[{name: spectrum, top_fraction: 0.25}]", "stages.0.optimizer.lr=5e-5"],
+    "lora+lisa": [f"stages.0.select=[{LORA_QV[1:-1]}, {{name: lisa, layers: 2, every: 25, embeddings: false, head: false}}]",
+                  "stages.0.optimizer.lr=5e-4"],
 }
+ONE_SEED = {"importance"}  # issue 32: 3 seeds for LoRA, full and LoRA + top layer, 1 for the others
 MT_RUNS = {"lora": ["stages.0.optimizer.lr=5e-4"],
            "full": ["stages.0.select=[{name: full}]", "stages.0.optimizer.lr=5e-5"]}
 COMMON = ["stages.0.keep_best=false", "output.save_model=false"]
-BATCH, BUSY_LOAD = 8, 0.5
+BATCH, BUSY_LOAD = 8, 0.1  # BUSY_LOAD: cores other jobs used on average during a run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs-dir", type=Path, default=Path("runs/llm-chat"))
     p.add_argument("--parts", default="sst2,mt,speed", help="comma-separated: sst2, mt, speed")
-    p.add_argument("--strategies", default=",".join(SST2), help=f"sst2 part: {', '.join(SST2)}")
+    p.add_argument("--strategies", default="lora,full,lora+top1,importance", help=f"sst2 part: {', '.join(SST2)}")
     p.add_argument("--train", type=int, default=1000, help="SST-2 training conversations")
     p.add_argument("--eval", type=int, default=872, help="SST-2 dev conversations (872: all)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 1..N per SST-2 strategy")
@@ -79,7 +85,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mt-eval", type=int, default=200, help="Multi30k dev pairs, and test pairs")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model.dtype of every run")
     p.add_argument("--steps", type=int, default=None, help="speed part: optimizer steps (default one epoch of --train)")
-    p.add_argument("--settle", type=float, default=60, help="seconds to wait for the load to drop before a run")
     p.add_argument("--table-only", action="store_true", help="only read the runs already there")
     p.add_argument("--json", type=Path, default=None, help="also write every number to this file")
     p.add_argument("--plain-worker", type=Path, help=argparse.SUPPRESS)
@@ -113,13 +118,16 @@ def hybridft_command(recipe: Path, out: Path, overrides: list[str]) -> list[str]
             *overrides]
 
 
-def settled_load(wait_s: float) -> float:
-    """The 1-minute load average once it is below BUSY_LOAD, or after ``wait_s`` seconds (the last
-    run's own load takes about 80 s to fade from it)."""
-    deadline = time.monotonic() + wait_s
-    while os.getloadavg()[0] > BUSY_LOAD and time.monotonic() < deadline:
-        time.sleep(5)
-    return os.getloadavg()[0]
+def machine_cpu_s() -> float:
+    """CPU seconds every process on the machine has used since boot (/proc/stat's busy jiffies)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_once(command: list[str], result: Path, args) -> dict | None:
@@ -127,13 +135,15 @@ def run_once(command: list[str], result: Path, args) -> dict | None:
     average before the start, or None when it is missing."""
     note = result.parent / "bench.json"
     if not result.is_file() and not args.table_only:
-        load = settled_load(args.settle)
+        machine, own = machine_cpu_s(), children_cpu_s()
         print("$ " + " ".join(f"'{c}'" if " " in c else c for c in command), file=sys.stderr, flush=True)
         tic = time.perf_counter()
         if subprocess.run(command).returncode:  # a failed run is a "(not run)" row; the others still run
             print(f"error: the run for {result} failed", file=sys.stderr, flush=True)
             return None
-        note.write_text(json.dumps({"load_before": load, "process_wall_s": time.perf_counter() - tic}))
+        wall = time.perf_counter() - tic
+        others = (machine_cpu_s() - machine) - (children_cpu_s() - own)  # cores the rest of the machine used
+        note.write_text(json.dumps({"other_load": max(others, 0.0) / wall, "process_wall_s": wall}))
     if not result.is_file():
         return None
     return {**json.loads(result.read_text()), **(json.loads(note.read_text()) if note.is_file() else {})}
@@ -141,34 +151,56 @@ def run_once(command: list[str], result: Path, args) -> dict | None:
 
 def speed_cell(r: dict, key: str = "samples_per_s") -> str:
     value = r["stages"][0][key] if "stages" in r else r[key]
-    return f"{value:.2f}" + (" (busy)" if r.get("load_before", 0) > BUSY_LOAD else "")
+    return f"{value:.2f}" + (" (busy)" if r.get("other_load", 0) > BUSY_LOAD else "")
 
 
 def sst2_part(args) -> tuple[list[str], dict]:
-    rows = ["| strategy | seed | trainable params | exact match before | exact match after | train samples/s | "
-            "peak memory (MB) | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
     found, zero_shot = {}, None
-    for label in args.strategies:
-        for seed in range(1, args.seeds + 1):
-            out = args.runs_dir / "sst2" / f"{label}-seed{seed}"
-            r = run_once(hybridft_command(CHAT, out, [*sst2_overrides(args, seed), *SST2[label]]), out / "report.json", args)
-            if r is None:
-                rows.append(f"| {label} | {seed} | (not run or failed) | | | | | |")
-                continue
-            start = r["stages"][0]["start_metrics"]["exact_match"]
-            zero_shot = start if zero_shot is None else zero_shot
-            found[f"{label}-seed{seed}"] = {"exact_match_before": start, "exact_match_after": r["metrics"]["exact_match"],
-                                            "samples_per_s": r["stages"][0]["samples_per_s"], "trainable": r["params"]["trainable"],
-                                            "peak_memory_mb": r["peak_memory_mb"], "wall_time_s": r["wall_time_s"],
-                                            "load_before": r.get("load_before")}
-            rows.append(f"| {label} | {seed} | {r['params']['trainable']:,} | {start:.4f} | {r['metrics']['exact_match']:.4f} "
-                        f"| {speed_cell(r)} | {r['peak_memory_mb']:.0f} | {r['wall_time_s']:.0f} |")
+    # every strategy's seed 1 first, then seed 2...: a run cut short still has one row per strategy
+    runs = [(label, seed) for seed in range(1, args.seeds + 1) for label in args.strategies
+            if seed == 1 or label not in ONE_SEED]
+    for label, seed in runs:
+        out = args.runs_dir / "sst2" / f"{label}-seed{seed}"
+        r = run_once(hybridft_command(CHAT, out, [*sst2_overrides(args, seed), *SST2[label]]), out / "report.json", args)
+        if r is None:
+            continue
+        start = r["stages"][0]["start_metrics"]["exact_match"]
+        zero_shot = start if zero_shot is None else zero_shot
+        found[f"{label}-seed{seed}"] = {
+            "strategy": label, "seed": seed, "exact_match_before": start, "exact_match_after": r["metrics"]["exact_match"],
+            "samples_per_s": r["stages"][0]["samples_per_s"], "trainable": r["params"]["trainable"],
+            "peak_memory_mb": r["peak_memory_mb"], "wall_time_s": r["wall_time_s"], "other_load": r.get("other_load"),
+            "busy": r.get("other_load", 0) > BUSY_LOAD}
+    rows = sst2_rows(args, found)
     if zero_shot is not None:
         rows.append(f"\nzero-shot exact match (SmolLM2-135M-Instruct, {args.eval} dev conversations, {args.dtype}): {zero_shot:.4f}")
     found["zero-shot"] = {args.dtype: zero_shot, "float32": zero_shot_fp32(args) if args.dtype != "float32" else zero_shot}
     if args.dtype != "float32" and found["zero-shot"]["float32"] is not None:
         rows.append(f"zero-shot exact match evaluated in fp32 (control): {found['zero-shot']['float32']:.4f}")
     return rows, found
+
+
+def sst2_rows(args, found: dict) -> list[str]:
+    """One row per run, by strategy, then one per strategy: the mean and SD over its seeds."""
+    rows = ["| strategy | seed | trainable params | exact match before | exact match after | train samples/s | "
+            "peak memory (MB) | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
+    summary = ["| strategy | seeds | exact match after (mean ± SD) | median train samples/s | peak memory (MB) |",
+               "|---|---|---|---|---|"]
+    for label in args.strategies:
+        mine = [f for f in found.values() if f["strategy"] == label]
+        for f in mine:
+            busy = " (busy)" if f["busy"] else ""
+            rows.append(f"| {label} | {f['seed']} | {f['trainable']:,} | {f['exact_match_before']:.4f} | "
+                        f"{f['exact_match_after']:.4f} | {f['samples_per_s']:.2f}{busy} | {f['peak_memory_mb']:.0f} | "
+                        f"{f['wall_time_s']:.0f} |")
+        if mine:
+            scores = [f["exact_match_after"] for f in mine]
+            spread = f" ± {statistics.stdev(scores):.4f}" if len(scores) > 1 else ""
+            speed = statistics.median(f["samples_per_s"] for f in mine)
+            busy = " (busy)" if any(f["busy"] for f in mine) else ""
+            summary.append(f"| {label} | {len(mine)} | {statistics.mean(scores):.4f}{spread} | {speed:.2f}{busy} | "
+                           f"{max(f['peak_memory_mb'] for f in mine):.0f} |")
+    return [*rows, "", *summary]
 
 
 def zero_shot_fp32(args) -> float | None:
@@ -220,7 +252,7 @@ def speed_part(args) -> tuple[list[str], dict]:
             continue
         flat = {k: r["stages"][0][k] for k in ("samples_per_s", "train_time_s")} if "stages" in r else r
         found[label] = {"samples_per_s": flat["samples_per_s"], "peak_memory_mb": r["peak_memory_mb"],
-                        "train_time_s": flat["train_time_s"], "load_before": r.get("load_before")}
+                        "train_time_s": flat["train_time_s"], "other_load": r.get("other_load")}
         rows.append(f"| {label} | {speed_cell(r)} | {r['peak_memory_mb']:.0f} | {flat['train_time_s']:.0f} |")
     return rows, found
 
@@ -300,8 +332,8 @@ def main(argv=None) -> int:
         title, part = parts[name]
         rows, results[name] = part(args)
         print(f"\n## {title}\n\n" + "\n".join(rows), flush=True)
-    print(f"\nsamples/s marked (busy): the run started with a 1-minute load average above {BUSY_LOAD} "
-          "(other jobs on the machine); not for publication.")
+    print(f"\nsamples/s marked (busy): other jobs used more than {BUSY_LOAD} of a core on average during the run; "
+          "not for publication.")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
