@@ -24,8 +24,9 @@ What each side of ``speed`` clocks (the training steps only, the same work):
             <|im_end|>), the weights as hybridft holds them: the base in --dtype, LoRA weights and AdamW fp32.
   Peak RSS  ru_maxrss of each process (loading and, for hybridft, its short evaluations included).
 dtype (``--dtype``, every run and the plain loop): float32 by default. With ``bfloat16`` (model.dtype: the
-frozen base held in bf16, the forward in bf16 autocast, trained weights and AdamW state fp32) the zero-shot
-model is also scored by a one-step fp32 run, as a control: start_metrics then come from inside the stage (bf16).
+frozen base held in bf16, the forward in bf16 autocast, trained weights and AdamW state fp32), ``--fp32-control``
+also scores the zero-shot model by a one-step fp32 run: start_metrics then come from inside the stage (bf16).
+The zero-shot model is scored once, by the first run (the others set ``stages.0.evaluate_start=false``).
 
 Samples/s depend on the machine's other load. The script measures it for each run: the CPU time the
 whole machine spent (/proc/stat) minus the run's own (its process tree's), over the run's wall time, in
@@ -68,7 +69,8 @@ SST2 = {  # label -> overrides of chat-sft.yaml
 }
 ONE_SEED = {"importance"}  # issue 32: 3 seeds for LoRA, full and LoRA + top layer, 1 for the others
 MT_RUNS = {"lora": ["stages.0.optimizer.lr=5e-4"],
-           "full": ["stages.0.select=[{name: full}]", "stages.0.optimizer.lr=5e-5"]}
+           "full": ["stages.0.select=[{name: full}]", "stages.0.optimizer.lr=5e-5",
+                    "stages.0.evaluate_start=false"]}  # the zero-shot model is scored once, in the lora run
 COMMON = ["stages.0.keep_best=false", "output.save_model=false"]
 BATCH, BUSY_LOAD = 8, 0.1  # BUSY_LOAD: cores other jobs used on average during a run
 
@@ -84,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mt-train", type=int, default=1000, help="Multi30k training pairs")
     p.add_argument("--mt-eval", type=int, default=200, help="Multi30k dev pairs, and test pairs")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model.dtype of every run")
+    p.add_argument("--fp32-control", action="store_true",
+                   help="with --dtype bfloat16: also score the zero-shot model in fp32 (a one-step fp32 run)")
     p.add_argument("--steps", type=int, default=None, help="speed part: optimizer steps (default one epoch of --train)")
     p.add_argument("--table-only", action="store_true", help="only read the runs already there")
     p.add_argument("--json", type=Path, default=None, help="also write every number to this file")
@@ -110,7 +114,7 @@ def sst2_overrides(args, seed: int) -> list[str]:
 
 def speed_overrides(args, grouped: bool) -> list[str]:
     return [*sst2_overrides(args, 1), *SST2["lora"], "data.max_eval_samples=8", f"stages.0.max_steps={args.steps}",
-            f"stages.0.group_by_length={str(grouped).lower()}"]
+            f"stages.0.group_by_length={str(grouped).lower()}", "stages.0.evaluate_start=false"]
 
 
 def hybridft_command(recipe: Path, out: Path, overrides: list[str]) -> list[str]:
@@ -161,37 +165,40 @@ def sst2_part(args) -> tuple[list[str], dict]:
             if seed == 1 or label not in ONE_SEED]
     for label, seed in runs:
         out = args.runs_dir / "sst2" / f"{label}-seed{seed}"
-        r = run_once(hybridft_command(CHAT, out, [*sst2_overrides(args, seed), *SST2[label]]), out / "report.json", args)
+        # the model before training is the same for every run: only the first one scores it (zero-shot)
+        start_eval = [] if (label, seed) == runs[0] else ["stages.0.evaluate_start=false"]
+        r = run_once(hybridft_command(CHAT, out, [*sst2_overrides(args, seed), *SST2[label], *start_eval]),
+                     out / "report.json", args)
         if r is None:
             continue
-        start = r["stages"][0]["start_metrics"]["exact_match"]
+        start = (r["stages"][0]["start_metrics"] or {}).get("exact_match")
         zero_shot = start if zero_shot is None else zero_shot
         found[f"{label}-seed{seed}"] = {
-            "strategy": label, "seed": seed, "exact_match_before": start, "exact_match_after": r["metrics"]["exact_match"],
+            "strategy": label, "seed": seed, "exact_match_after": r["metrics"]["exact_match"],
             "samples_per_s": r["stages"][0]["samples_per_s"], "trainable": r["params"]["trainable"],
             "peak_memory_mb": r["peak_memory_mb"], "wall_time_s": r["wall_time_s"], "other_load": r.get("other_load"),
             "busy": r.get("other_load", 0) > BUSY_LOAD}
     rows = sst2_rows(args, found)
     if zero_shot is not None:
         rows.append(f"\nzero-shot exact match (SmolLM2-135M-Instruct, {args.eval} dev conversations, {args.dtype}): {zero_shot:.4f}")
-    found["zero-shot"] = {args.dtype: zero_shot, "float32": zero_shot_fp32(args) if args.dtype != "float32" else zero_shot}
-    if args.dtype != "float32" and found["zero-shot"]["float32"] is not None:
+    control = args.fp32_control and args.dtype != "float32"
+    found["zero-shot"] = {args.dtype: zero_shot, "float32": zero_shot_fp32(args) if control else None}
+    if found["zero-shot"]["float32"] is not None:
         rows.append(f"zero-shot exact match evaluated in fp32 (control): {found['zero-shot']['float32']:.4f}")
     return rows, found
 
 
 def sst2_rows(args, found: dict) -> list[str]:
     """One row per run, by strategy, then one per strategy: the mean and SD over its seeds."""
-    rows = ["| strategy | seed | trainable params | exact match before | exact match after | train samples/s | "
-            "peak memory (MB) | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| strategy | seed | trainable params | exact match | train samples/s | peak memory (MB) | wall time (s) |",
+            "|---|---|---|---|---|---|---|"]
     summary = ["| strategy | seeds | exact match after (mean ± SD) | median train samples/s | peak memory (MB) |",
                "|---|---|---|---|---|"]
     for label in args.strategies:
         mine = [f for f in found.values() if f["strategy"] == label]
         for f in mine:
             busy = " (busy)" if f["busy"] else ""
-            rows.append(f"| {label} | {f['seed']} | {f['trainable']:,} | {f['exact_match_before']:.4f} | "
-                        f"{f['exact_match_after']:.4f} | {f['samples_per_s']:.2f}{busy} | {f['peak_memory_mb']:.0f} | "
+            rows.append(f"| {label} | {f['seed']} | {f['trainable']:,} | {f['exact_match_after']:.4f} | {f['samples_per_s']:.2f}{busy} | {f['peak_memory_mb']:.0f} | "
                         f"{f['wall_time_s']:.0f} |")
         if mine:
             scores = [f["exact_match_after"] for f in mine]

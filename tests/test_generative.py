@@ -231,6 +231,16 @@ def test_causal_lm_trains_saves_and_loads_with_plain_transformers(tiny_gpt2, tex
     assert "Validation before training -> after" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_evaluate_start_false_skips_the_evaluation_before_training(tiny_gpt2, text_file, tmp_path):
+    recipe = causal_recipe(tiny_gpt2, text_file)
+    recipe["stages"][0].update(epochs=1, evaluate_start=False)
+    report, _ = train_and_load(recipe, tmp_path / "run")
+    assert report["stages"][0]["start_metrics"] is None
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not [entry for entry in logged if entry["step"] == 0]  # the start evaluation logs at step 0
+    assert "perplexity" in report["metrics"]
+
+
 def test_generation_is_reproducible_with_a_seed(tiny_gpt2, text_file, tmp_path, capsys):
     train_and_load(causal_recipe(tiny_gpt2, text_file), tmp_path / "run")
     model_dir = str(tmp_path / "run" / "model")

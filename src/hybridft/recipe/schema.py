@@ -69,6 +69,9 @@ class StageSpec(Spec):
     max_grad_norm: float | None = Field(1.0, gt=0)
     eval_every: int | None = Field(None, gt=0, description="optimizer steps; evaluation also runs at the end")
     keep_best: bool = Field(True, description="restore the best evaluated weights at stage end")
+    evaluate_start: bool = Field(True, description="a language model's first stage first scores the model as it "
+                                                   "starts (start_metrics: zero-shot for a chat model); false "
+                                                   "skips that evaluation, e.g. in repeated runs of one model")
     early_stopping: EarlyStoppingSpec | None = None
     max_bad_steps: int = Field(5, ge=1, description="steps in a row with a non-finite loss or gradient "
                                                     "(skipped) before the run stops")

@@ -147,7 +147,8 @@ class Stage:
         progress display, and the frozen weights in the precision policy's dtype."""
         run, st = self.run, self.state
         with run.precision.frozen_held(self.model):
-            if self.index == 0 and st.step == 0 and st.start is None and run.data.task in GENERATIVE_TASKS:
+            if (self.index == 0 and st.step == 0 and st.start is None and run.data.task in GENERATIVE_TASKS
+                    and self.spec.evaluate_start):
                 # where a language model starts (its new LM head or cross-attention is untrained): the
                 # report shows perplexity before and after
                 st.start = self.evaluation(f"eval {self.name} (start)")
