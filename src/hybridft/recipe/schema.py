@@ -23,6 +23,7 @@ from ..tasks import (
     default_metric,
 )
 from .checks import check_recipe, check_stage
+from .search_section import SearchSpec
 from .sections import (
     AnyOptimizer,
     CompareSpec,
@@ -37,7 +38,6 @@ from .sections import (
     PrefixCacheSpec,
     SamplingSpec,
     SchedulerSpec,
-    SearchSpec,
 )
 
 SelectorSpec = Annotated[Union[SELECTORS.configs()], Field(discriminator="name")]  # noqa: UP007
