@@ -135,3 +135,21 @@ def test_a_bf16_base_with_a_trained_layer_evaluates_the_weights_as_they_train(bf
     losses = [stage["start_metrics"]["loss"]] + [e["loss"] for e in stage["evaluations"]]
     assert len(set(losses)) == len(losses)  # each evaluation saw new weights
     assert report["metrics"]["loss"] == pytest.approx(losses[-1], rel=1e-2)  # the final evaluation, in float32
+
+
+def test_lora_merges_into_a_bf16_base_weight_without_rounding_the_update():
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from hybridft.selectors.lora import merge_lora
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False)).to(torch.bfloat16)
+    base = model[0].weight.detach().float().clone()
+    model = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["0"]), model)
+    layer = model[0]
+    for p in (*layer.lora_A.parameters(), *layer.lora_B.parameters()):
+        p.data = torch.randn_like(p, dtype=torch.float32) * 1e-2  # a small update, fp32 as hybridft trains it
+    update = layer.get_delta_weight("default").float()
+    merged = merge_lora(model)[0].weight
+    assert merged.dtype == torch.float32
+    torch.testing.assert_close(merged, base + update, rtol=0, atol=1e-7)  # in bf16 it would be off by ~1e-3

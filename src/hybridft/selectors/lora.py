@@ -140,12 +140,24 @@ def merge_tuner_layers(model, layers: list):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for name, layer in layers:
+        widen_base_layer(layer)
         layer.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.get_base_layer())
     if hasattr(model, "peft_config") and not any(isinstance(m, BaseTunerLayer) for m in model.modules()):
         del model.peft_config
     return model
+
+
+def widen_base_layer(layer) -> None:
+    """A base layer held in bf16 (a bf16 checkpoint) beside fp32 tuner weights takes their dtype
+    before the merge: merged in bf16, the update would be rounded to the base weight's 8 bits of
+    mantissa, as large as a small update itself. The model ends in fp32 anyway (a model of mixed
+    dtypes becomes float32 after the stages)."""
+    tuner = next((p.dtype for n, p in layer.named_parameters() if "base_layer" not in n and p.is_floating_point()), None)
+    base = layer.get_base_layer()
+    if tuner is not None and any(p.is_floating_point() and p.element_size() < tuner.itemsize for p in base.parameters()):
+        base.to(tuner)
 
 
 def adapter_state(model, adapter_name: str = "default", with_head: bool = True) -> dict:
