@@ -176,8 +176,9 @@ def sst2_part(args) -> tuple[list[str], dict]:
         found[f"{label}-seed{seed}"] = {
             "strategy": label, "seed": seed, "exact_match_after": r["metrics"]["exact_match"],
             "samples_per_s": r["stages"][0]["samples_per_s"], "trainable": r["params"]["trainable"],
-            "peak_memory_mb": r["peak_memory_mb"], "wall_time_s": r["wall_time_s"], "other_load": r.get("other_load"),
-            "busy": r.get("other_load", 0) > BUSY_LOAD}
+            "peak_memory_mb": r["peak_memory_mb"], "step_memory_mb": max(r["stages"][0]["step_memory_mb_per_process"]),
+            "final_unmerged": r["stages"][0]["evaluations"][-1]["exact_match"], "wall_time_s": r["wall_time_s"],
+            "other_load": r.get("other_load"), "busy": r.get("other_load", 0) > BUSY_LOAD}
     rows = sst2_rows(args, found)
     if zero_shot is not None:
         rows.append(f"\nzero-shot exact match (SmolLM2-135M-Instruct, {args.eval} dev conversations, {args.dtype}): {zero_shot:.4f}")
@@ -190,23 +191,24 @@ def sst2_part(args) -> tuple[list[str], dict]:
 
 def sst2_rows(args, found: dict) -> list[str]:
     """One row per run, by strategy, then one per strategy: the mean and SD over its seeds."""
-    rows = ["| strategy | seed | trainable params | exact match | train samples/s | peak memory (MB) | wall time (s) |",
-            "|---|---|---|---|---|---|---|"]
-    summary = ["| strategy | seeds | exact match after (mean ± SD) | median train samples/s | peak memory (MB) |",
-               "|---|---|---|---|---|"]
+    rows = ["| strategy | seed | trainable params | exact match | at the stage's end | train samples/s | "
+            "memory at the steps (MB) | peak memory (MB) | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    summary = ["| strategy | seeds | exact match (mean ± SD) | median train samples/s | memory at the steps (MB) | "
+               "peak memory (MB) |", "|---|---|---|---|---|---|"]
     for label in args.strategies:
         mine = [f for f in found.values() if f["strategy"] == label]
         for f in mine:
             busy = " (busy)" if f["busy"] else ""
-            rows.append(f"| {label} | {f['seed']} | {f['trainable']:,} | {f['exact_match_after']:.4f} | {f['samples_per_s']:.2f}{busy} | {f['peak_memory_mb']:.0f} | "
-                        f"{f['wall_time_s']:.0f} |")
+            rows.append(f"| {label} | {f['seed']} | {f['trainable']:,} | {f['exact_match_after']:.4f} | "
+                        f"{f['final_unmerged']:.4f} | {f['samples_per_s']:.2f}{busy} | {f['step_memory_mb']:.0f} | "
+                        f"{f['peak_memory_mb']:.0f} | {f['wall_time_s']:.0f} |")
         if mine:
             scores = [f["exact_match_after"] for f in mine]
             spread = f" ± {statistics.stdev(scores):.4f}" if len(scores) > 1 else ""
             speed = statistics.median(f["samples_per_s"] for f in mine)
             busy = " (busy)" if any(f["busy"] for f in mine) else ""
             summary.append(f"| {label} | {len(mine)} | {statistics.mean(scores):.4f}{spread} | {speed:.2f}{busy} | "
-                           f"{max(f['peak_memory_mb'] for f in mine):.0f} |")
+                           f"{max(f['step_memory_mb'] for f in mine):.0f} | {max(f['peak_memory_mb'] for f in mine):.0f} |")
     return [*rows, "", *summary]
 
 
