@@ -34,6 +34,7 @@ cores. A run beside which other jobs took more than 0.1 of a core on average is 
 samples/s are not for publication.
 
     python benchmarks/llm_chat.py --runs-dir runs/llm-chat --json runs/llm-chat/results.json
+    python benchmarks/llm_chat.py --parts speed --repeats 3 --dtype bfloat16 --runs-dir runs/llm  # medians of 3
     python benchmarks/llm_chat.py --train 16 --eval 16 --mt-train 16 --mt-eval 8 --steps 2 --runs-dir /tmp/t  # smoke
 """
 
@@ -86,6 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mt-train", type=int, default=1000, help="Multi30k training pairs")
     p.add_argument("--mt-eval", type=int, default=200, help="Multi30k dev pairs, and test pairs")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model.dtype of every run")
+    p.add_argument("--repeats", type=int, default=1, help="speed part: rounds of the three sides (medians)")
     p.add_argument("--fp32-control", action="store_true",
                    help="with --dtype bfloat16: also score the zero-shot model in fp32 (a one-step fp32 run)")
     p.add_argument("--steps", type=int, default=None, help="speed part: optimizer steps (default one epoch of --train)")
@@ -98,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [x for x in args.parts if x not in ("sst2", "mt", "speed")] + [x for x in args.strategies if x not in SST2]
     if bad:
         p.error(f"unknown part or strategy: {bad[0]}")
-    if min(args.train, args.eval, args.seeds, args.mt_train, args.mt_eval, args.steps or 1) < 1:
+    if min(args.train, args.eval, args.seeds, args.mt_train, args.mt_eval, args.repeats, args.steps or 1) < 1:
         p.error("sizes, seeds and steps must be at least 1")
     args.steps = args.steps or math.ceil(args.train / BATCH)
     return args
@@ -243,26 +245,44 @@ def mt_part(args) -> tuple[list[str], dict]:
     return rows, found
 
 
+def speed_sides(args, repeat: int) -> list[tuple[str, list[str], Path]]:
+    """The three sides' commands and result files for one round (round 0 in the plain folder names)."""
+    base, suffix = args.runs_dir / "speed", f"-r{repeat}" if repeat else ""
+    plain = base / f"plain{suffix}" / "result.json"
+    return [("hybridft (length-grouped batches)", hybridft_command(CHAT, base / f"hybridft{suffix}", speed_overrides(args, True)),
+             base / f"hybridft{suffix}" / "report.json"),
+            ("hybridft (shuffled batches)", hybridft_command(CHAT, base / f"hybridft-shuffled{suffix}",
+                                                             speed_overrides(args, False)),
+             base / f"hybridft-shuffled{suffix}" / "report.json"),
+            ("plain transformers + peft loop", [sys.executable, __file__, "--train", str(args.train), "--dtype", args.dtype,
+                                                "--steps", str(args.steps), "--plain-worker", str(plain)], plain)]
+
+
 def speed_part(args) -> tuple[list[str], dict]:
+    """``--repeats`` rounds of the three sides in turn, each run a fresh process; medians per side."""
     rows = [f"LoRA r 16 (q_proj, v_proj), {args.steps} steps of batch {BATCH}, SST-2 conversations, max_length 128, "
-            f"model.dtype {args.dtype}", "", "| side | samples/s | peak RSS (MB) | train time (s) |", "|---|---|---|---|"]
-    base, found = args.runs_dir / "speed", {}
-    plain = base / "plain" / "result.json"
-    sides = [("hybridft (length-grouped batches)", hybridft_command(CHAT, base / "hybridft", speed_overrides(args, True)),
-              base / "hybridft" / "report.json"),
-             ("hybridft (shuffled batches)", hybridft_command(CHAT, base / "hybridft-shuffled", speed_overrides(args, False)),
-              base / "hybridft-shuffled" / "report.json"),
-             ("plain transformers + peft loop", [sys.executable, __file__, "--train", str(args.train), "--dtype", args.dtype, "--steps",
-                                                 str(args.steps), "--plain-worker", str(plain)], plain)]
-    for label, command, out in sides:
-        r = run_once(command, out, args)
-        if r is None:
-            rows.append(f"| {label} | (not run or failed) | | |")
+            f"model.dtype {args.dtype}, median of {args.repeats} run(s) per side", "",
+            "| side | samples/s | per run | peak RSS (MB) | train time (s) |", "|---|---|---|---|---|"]
+    runs: dict[str, list[dict]] = {}
+    for repeat in range(args.repeats):
+        for label, command, out in speed_sides(args, repeat):
+            r = run_once(command, out, args)
+            if r is not None:
+                flat = {k: r["stages"][0][k] for k in ("samples_per_s", "train_time_s")} if "stages" in r else r
+                runs.setdefault(label, []).append({"samples_per_s": flat["samples_per_s"], "train_time_s": flat["train_time_s"],
+                                                   "peak_memory_mb": r["peak_memory_mb"], "other_load": r.get("other_load")})
+    found = {}
+    for label, *_ in speed_sides(args, 0):
+        mine = runs.get(label, [])
+        if not mine:
+            rows.append(f"| {label} | (not run or failed) | | | |")
             continue
-        flat = {k: r["stages"][0][k] for k in ("samples_per_s", "train_time_s")} if "stages" in r else r
-        found[label] = {"samples_per_s": flat["samples_per_s"], "peak_memory_mb": r["peak_memory_mb"],
-                        "train_time_s": flat["train_time_s"], "other_load": r.get("other_load")}
-        rows.append(f"| {label} | {speed_cell(r)} | {r['peak_memory_mb']:.0f} | {flat['train_time_s']:.0f} |")
+        busy = " (busy)" if any((m["other_load"] or 0) > BUSY_LOAD for m in mine) else ""
+        found[label] = {key: statistics.median(m[key] for m in mine) for key in ("samples_per_s", "train_time_s", "peak_memory_mb")}
+        found[label]["runs"] = mine
+        per_run = ", ".join(f"{m['samples_per_s']:.2f}" for m in mine)
+        rows.append(f"| {label} | {found[label]['samples_per_s']:.2f}{busy} | {per_run} | {found[label]['peak_memory_mb']:.0f} | "
+                    f"{found[label]['train_time_s']:.0f} |")
     return rows, found
 
 
