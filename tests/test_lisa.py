@@ -137,3 +137,34 @@ def test_two_processes_train_what_one_does(llama, text, tmp_path):
         assert worst < 1e-6, (sharing, worst)
     before = load_file(llama / "model.safetensors")
     assert sum(not torch.equal(before[k], b[k]) for k in b) < len(b)  # some layers stayed as they were
+
+
+def test_the_best_weights_keep_every_layer_lisa_may_switch_on(tmp_path):
+    """keep_best saves what the stage trains, not what is active at the best evaluation: a layer that
+    trained earlier and sits inactive then must come back to its values at that evaluation."""
+    from hybridft.training.best import BestWeights
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    processes = SimpleNamespace(is_main=True, full_tensors=lambda named: named)
+    best = BestWeights(SimpleNamespace(checkpoint_dir=tmp_path, processes=processes), 0,
+                       {n for n, p in model.named_parameters()})
+    model[1].requires_grad_(False)  # LISA: layer 1 inactive at the best evaluation
+    best.save(model)
+    kept = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model[1].requires_grad_(True)
+    model[0].requires_grad_(False)  # a later period: layer 1 trains on, layer 0 rests
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    best.restore(model)
+    assert all(torch.equal(p, kept[n]) for n, p in model.named_parameters())
+
+
+def test_lisa_with_keep_best_restores_its_best_evaluation(llama, text, tmp_path):
+    recipe = lm_recipe(llama, text, [{"name": "lisa", "layers": 1, "every": 1}], keep_best=True, eval_every=1,
+                       max_steps=5, optimizer={"lr": 1.0})  # steps this large overshoot: the best is the first
+    report = run(recipe, tmp_path / "run")
+    stage = report["stages"][0]
+    draws = [d["layers"] for d in stage["selectors"][0]["draws"]]
+    assert draws[0] != draws[-1]  # the layer active at the best evaluation rests at the stage's end
+    assert report["metrics"]["perplexity"] == pytest.approx(min(e["perplexity"] for e in stage["evaluations"]), rel=1e-4)

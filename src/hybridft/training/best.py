@@ -1,6 +1,8 @@
 """The best weights a stage has evaluated, kept on disk and put back at its end (``keep_best``).
 
-Only the trainable tensors are kept (the others cannot have changed). The file is part of every
+Only the tensors the stage trains are kept (the others cannot have changed): every parameter
+trainable when the stage opens, including those a selector switches on and off during it (LISA's
+layers: one inactive at the best evaluation still holds the values it trained to). The file is part of every
 checkpoint, so a resumed stage compares against the best weights as they were at its checkpoint,
 not as a later or an interrupted attempt's evaluation left them.
 """
@@ -19,7 +21,8 @@ from .checkpoint import write_failure
 
 
 class BestWeights:
-    def __init__(self, run, index: int, resume_from: Path | None = None):
+    def __init__(self, run, index: int, trained: set[str], resume_from: Path | None = None):
+        self.trained = trained  # the names of the parameters the stage may change
         self.path = run.checkpoint_dir / f"best-stage{index}.safetensors"
         self.processes = run.processes
         self.is_main = run.processes.is_main  # every process has the same weights; one file
@@ -30,7 +33,7 @@ class BestWeights:
 
     def save(self, model: torch.nn.Module) -> None:
         """Every process calls it (sharded weights are gathered); the main one writes."""
-        trainable = self.processes.full_tensors({n: p for n, p in model.named_parameters() if p.requires_grad})
+        trainable = self.processes.full_tensors({n: p for n, p in model.named_parameters() if n in self.trained})
         if not self.is_main:
             return
         tmp = self.path.with_suffix(".tmp")
@@ -45,10 +48,9 @@ class BestWeights:
     def restore(self, model: torch.nn.Module) -> None:
         if not self.path.is_file():
             return
-        # the file holds exactly the trainable tensors (the others cannot have changed)
+        # the file holds exactly the tensors the stage trains (the others cannot have changed)
         stored = load_file(self.path)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        if set(stored) != trainable:
-            odd = sorted(set(stored) ^ trainable)[0]
+        if set(stored) != self.trained:
+            odd = sorted(set(stored) ^ self.trained)[0]
             raise HybridftError(f"{self.path} does not fit the stage's trainable parameters (e.g. {odd})")
         model.load_state_dict(stored, strict=False)
