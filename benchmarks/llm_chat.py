@@ -157,7 +157,7 @@ def run_once(command: list[str], result: Path, args) -> dict | None:
 
 def speed_cell(r: dict, key: str = "samples_per_s") -> str:
     value = r["stages"][0][key] if "stages" in r else r[key]
-    return f"{value:.2f}" + (" (busy)" if r.get("other_load", 0) > BUSY_LOAD else "")
+    return f"{value:.2f}" + (" (busy)" if r.get("other_load", math.inf) > BUSY_LOAD else "")
 
 
 def sst2_part(args) -> tuple[list[str], dict]:
@@ -180,7 +180,7 @@ def sst2_part(args) -> tuple[list[str], dict]:
             "samples_per_s": r["stages"][0]["samples_per_s"], "trainable": r["params"]["trainable"],
             "peak_memory_mb": r["peak_memory_mb"], "step_memory_mb": max(r["stages"][0]["step_memory_mb_per_process"]),
             "final_unmerged": r["stages"][0]["evaluations"][-1]["exact_match"], "wall_time_s": r["wall_time_s"],
-            "other_load": r.get("other_load"), "busy": r.get("other_load", 0) > BUSY_LOAD}
+            "other_load": r.get("other_load"), "busy": r.get("other_load", math.inf) > BUSY_LOAD}
     rows = sst2_rows(args, found)
     if zero_shot is not None:
         rows.append(f"\nzero-shot exact match (SmolLM2-135M-Instruct, {args.eval} dev conversations, {args.dtype}): {zero_shot:.4f}")
@@ -277,7 +277,7 @@ def speed_part(args) -> tuple[list[str], dict]:
         if not mine:
             rows.append(f"| {label} | (not run or failed) | | | |")
             continue
-        busy = " (busy)" if any((m["other_load"] or 0) > BUSY_LOAD for m in mine) else ""
+        busy = " (busy)" if any((m["other_load"] is None or m["other_load"] > BUSY_LOAD) for m in mine) else ""
         found[label] = {key: statistics.median(m[key] for m in mine) for key in ("samples_per_s", "train_time_s", "peak_memory_mb")}
         found[label]["runs"] = mine
         per_run = ", ".join(f"{m['samples_per_s']:.2f}" for m in mine)

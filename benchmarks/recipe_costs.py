@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ def row(name: str, r: dict | None) -> str:
     if r is None:
         return f"| `{name}.yaml` | failed | | | | |"
     metric = r["selection_metric"]
-    busy = " (busy)" if r.get("other_load", 0) > BUSY_LOAD else ""
+    busy = " (busy)" if r.get("other_load", math.inf) > BUSY_LOAD else ""
     speeds = ", ".join(f"{s['samples_per_s']:.1f}" for s in r["stages"] if s.get("samples_per_s"))
     minutes = r.get("process_wall_s", r["wall_time_s"]) / 60
     return (f"| `{name}.yaml` | {minutes:.1f} min{busy} | {speeds}{busy} | {r['peak_memory_mb'] / 1024:.1f} GB | "
