@@ -146,8 +146,7 @@ def test_the_best_weights_keep_every_layer_lisa_may_switch_on(tmp_path):
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
     processes = SimpleNamespace(is_main=True, full_tensors=lambda named: named)
-    best = BestWeights(SimpleNamespace(checkpoint_dir=tmp_path, processes=processes), 0,
-                       {n for n, p in model.named_parameters()})
+    best = BestWeights(SimpleNamespace(checkpoint_dir=tmp_path, processes=processes), 0, model)  # all trainable
     model[1].requires_grad_(False)  # LISA: layer 1 inactive at the best evaluation
     best.save(model)
     kept = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -21,8 +21,10 @@ from .checkpoint import write_failure
 
 
 class BestWeights:
-    def __init__(self, run, index: int, trained: set[str], resume_from: Path | None = None):
-        self.trained = trained  # the names of the parameters the stage may change
+    def __init__(self, run, index: int, model: torch.nn.Module, resume_from: Path | None = None):
+        # what trains when the stage opens, before any step: a selector may switch some of it off
+        # and on again during the stage (LISA)
+        self.trained = {n for n, p in model.named_parameters() if p.requires_grad}
         self.path = run.checkpoint_dir / f"best-stage{index}.safetensors"
         self.processes = run.processes
         self.is_main = run.processes.is_main  # every process has the same weights; one file

@@ -131,8 +131,7 @@ class Stage:
         run.precision.train_in_fp32(extra)
         optimizer = build_optimizer(spec.optimizer, selection.model, lr_overrides, extra)
         scheduler = build_scheduler(spec.scheduler, optimizer, total)
-        # before any step: a selector may switch some of them off and on again during the stage (LISA)
-        best = BestWeights(run, index, {n for n, p in selection.model.named_parameters() if p.requires_grad}, resume_from)
+        best = BestWeights(run, index, selection.model, resume_from)  # before any step (see BestWeights)
         state = StageState(stage=index) if resume_from is None else \
             resume_stage(run, resume_from, selection.model, optimizer, scheduler)
         run.processes.barrier()
