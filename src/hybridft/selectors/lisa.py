@@ -82,8 +82,7 @@ class Lisa(Selector):
         n = architecture.num_layers(model)
         active = self.draw(n, stage.seed, period)
         for i in sorted(set(self.active if self.period is not None else range(n)) - set(active)):
-            for p in self.layer_params(model, i):
-                stage.optimizer.state.pop(p, None)  # AdamW's moments, freed; fresh when the layer returns
+            self.release_state(stage.optimizer, self.layer_params(model, i))
         self.one_process = stage.run.processes.world == 1
         if self.one_process:
             for i in range(n):
@@ -91,6 +90,12 @@ class Lisa(Selector):
                     p.requires_grad_(i in active)
         self.period, self.active = period, active
         self.draws.append({"step": stage.state.step, "layers": active})
+
+    @staticmethod
+    def release_state(optimizer, params: list[torch.nn.Parameter]) -> None:
+        """A leaving layer's optimizer state (AdamW's moments) is freed; it starts fresh on return."""
+        for p in params:
+            optimizer.state.pop(p, None)
 
     def after_backward(self, model) -> None:
         if self.period is None or getattr(self, "one_process", True):
