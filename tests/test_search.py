@@ -113,12 +113,16 @@ def test_a_failed_trial_is_recorded_with_its_reason_and_the_search_goes_on(tiny_
     assert all(t["failure"] and "\n" not in t["failure"] for t in summary["trials"])
 
 
-def test_two_workers_on_one_sqlite_storage_run_n_trials_in_all(tiny_model, sentiment_csv, tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_workers_on_one_storage_run_n_trials_in_all(tiny_model, sentiment_csv, tmp_path, kind):
     import subprocess
     import sys
 
+    from hybridft.search.study import open_storage
+
     recipe = write_recipe(tmp_path / "r.yaml", search_recipe(tiny_model, sentiment_csv, tmp_path, trials=3))
-    out, storage = tmp_path / "s", f"sqlite:///{tmp_path / 'shared.db'}"
+    out = tmp_path / "s"
+    storage = f"sqlite:///{tmp_path / 'shared.db'}" if kind == "sqlite" else str(tmp_path / "shared.journal")
     command = [sys.executable, "-m", "hybridft", "search", str(recipe), "--out", str(out), "--storage", storage,
                "--study", "shared"]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -126,7 +130,7 @@ def test_two_workers_on_one_sqlite_storage_run_n_trials_in_all(tiny_model, senti
     assert all(code == 0 for code, _ in results), results
     import optuna
 
-    trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
+    trials = optuna.load_study(study_name="shared", storage=open_storage(storage, out)).get_trials()
     done = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(done) == 3 and all("metrics" in t.user_attrs for t in done)
     assert len({t.number for t in done}) == 3 and all(t.state.name != "RUNNING" for t in trials)
