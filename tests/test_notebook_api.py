@@ -279,6 +279,27 @@ def test_a_run_that_fails_is_marked_failed_in_mlflow(tiny_model, sentiment_csv, 
     assert list(mlflow.search_runs(experiment_names=["tiny"])["status"]) == ["FAILED"]
 
 
+def test_a_resumed_run_goes_on_in_the_mlflow_run_it_started(tiny_model, sentiment_csv, tmp_path, mlflow_store):
+    import mlflow
+    from mlflow import MlflowClient
+
+    class StopsAtThree(hybridft.Callback):
+        def on_step(self, step):
+            if step.step == 3:
+                raise RuntimeError("stopped at step 3")
+
+    recipe = {**base_recipe(tiny_model, sentiment_csv, max_steps=4), "output": {"checkpoint_every": 2}}
+    with pytest.raises(RuntimeError, match="stopped at step 3"):
+        hybridft.run(recipe, out=tmp_path / "run", progress=False, report_to="mlflow", callbacks=[StopsAtThree()])
+    hybridft.run(recipe, out=tmp_path / "run", resume=True, progress=False, report_to="mlflow")
+    (found,) = mlflow.search_runs(experiment_names=["tiny"]).itertuples()  # one MLflow run, not two
+    assert found.status == "FINISHED"
+    history = MlflowClient(mlflow_store).get_metric_history(found.run_id, "loss")
+    assert {m.step for m in history} == {1, 2, 3, 4}  # steps 3 and 4 again after the resume, in the same run
+    hybridft.run(recipe, out=tmp_path / "run", overwrite=True, progress=False, report_to="mlflow")
+    assert len(mlflow.search_runs(experiment_names=["tiny"])) == 2  # a replaced run is a new MLflow run
+
+
 def test_wandb_offline_receives_the_run(tiny_model, sentiment_csv, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -288,6 +309,24 @@ def test_wandb_offline_receives_the_run(tiny_model, sentiment_csv, tmp_path, mon
     assert result.report["stages"][0]["steps"] == 2
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     assert list(offline.glob("*.wandb")) and list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents*"))
+
+
+def test_a_resumed_run_goes_on_in_the_wandb_run_it_started(tiny_model, sentiment_csv, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+    class StopsAtThree(hybridft.Callback):
+        def on_step(self, step):
+            if step.step == 3:
+                raise RuntimeError("stopped at step 3")
+
+    recipe = {**base_recipe(tiny_model, sentiment_csv, max_steps=4), "output": {"checkpoint_every": 2}}
+    with pytest.raises(RuntimeError, match="stopped at step 3"):
+        hybridft.run(recipe, out=tmp_path / "run", progress=False, report_to="wandb", callbacks=[StopsAtThree()])
+    hybridft.run(recipe, out=tmp_path / "run", resume=True, progress=False, report_to="wandb")
+    folders = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and len({f.name.rsplit("-", 1)[1] for f in folders}) == 1  # one W&B run id
 
 
 def test_a_tracker_whose_library_is_missing_is_one_line_naming_the_package(tiny_model, sentiment_csv, tmp_path,

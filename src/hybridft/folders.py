@@ -37,7 +37,7 @@ TEMP_TAG = "-hybridft"  # in the names of temporary entries: .<name>.<random>-hy
 # What hybridft writes into each kind of folder: ``--overwrite`` deletes these entries and nothing else
 # (patterns as in fnmatch; a model folder's marker also lists the files that folder was written with)
 RUN_ENTRIES = (RUN_MARKER, "recipe.yaml", "metrics.jsonl", "report.json", "report.md", "report.html", "model",
-               "checkpoints", "peft_adapter", "tensorboard")
+               "checkpoints", "peft_adapter", "tensorboard", "wandb", "trackers.json")
 MODEL_ENTRIES = (MODEL_MARKER, "config.json", "generation_config.json", "hybridft.json", "adapters.safetensors",
                  "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", "encoder",
                  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",

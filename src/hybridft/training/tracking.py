@@ -7,7 +7,8 @@ Where each writes is set the way its library sets it, by its own environment var
 ``MLFLOW_TRACKING_URI`` (MLflow's default: ``sqlite:///mlflow.db`` in the working folder) and
 ``MLFLOW_EXPERIMENT_NAME`` (default: the recipe's name); W&B's ``WANDB_PROJECT`` (default: the
 recipe's name), ``WANDB_MODE=offline`` and the rest. Nothing here sets a library's global state:
-MLflow is written through an ``MlflowClient`` of its own, W&B's run is finished at the end.
+MLflow is written through an ``MlflowClient`` of its own, W&B's run is finished at the end. A resumed
+run goes on in the MLflow and W&B runs it started (their ids in the run folder's ``trackers.json``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import yaml
 from ..errors import HybridftError
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+IDS_FILE = "trackers.json"  # each tracker's run id, so that a resumed run goes on in the same tracker run
 
 
 def installed(package: str) -> bool:
@@ -59,7 +61,9 @@ def finite_scalars(values: dict) -> dict[str, float]:
 class TensorBoard:
     """``<run folder>/tensorboard``: the curves, the recipe and the report as text."""
 
-    def __init__(self, run_dir: Path, name: str, recipe_text: str):
+    run_id = None  # the folder is the run: a resumed run appends to it
+
+    def __init__(self, run_dir: Path, name: str, recipe_text: str, resumed_id: str | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -83,20 +87,28 @@ class MLflow:
 
     FLUSH_EVERY_S = 5.0  # metrics are sent in batches: one database write per step would slow short steps
 
-    def __init__(self, run_dir: Path, name: str, recipe_text: str):
+    def __init__(self, run_dir: Path, name: str, recipe_text: str, resumed_id: str | None = None):
         from mlflow import MlflowClient
-        from mlflow.entities import Param
 
         self.client = MlflowClient()  # MLFLOW_TRACKING_URI, else MLflow's default
+        self.pending, self.flushed = [], time.monotonic()
+        if resumed_id is not None:  # a resumed run goes on in its MLflow run (its parameters are there)
+            self.run_id = resumed_id
+            self.client.update_run(resumed_id, status="RUNNING")
+            return
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or name
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name,
                                              tags={"hybridft.run_dir": str(run_dir.resolve())}).info.run_id
+        self.log_params(recipe_text)
+
+    def log_params(self, recipe_text: str) -> None:
+        from mlflow.entities import Param
+
         params = [Param(k[:250], v[:6000]) for k, v in flat_params(yaml.safe_load(recipe_text)).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
             self.client.log_batch(self.run_id, params=params[i:i + 100])
-        self.pending, self.flushed = [], time.monotonic()
 
     def log(self, scalars: dict, step: int) -> None:
         from mlflow.entities import Metric
@@ -124,13 +136,16 @@ class MLflow:
 class WandB:
     """One W&B run per hybridft run; ``WANDB_MODE=offline`` writes it under ``<run folder>/wandb``."""
 
-    def __init__(self, run_dir: Path, name: str, recipe_text: str):
+    def __init__(self, run_dir: Path, name: str, recipe_text: str, resumed_id: str | None = None):
         import wandb
 
         self.wandb = wandb
-        # create_new: a run of its own, leaving wandb.run (the caller's, if any) as it is
+        # create_new: a run of its own, leaving wandb.run (the caller's, if any) as it is; a resumed
+        # hybridft run goes on in the W&B run it started
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or name, name=run_dir.name, dir=str(run_dir),
-                              config=yaml.safe_load(recipe_text), reinit="create_new")
+                              config=yaml.safe_load(recipe_text), reinit="create_new", id=resumed_id,
+                              resume="allow" if resumed_id else None)
+        self.run_id = self.run.id
 
     def log(self, scalars: dict, step: int) -> None:
         self.run.log(scalars, step=step)
@@ -157,14 +172,18 @@ class Trackers:
         if problems:
             raise HybridftError("; ".join(problems))
         self.trackers = []
+        ids_file = Path(run_dir) / IDS_FILE
+        started = json.loads(ids_file.read_text()) if ids_file.is_file() else {}  # there: a resumed run
         for tracker in names:
             try:
-                self.trackers.append(TRACKERS[tracker](Path(run_dir), name, recipe_text))
+                self.trackers.append(TRACKERS[tracker](Path(run_dir), name, recipe_text, started.get(tracker)))
             except Exception as e:  # a tracking server out of reach, a bad MLFLOW_TRACKING_URI...
                 self.finish("FAILED")
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise HybridftError(f"report_to: {tracker} could not start ({first}); the run folder is left for "
                                     "--resume once it can") from None
+        ids = {tracker: t.run_id for tracker, t in zip(names, self.trackers, strict=True) if t.run_id is not None}
+        ids_file.write_text(json.dumps({**started, **ids}))
 
     def log(self, values: dict, step: int) -> None:
         scalars = finite_scalars(values)
