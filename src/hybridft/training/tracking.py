@@ -183,7 +183,8 @@ class Trackers:
                 raise HybridftError(f"report_to: {tracker} could not start ({first}); the run folder is left for "
                                     "--resume once it can") from None
         ids = {tracker: t.run_id for tracker, t in zip(names, self.trackers, strict=True) if t.run_id is not None}
-        ids_file.write_text(json.dumps({**started, **ids}))
+        if ids:  # TensorBoard's run is its folder: no id to keep
+            ids_file.write_text(json.dumps({**started, **ids}))
 
     def log(self, values: dict, step: int) -> None:
         scalars = finite_scalars(values)
