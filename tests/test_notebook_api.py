@@ -326,7 +326,8 @@ def test_a_resumed_run_goes_on_in_the_wandb_run_it_started(tiny_model, sentiment
         hybridft.run(recipe, out=tmp_path / "run", progress=False, report_to="wandb", callbacks=[StopsAtThree()])
     hybridft.run(recipe, out=tmp_path / "run", resume=True, progress=False, report_to="wandb")
     folders = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(folders) == 2 and len({f.name.rsplit("-", 1)[1] for f in folders}) == 1  # one W&B run id
+    # offline-run-<date>_<time>-<run id>[-<n> when two start in the same second]: one W&B run id
+    assert len(folders) == 2 and len({f.name.split("-")[3] for f in folders}) == 1
 
 
 def test_a_tracker_whose_library_is_missing_is_one_line_naming_the_package(tiny_model, sentiment_csv, tmp_path,
