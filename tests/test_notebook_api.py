@@ -279,19 +279,27 @@ def test_a_run_that_fails_is_marked_failed_in_mlflow(tiny_model, sentiment_csv, 
     assert list(mlflow.search_runs(experiment_names=["tiny"])["status"]) == ["FAILED"]
 
 
-def test_a_resumed_run_goes_on_in_the_mlflow_run_it_started(tiny_model, sentiment_csv, tmp_path, mlflow_store):
-    import mlflow
-    from mlflow import MlflowClient
+def stopped_at_step_3_then_resumed(tiny_model, train, out, tracker: str) -> dict:
+    """A 4-step run with ``tracker``, stopped by an error at step 3 (after its step-2 checkpoint),
+    then resumed to the end; returns its recipe."""
 
     class StopsAtThree(hybridft.Callback):
         def on_step(self, step):
             if step.step == 3:
                 raise RuntimeError("stopped at step 3")
 
-    recipe = {**base_recipe(tiny_model, sentiment_csv, max_steps=4), "output": {"checkpoint_every": 2}}
+    recipe = {**base_recipe(tiny_model, train, max_steps=4), "output": {"checkpoint_every": 2}}
     with pytest.raises(RuntimeError, match="stopped at step 3"):
-        hybridft.run(recipe, out=tmp_path / "run", progress=False, report_to="mlflow", callbacks=[StopsAtThree()])
-    hybridft.run(recipe, out=tmp_path / "run", resume=True, progress=False, report_to="mlflow")
+        hybridft.run(recipe, out=out, progress=False, report_to=tracker, callbacks=[StopsAtThree()])
+    hybridft.run(recipe, out=out, resume=True, progress=False, report_to=tracker)
+    return recipe
+
+
+def test_a_resumed_run_goes_on_in_the_mlflow_run_it_started(tiny_model, sentiment_csv, tmp_path, mlflow_store):
+    import mlflow
+    from mlflow import MlflowClient
+
+    recipe = stopped_at_step_3_then_resumed(tiny_model, sentiment_csv, tmp_path / "run", "mlflow")
     (found,) = mlflow.search_runs(experiment_names=["tiny"]).itertuples()  # one MLflow run, not two
     assert found.status == "FINISHED"
     history = MlflowClient(mlflow_store).get_metric_history(found.run_id, "loss")
@@ -316,15 +324,7 @@ def test_a_resumed_run_goes_on_in_the_wandb_run_it_started(tiny_model, sentiment
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
 
-    class StopsAtThree(hybridft.Callback):
-        def on_step(self, step):
-            if step.step == 3:
-                raise RuntimeError("stopped at step 3")
-
-    recipe = {**base_recipe(tiny_model, sentiment_csv, max_steps=4), "output": {"checkpoint_every": 2}}
-    with pytest.raises(RuntimeError, match="stopped at step 3"):
-        hybridft.run(recipe, out=tmp_path / "run", progress=False, report_to="wandb", callbacks=[StopsAtThree()])
-    hybridft.run(recipe, out=tmp_path / "run", resume=True, progress=False, report_to="wandb")
+    stopped_at_step_3_then_resumed(tiny_model, sentiment_csv, tmp_path / "run", "wandb")
     folders = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
     # offline-run-<date>_<time>-<run id>[-<n> when two start in the same second]: one W&B run id
     assert len(folders) == 2 and len({f.name.split("-")[3] for f in folders}) == 1
