@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from parity import recipe_path
+
 ROOT = Path(__file__).resolve().parents[1]
 # (label, recipe, overrides)
 STRATEGIES = [
@@ -49,7 +51,7 @@ def main() -> int:
         for label, recipe, overrides in STRATEGIES:
             out = run_dir(base, recipe, overrides)
             print(f"== {label}: {out}", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, "-m", "hybridft", "run", str(ROOT / "recipes" / f"{recipe}.yaml"),
+            subprocess.run([sys.executable, "-m", "hybridft", "run", str(recipe_path(recipe)),
                             "--out", str(out), "--overwrite", "--no-progress", *overrides], check=True)
     rows = ["| strategy | dev accuracy | trainable params | % of total | wall time (s) | train samples/s | peak memory (MB) |",
             "|---|---|---|---|---|---|---|"]
