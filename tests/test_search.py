@@ -58,6 +58,7 @@ def test_a_search_writes_best_yaml_which_run_reproduces(tiny_model, sentiment_cs
     assert main(["search", str(write_recipe(tmp_path / "r.yaml", recipe)), "--out", str(out)]) == 0
     summary = json.loads((out / "search.json").read_text())
     assert [t["state"] for t in summary["trials"]] == ["complete", "complete"]
+    assert [t["steps"] for t in summary["trials"]] == [2, 2]  # what pruning would save is counted in these
     assert len(summary["confirm"]) == 2 and all(len(r["values"]) == 2 for r in summary["confirm"])
     assert sorted((out / "trials").iterdir()) == [out / "trials" / "0", out / "trials" / "1"]
     best = yaml.safe_load((out / "best.yaml").read_text())
@@ -71,6 +72,34 @@ def test_a_search_writes_best_yaml_which_run_reproduces(tiny_model, sentiment_cs
     page = (out / "report.html").read_text()
     assert "Optimisation history" in page and "data:image/png;base64," in page and "Confirmation" in page
     assert "| trial | state | accuracy |" in (out / "report.md").read_text()
+
+
+def test_pruning_judges_the_last_training_stage_at_its_own_steps():
+    """LP-FT's linear probe scores low at step 50 by design: judged there, every two-stage trial
+    would be pruned in its first stage. Only the last stage's evaluations reach the pruner."""
+    from hybridft.search.engine import last_training_stage
+    from hybridft.search.trial import Pruning
+    from hybridft.training.hooks import EvaluationView, Stop
+
+    class Trial:
+        reported = []
+
+        def report(self, value, step):
+            self.reported.append((value, step))
+
+        def should_prune(self):
+            return bool(self.reported)
+
+    def evaluation(stage_index, step, global_step, accuracy):
+        return EvaluationView(stage=f"s{stage_index}", stage_index=stage_index, step=step, global_step=global_step,
+                              metric="accuracy", value=accuracy, metrics={"accuracy": accuracy}, best=accuracy,
+                              best_step=step, improved=True)
+
+    stages = [{"name": "probe"}, {"name": "finetune"}, {"name": "mix", "mix": {}}]
+    pruning = Pruning(Trial(), "accuracy", last_training_stage({"stages": stages}))
+    assert pruning.on_evaluate(evaluation(0, 50, 50, 0.55)) is None and not pruning.trial.reported
+    assert isinstance(pruning.on_evaluate(evaluation(1, 50, 150, 0.80)), Stop)
+    assert pruning.trial.reported == [(0.80, 50)] and pruning.pruned_at == 150
 
 
 def test_the_validation_set_never_reaches_the_search(tiny_model, sentiment_csv, tmp_path):

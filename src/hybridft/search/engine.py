@@ -69,10 +69,11 @@ class Search:
                 raise TrialFailed(f"the study had its {budget} trials when this one started")
             overrides = suggest(trial, self.spec)
             trial.set_user_attr("overrides", overrides)
-            pruning = Pruning(trial, self.metric) if self.spec.pruning else None
+            trial_recipe = self.trial_recipe(overrides, inner)
+            pruning = Pruning(trial, self.metric, last_training_stage(trial_recipe)) if self.spec.pruning else None
             started = time.perf_counter()
             try:
-                scored = run_scored(self.trial_recipe(overrides, inner), self.out / "trials" / str(trial.number),
+                scored = run_scored(trial_recipe, self.out / "trials" / str(trial.number),
                                     self.metric, [pruning] if pruning else None)
             except TrialFailed as e:
                 trial.set_user_attr(FAILURE, str(e))
@@ -81,12 +82,18 @@ class Search:
             value = scored["metrics"][self.metric]
             trial.set_user_attr("metrics", scored["metrics"])
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+            trial.set_user_attr("steps", scored["steps"])
             say(f"[trial {trial.number}] {describe(overrides)}: {self.metric}={value:.4f}"
                 + (f" (pruned at step {pruning.pruned_at})" if pruning and pruning.pruned_at else ""))
             if pruning and pruning.pruned_at is not None:
                 raise TrialPruned(f"pruned at step {pruning.pruned_at}")
             return value
         return run_trial
+
+
+def last_training_stage(data: dict) -> int:
+    """The index of the recipe's last stage that trains (a mix stage trains nothing)."""
+    return max(i for i, stage in enumerate(data["stages"]) if "mix" not in stage)
 
 
 def describe(overrides: dict) -> str:

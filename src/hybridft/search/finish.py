@@ -59,7 +59,7 @@ def trial_rows(study) -> list[dict]:
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
                      "counted": counted(t), "failure": t.user_attrs.get(FAILURE),
-                     "seconds": t.user_attrs.get("seconds"), "steps": max(t.intermediate_values, default=None)})
+                     "seconds": t.user_attrs.get("seconds"), "steps": t.user_attrs.get("steps")})
     return rows
 
 

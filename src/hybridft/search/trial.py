@@ -14,21 +14,24 @@ class TrialFailed(Exception):
 
 
 class Pruning:
-    """Feeds each periodic evaluation to Optuna's pruner and stops the run when it says so."""
+    """Feeds the periodic evaluations of the trial's last training stage to Optuna's pruner, at their
+    step within that stage, and stops the run when it says so. An earlier stage (LP-FT's linear probe,
+    a first adaptation stage) prepares the last one: its scores are not comparable with another
+    trial's at the same step, and judging them would prune every multi-stage trial in its first stage."""
 
-    def __init__(self, trial, metric: str):
-        self.trial, self.metric, self.pruned_at = trial, metric, None
+    def __init__(self, trial, metric: str, judged_stage: int):
+        self.trial, self.metric, self.judged_stage, self.pruned_at = trial, metric, judged_stage, None
 
     def on_evaluate(self, evaluation):
         from ..training.hooks import Stop
 
         value = evaluation.metrics.get(self.metric)
-        if value is None:
+        if value is None or evaluation.stage_index != self.judged_stage:
             return None
-        self.trial.report(float(value), step=evaluation.global_step)
+        self.trial.report(float(value), step=evaluation.step)
         if self.trial.should_prune():
             self.pruned_at = evaluation.global_step
-            return Stop(f"pruned by the median rule at step {evaluation.global_step}")
+            return Stop(f"pruned by the median rule at step {evaluation.step} of stage {evaluation.stage!r}")
         return None
 
 
@@ -48,8 +51,7 @@ def run_scored(data: dict, run_dir: Path, metric: str, callbacks=None) -> dict:
     from ..api import run
 
     if (run_dir / "report.json").is_file():
-        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-        return {"metrics": report["metrics"], "test_metrics": report.get("test_metrics")}
+        return scored(json.loads((run_dir / "report.json").read_text(encoding="utf-8")))
     try:
         result = run(data, run_dir, progress=False, overwrite=run_dir.exists(), callbacks=callbacks)
     except (HybridftError, torch.OutOfMemoryError) as e:
@@ -60,4 +62,11 @@ def run_scored(data: dict, run_dir: Path, metric: str, callbacks=None) -> dict:
         raise TrialFailed(one_line(e)) from None
     if metric not in result.metrics:
         raise TrialFailed(f"metric {metric!r} is not among the validation metrics ({', '.join(result.metrics)})")
-    return {"metrics": result.metrics, "test_metrics": result.test_metrics}
+    return scored(result.report)
+
+
+def scored(report: dict) -> dict:
+    """What a search keeps of a run's report: its validation (and test) metrics and the optimizer
+    steps it took in all (what pruning saves is counted in these)."""
+    return {"metrics": report["metrics"], "test_metrics": report.get("test_metrics"),
+            "steps": sum(stage.get("steps") or 0 for stage in report.get("stages", []))}
