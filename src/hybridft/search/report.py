@@ -23,7 +23,7 @@ def fmt(value) -> str:
 
 def trials_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     names = sorted({p for t in summary["trials"] for p in t["params"]})
-    header = ["trial", "state", summary["metric"], *names, "seconds", "last step", "why it failed"]
+    header = ["trial", "state", summary["metric"], *names, "seconds", "steps trained", "why it failed"]
     rows = [[str(t["number"]), t["state"], fmt(t["value"]), *(fmt(t["params"].get(p)) for p in names),
              fmt(t["seconds"]), fmt(t["steps"]), t["failure"] or ""] for t in summary["trials"]]
     return header, rows
