@@ -37,6 +37,20 @@ def test_run_from_a_dict_with_keyword_overrides_then_load_and_predict(tiny_model
     assert records[0]["score"] == round(float(probs.max()), 4)
 
 
+def test_a_run_leaves_the_callers_matplotlib_backend_as_it_was(tiny_model, sentiment_csv, tmp_path):
+    """report.html draws its plots; a notebook's backend (inline, widget) must survive it."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # a backend hybridft would never choose, standing in for the notebook's
+    try:
+        hybridft.run(base_recipe(tiny_model, sentiment_csv, max_steps=2), out=tmp_path / "run")
+        assert matplotlib.get_backend() == "pdf"
+        assert "<svg" in (tmp_path / "run" / "report.html").read_text()  # the plots were drawn all the same
+    finally:
+        matplotlib.use(before)
+
+
 def test_the_cli_run_is_the_api_run(tiny_model, sentiment_csv, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", base_recipe(tiny_model, sentiment_csv, max_steps=2))
     assert main(["run", str(recipe), "--out", str(tmp_path / "cli"), "--no-progress", "seed=3"]) == 0

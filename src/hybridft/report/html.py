@@ -23,22 +23,19 @@ th{background:#f4f4f6}td:first-child,th:first-child{text-align:left}.muted{color
 
 
 def _svg(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(fig)
     text = buffer.getvalue()
     return text[text.index("<svg"):]
 
 
 def _figure(width=6.4, height=3.4):
-    import matplotlib
+    """A figure outside pyplot: no backend is chosen or switched, so a notebook's plots are left as
+    they were, and nothing needs closing."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(width, height))
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
     ax.grid(alpha=0.3)
     return fig, ax
 

@@ -67,10 +67,7 @@ def markdown(summary: dict) -> str:
 
 def plots(study) -> list[tuple[str, str]]:
     """(title, PNG as base64) of each Optuna plot the study has enough trials for."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # as report.html does: no display needed
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # Optuna's plots draw through pyplot; each figure is closed once saved
     from optuna.visualization import matplotlib as views
 
     out = []
@@ -84,6 +81,8 @@ def plots(study) -> list[tuple[str, str]]:
         except (ValueError, RuntimeError, ZeroDivisionError):  # too few finished trials or parameters for it
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        if title == "Parallel coordinates":  # an axis per parameter: give each room for its tick labels
+            figure.set_size_inches(max(6.4, 1.2 * (1 + len({p for t in study.trials for p in t.params}))), 4.8)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
         plt.close(figure)
