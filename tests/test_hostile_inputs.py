@@ -40,6 +40,15 @@ def test_malformed_rows_are_an_error_by_default_and_skipped_with_a_count_on_requ
     assert sum(len(v) for v in splits.values()) == good
 
 
+def test_a_json_line_naming_a_key_twice_is_malformed_not_its_last_value(tmp_path, tiny_model):
+    good = b"".join(json.dumps({"text": f"film {i}", "label": ["pos", "neg"][i % 2]}).encode() + b"\n" for i in range(6))
+    content = good + b'{"text": "a fine film", "label": "pos", "label": "neg"}\n'
+    with pytest.raises(HybridftError, match="malformed: line 7 names the key 'label' twice.*bad_rows: skip"):
+        rows_of(tmp_path, tiny_model, "d.jsonl", content)
+    splits, stats = rows_of(tmp_path, tiny_model, "d.jsonl", content, bad_rows="skip")
+    assert stats["train"]["skipped_malformed"] == 1 and sum(len(v) for v in splits.values()) == 6
+
+
 def test_extremely_long_texts_are_truncated_and_counted(tmp_path, tiny_model):
     from .helpers import tokenized
 

@@ -226,6 +226,19 @@ def row_start_lines(text: str, sep: str, quoting: int, rows: int) -> np.ndarray 
     return np.asarray(starts, dtype=np.int64) if len(starts) == rows else None
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object naming one key twice: json keeps the last value without a word."""
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    record = {}
+    for key, value in pairs:
+        if key in record:
+            raise _RepeatedKey(key)
+        record[key] = value
+    return record
+
+
 def _read_json(path: Path, lines: bool, bad_rows: str = "error") -> pd.DataFrame:
     """JSON lines keep the file line of each record in ``attrs["line_numbers"]``, for errors."""
     text = _text_of(path)
@@ -238,9 +251,11 @@ def _read_json(path: Path, lines: bool, bad_rows: str = "error") -> pd.DataFrame
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             record, why = None, f"line {number} is not JSON ({e.msg})"
+        except _RepeatedKey as e:
+            record, why = None, f"line {number} names the key {e.args[0]!r} twice (which value was meant?)"
         else:
             why = None if isinstance(record, dict) else f"line {number} is not a JSON object"
         if why is None:
