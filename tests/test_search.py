@@ -82,7 +82,8 @@ def test_pruning_judges_the_last_training_stage_at_its_own_steps():
     from hybridft.training.hooks import EvaluationView, Stop
 
     class Trial:
-        reported = []
+        def __init__(self):
+            self.reported = []
 
         def report(self, value, step):
             self.reported.append((value, step))

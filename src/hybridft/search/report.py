@@ -82,7 +82,7 @@ def plots(study) -> list[tuple[str, str]]:
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         if title == "Parallel coordinates":  # an axis per parameter: give each room for its tick labels
-            figure.set_size_inches(max(6.4, 1.2 * (1 + len({p for t in study.trials for p in t.params}))), 4.8)
+            figure.set_size_inches(max(6.4, 1.2 * (1 + len({p for t in study.get_trials(deepcopy=False) for p in t.params}))), 4.8)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
         plt.close(figure)
